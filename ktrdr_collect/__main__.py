@@ -1,0 +1,3 @@
+from ktrdr_collect.cli.main import entry
+
+entry()

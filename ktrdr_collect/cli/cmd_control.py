@@ -1,0 +1,63 @@
+"""Acting on jobs from any process: pause, resume, cancel, wait, watch."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from ktrdr_collect.cli.cmd_jobs import status_text
+from ktrdr_collect.cli.live import public
+from ktrdr_collect.jobs import actions, model
+from ktrdr_collect.jobs.folders import resolve
+
+JOB_HELP = "Job id, unique prefix, or 'last'."
+TIMEOUT_EXIT = 124
+
+
+def _report(st: dict, json_: bool) -> int:  # type: ignore[type-arg]
+    if json_:
+        print(json.dumps(public(st), indent=2))
+    else:
+        print(status_text(public(st)))
+    return 0
+
+
+def pause(job: str = typer.Argument(..., help=JOB_HELP),
+          json_: bool = typer.Option(False, "--json", help="JSON output.")) -> int:
+    """Stop starting new requests (within 1 s); requests in flight finish and are saved."""
+    return _report(actions.pause(resolve(job)), json_)
+
+
+def resume(job: str = typer.Argument(..., help=JOB_HELP),
+           json_: bool = typer.Option(False, "--json", help="JSON output.")) -> int:
+    """Continue a paused job, or restart an interrupted one in the background."""
+    return _report(actions.resume(resolve(job)), json_)
+
+
+def cancel(job: str = typer.Argument(..., help=JOB_HELP),
+           json_: bool = typer.Option(False, "--json", help="JSON output.")) -> int:
+    """Stop a job for good; stored data stays."""
+    return _report(actions.cancel(resolve(job)), json_)
+
+
+def wait(job: str = typer.Argument(..., help=JOB_HELP),
+         timeout: float = typer.Option(None, "--timeout", help="Give up after SECONDS (exit 124).")) -> int:
+    """Block until the job ends; exit with the job's exit code."""
+    st = actions.wait(resolve(job), timeout)
+    if st is None:
+        return TIMEOUT_EXIT
+    return model.exit_code(st["status"], int(st.get("symbols_failed") or 0)) or 0
+
+
+def watch(job: str = typer.Argument(..., help=JOB_HELP),
+          json_: bool = typer.Option(False, "--json", help="NDJSON events instead of bars.")) -> int:
+    """Live progress of a job started elsewhere; Ctrl-C stops watching, not the job."""
+    from ktrdr_collect.cli.watching import watch_job
+
+    return watch_job(resolve(job), json_mode=json_)
+
+
+def register(app: typer.Typer) -> None:
+    for fn in (pause, resume, cancel, wait, watch):
+        app.command()(fn)

@@ -1,0 +1,52 @@
+"""`collect providers`: what is installed."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from ktrdr_collect.errors import CollectError
+from ktrdr_collect.providers.registry import provider_class, provider_names
+
+
+def describe(name: str) -> dict:  # type: ignore[type-arg]
+    try:
+        cls = provider_class(name)
+    except (CollectError, ImportError) as e:
+        return {"name": name, "description": f"unavailable: {e}", "timeframes": [], "network": None,
+                "credentials": None, "synthetic": None, "options": []}
+    return {
+        "name": cls.name,
+        "description": cls.description,
+        "timeframes": list(cls.timeframes),
+        "network": cls.needs_network,
+        "credentials": cls.needs_credentials,
+        "synthetic": cls.synthetic,
+        "options": [{"name": o.name, "type": o.type.__name__, "default": o.default, "help": o.help}
+                    for o in cls.option_specs],
+    }
+
+
+def providers(json_: bool = typer.Option(False, "--json", help="JSON output.")) -> int:
+    """List data providers: timeframes, whether they need network or credentials."""
+    rows = [describe(n) for n in provider_names()]
+    if json_:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("NAME", "DESCRIPTION", "TIMEFRAMES", "NETWORK", "CREDENTIALS"):
+        table.add_column(col)
+    yes_no = {True: "yes", False: "no", None: "?"}
+    for r in rows:
+        table.add_row(r["name"], r["description"], " ".join(r["timeframes"]), yes_no[r["network"]],
+                      yes_no[r["credentials"]])
+    Console(highlight=False).print(table)
+    return 0
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(providers)

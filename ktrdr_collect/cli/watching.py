@@ -1,0 +1,28 @@
+"""Watching a job until it ends, in the foreground of `start` or from `collect watch`."""
+
+from __future__ import annotations
+
+import sys
+
+from ktrdr_collect.cli.follow import follow
+from ktrdr_collect.cli.live import pick_renderer
+from ktrdr_collect.jobs import actions, model
+
+INTERRUPTED_BY_USER = 130
+
+
+def watch_job(job_id: str, json_mode: bool = False, quiet: bool = False, cancel_on_interrupt: bool = False) -> int:
+    renderer = pick_renderer(json_mode, quiet)
+    try:
+        status = renderer.run(follow(job_id))
+    except KeyboardInterrupt:
+        if cancel_on_interrupt:
+            print(f"\nCancelling job {job_id} (data stored so far is kept)...", file=sys.stderr)
+            try:
+                actions.cancel(job_id)
+            except Exception as e:  # already finished, or the cancel itself failed: say so
+                print(f"Error: {e}", file=sys.stderr)
+        else:
+            print(f"\nStopped watching; job {job_id} keeps running.", file=sys.stderr)
+        return INTERRUPTED_BY_USER
+    return model.exit_code(status["status"], int(status.get("symbols_failed") or 0)) or 0

@@ -1,0 +1,171 @@
+"""The thread-pool engine: the Python API and what every job runs."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import datetime
+from typing import Any
+
+from ktrdr_collect.engine.cancellation import CancellationToken, PauseGate, ProcessingCancelledException
+from ktrdr_collect.engine.pipeline import BatchContext, RetryPolicy, Store, SymbolPipeline, SymbolResult
+from ktrdr_collect.engine.progress import FINISHED, ProcessingProgress, ProgressTracker
+from ktrdr_collect.inputs import parse_datetime
+from ktrdr_collect.providers.base import Provider
+from ktrdr_collect.providers.pacing import SharedPacer, pacer_for
+
+log = logging.getLogger("ktrdr_collect.engine")
+
+ProgressCallback = Callable[[ProcessingProgress], Any]
+SymbolCallback = Callable[[SymbolResult], Any]
+
+
+def to_epoch(value: datetime | str | int | float) -> int:
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str):
+        value = parse_datetime(value, "date")
+    return int(value.timestamp())
+
+
+class Notifier:
+    """Calls user callbacks on its own thread, in order, so workers never wait for them and a
+    callback that raises never stops processing."""
+
+    _STOP = object()
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="ktrdr-notifier", daemon=True)
+        self._thread.start()
+
+    def post(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self._queue.put((fn, arg))
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not self._STOP:
+            fn, arg = item
+            try:
+                fn(arg)
+            except Exception:
+                log.exception("progress callback raised; processing continues")
+
+    def close(self) -> None:
+        self._queue.put(self._STOP)
+        self._thread.join()
+
+
+class ProcessingEngine:
+    """Collect bars for many symbols with a pool of worker threads.
+
+    >>> engine = ProcessingEngine(provider, store, workers=4)
+    >>> results = engine.process_batch(["AAPL", "MSFT"], "1d", start="2024-01-01", end="2024-06-01")
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        store: Store,
+        workers: int = 4,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        pacer: SharedPacer | None = None,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        self.provider = provider
+        self.store = store
+        self.workers = workers
+        self.retry = retry or RetryPolicy()
+        self.clock = clock
+        self.pacer = pacer if pacer is not None else pacer_for(provider.name, provider.rate_limit)
+
+    def new_tracker(self, symbols: Iterable[Any], **kwargs: Any) -> ProgressTracker:
+        return ProgressTracker(symbols, clock=self.clock, rate_limit=self.provider.rate_limit, **kwargs)
+
+    def process_batch(
+        self,
+        symbols: Iterable[str],
+        timeframe: str = "1d",
+        start: datetime | str | int | None = None,
+        end: datetime | str | int | None = None,
+        progress_callback: ProgressCallback | None = None,
+        cancellation_token: CancellationToken | None = None,
+        *,
+        gate: PauseGate | None = None,
+        tracker: ProgressTracker | None = None,
+        symbol_callback: SymbolCallback | None = None,
+        default_days: int = 365,
+    ) -> list[SymbolResult]:
+        """Process every symbol; return one result per symbol, in the order given.
+
+        `start=None` means the last `default_days` days; `start="earliest"` each symbol's first
+        available bar. On cancellation, pending symbols are
+        not started and ProcessingCancelledException is raised with the results so far.
+        """
+        symbols = list(symbols)
+        token = cancellation_token or CancellationToken()
+        end_ts = to_epoch(end) if end is not None else int(time.time())
+        start_ts: int | None
+        if start is None:
+            start_ts = end_ts - default_days * 86400
+        elif start == "earliest":
+            start_ts = None
+        else:
+            start_ts = to_epoch(start)
+        tracker = tracker or self.new_tracker(symbols)
+        ctx = BatchContext(
+            provider=self.provider, store=self.store, timeframe=timeframe, start=start_ts, end=end_ts,
+            tracker=tracker, token=token, gate=gate or PauseGate(), pacer=self.pacer, retry=self.retry,
+        )
+        todo = [s for s in symbols if tracker.snapshot_symbol(s).status not in FINISHED]
+        notifier = Notifier() if (progress_callback or symbol_callback) else None
+        tracker.start()
+        if notifier and progress_callback:
+            notifier.post(progress_callback, tracker.progress())
+        results: dict[str, SymbolResult] = {}
+
+        def run_one(symbol: str) -> SymbolResult:
+            result = SymbolPipeline(ctx, symbol).run()
+            if notifier:
+                if symbol_callback:
+                    notifier.post(symbol_callback, result)
+                if progress_callback:
+                    notifier.post(progress_callback, tracker.progress())
+            return result
+
+        try:
+            self._run_pool(todo, run_one, token, results)
+        finally:
+            if notifier:
+                notifier.close()
+        ordered = [results[s] for s in symbols if s in results]
+        if token.is_cancelled:
+            for symbol in todo:
+                if symbol not in results:
+                    tracker.symbol_finished(symbol, "cancelled")
+            raise ProcessingCancelledException(partial_results=ordered)
+        return ordered
+
+    def _run_pool(
+        self,
+        todo: list[str],
+        run_one: Callable[[str], SymbolResult],
+        token: CancellationToken,
+        results: dict[str, SymbolResult],
+    ) -> None:
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ktrdr-worker") as pool:
+            pending: set[Future[SymbolResult]] = {pool.submit(run_one, s) for s in todo}
+            while pending:
+                done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+                for future in done:
+                    if not future.cancelled():
+                        result = future.result()
+                        results[result.symbol] = result
+                if token.is_cancelled:
+                    for future in pending:
+                        future.cancel()

@@ -1,0 +1,237 @@
+"""One symbol's way through the stages: validate, plan the missing segments, fetch, store."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from ktrdr_collect.engine.cancellation import CancellationToken, PauseGate
+from ktrdr_collect.engine.progress import ProgressTracker
+from ktrdr_collect.providers.base import (
+    Bar,
+    PermanentError,
+    Provider,
+    ProviderError,
+    RateLimitedError,
+    TransientError,
+    UnknownSymbolError,
+)
+from ktrdr_collect.providers.pacing import SharedPacer
+from ktrdr_collect.storage.gaps import subtract
+from ktrdr_collect.storage.timeframes import format_ts, timeframe_seconds
+
+log = logging.getLogger("ktrdr_collect.engine")
+T = TypeVar("T")
+
+
+class Store(Protocol):
+    def coverage(self, provider: str, timeframe: str, symbol: str) -> list[tuple[int, int]]: ...
+
+    def write(
+        self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar], covered: tuple[int, int]
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Transient errors: capped exponential backoff with jitter. Rate limits: as the provider says."""
+
+    attempts: int = 5
+    base_s: float = 0.2
+    cap_s: float = 10.0
+    max_throttled: int = 200
+
+    def backoff(self, attempt: int) -> float:
+        return min(self.cap_s, self.base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+@dataclass
+class SymbolResult:
+    symbol: str
+    status: str  # completed | failed | cancelled
+    candles: int = 0
+    requests: int = 0
+    segments_done: int = 0
+    segments_total: int = 0
+    error: str | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+
+@dataclass
+class BatchContext:
+    provider: Provider
+    store: Store
+    timeframe: str
+    start: int | None  # None: the symbol's first available bar
+    end: int
+    tracker: ProgressTracker
+    token: CancellationToken
+    gate: PauseGate
+    pacer: SharedPacer | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    now: Callable[[], float] = time.time
+
+
+class SymbolFailed(Exception):
+    pass
+
+
+class Cancelled(Exception):
+    pass
+
+
+def clean_bars(bars: Sequence[Bar], start: int, end: int) -> list[Bar]:
+    """Bars inside [start, end), sorted, one per timestamp; garbage raises PermanentError."""
+    by_ts: dict[int, Bar] = {}
+    for bar in bars:
+        if len(bar) != 6:
+            raise PermanentError(f"provider returned a malformed bar: {bar!r}")
+        ts, o, h, low, c, v = bar
+        if not all(isinstance(x, int | float) and math.isfinite(x) for x in (o, h, low, c, v)):
+            raise PermanentError(f"provider returned non-numeric values at {format_ts(int(ts))}")
+        if start <= ts < end:
+            by_ts[int(ts)] = (int(ts), float(o), float(h), float(low), float(c), float(v))
+    return [by_ts[ts] for ts in sorted(by_ts)]
+
+
+class SymbolPipeline:
+    def __init__(self, ctx: BatchContext, symbol: str) -> None:
+        self.ctx = ctx
+        self.symbol = symbol
+        self.track = ctx.tracker
+
+    def _stage(self, stage: str) -> None:
+        self.track.stage(self.symbol, stage)
+
+    def run(self) -> SymbolResult:
+        started = time.monotonic()
+        self.track.symbol_started(self.symbol)
+        status, error = "completed", None
+        try:
+            self._run()
+        except Cancelled:
+            status = "cancelled"
+        except SymbolFailed as e:
+            status, error = "failed", str(e)
+        except OSError as e:
+            status, error = "failed", f"cannot store data: {e.strerror or e}"
+        except Exception as e:  # a provider or store bug must not take the batch down
+            log.exception("%s: unexpected error", self.symbol)
+            status, error = "failed", f"{type(e).__name__}: {e}"
+        if status == "failed":
+            log.warning("%s: failed: %s", self.symbol, error)
+        self.track.symbol_finished(self.symbol, status, error)
+        sp = self.track.snapshot_symbol(self.symbol)
+        return SymbolResult(
+            symbol=self.symbol, status=status, candles=sp.candles, requests=sp.requests,
+            segments_done=sp.segments_done, segments_total=sp.segments_total, error=error,
+            elapsed_s=round(time.monotonic() - started, 3),
+        )
+
+    def _run(self) -> None:
+        ctx, symbol = self.ctx, self.symbol
+        self._check_cancel()
+        self._call(lambda: ctx.provider.validate(symbol))
+        self._stage("head_timestamp")
+        start = ctx.start
+        if start is None:
+            start = self._call(lambda: ctx.provider.head_timestamp(symbol, ctx.timeframe))
+        self._stage("loading_local")
+        coverage = ctx.store.coverage(ctx.provider.name, ctx.timeframe, symbol)
+        self._stage("analyzing_gaps")
+        end = min(ctx.end, int(ctx.now()) - timeframe_seconds(ctx.timeframe))  # no forming bar
+        gaps = subtract((start, end), coverage) if end > start else []
+        self._stage("segmenting")
+        segments: list[tuple[int, int]] = []
+        for gap in gaps:
+            parts = ctx.provider.calendar.split(ctx.timeframe, gap[0], gap[1], ctx.provider.max_bars)
+            if parts:
+                segments.extend(parts)
+            else:  # no bars can exist there (weekend, night): nothing to ask for
+                ctx.store.write(ctx.provider.name, ctx.timeframe, symbol, [], gap)
+        self.track.planned(symbol, len(segments))
+        for segment in segments:
+            self._stage("fetching")
+            if self._already_covered(segment):
+                self.track.segment_done(symbol, 0, requested=False)
+                continue
+            bars = self._fetch(segment)
+            self._stage("saving")
+            ctx.store.write(ctx.provider.name, ctx.timeframe, symbol, bars, segment)
+            self.track.segment_done(symbol, len(bars))
+
+    def _check_cancel(self) -> None:
+        if self.ctx.token.is_cancelled:
+            raise Cancelled
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        """A provider call outside fetching (validate, head timestamp): classified errors."""
+        try:
+            return fn()
+        except UnknownSymbolError as e:
+            raise SymbolFailed(str(e)) from None
+        except ProviderError as e:
+            raise SymbolFailed(str(e)) from None
+
+    def _already_covered(self, segment: tuple[int, int]) -> bool:
+        """Another job may have stored this segment since we planned."""
+        ctx = self.ctx
+        coverage = ctx.store.coverage(ctx.provider.name, ctx.timeframe, self.symbol)
+        return not subtract(segment, coverage)
+
+    def _wait_turn(self) -> None:
+        """Block while paused, then wait for a pacing slot; raise Cancelled when cancelled."""
+        ctx = self.ctx
+        while True:
+            if not ctx.gate.wait_open(ctx.token):
+                raise Cancelled
+            if ctx.pacer is None:
+                return
+            delay = ctx.pacer.delay()
+            if delay <= 0 or ctx.gate.sleep(delay, ctx.token):
+                self._check_cancel()
+                if not ctx.gate.is_paused:
+                    return
+
+    def _sleep(self, seconds: float) -> None:
+        if not self.ctx.gate.sleep(seconds, self.ctx.token):
+            self._check_cancel()
+
+    def _fetch(self, segment: tuple[int, int]) -> list[Bar]:
+        ctx, symbol = self.ctx, self.symbol
+        failures = throttles = 0
+        while True:
+            self._wait_turn()
+            self.track.request_made(symbol)
+            try:
+                bars = ctx.provider.fetch(symbol, ctx.timeframe, segment[0], segment[1], ctx.token)
+                self._check_cancel()
+                return clean_bars(bars, segment[0], segment[1])
+            except RateLimitedError as e:
+                self.track.request_failed(throttled=True)
+                throttles += 1
+                if throttles > ctx.retry.max_throttled:
+                    raise SymbolFailed(f"rate limited {throttles} times: {e}") from None
+                wait = e.retry_after if e.retry_after is not None else ctx.retry.backoff(throttles)
+                log.info("%s: throttled, waiting %.2fs: %s", symbol, wait, e)
+                self._sleep(wait)
+            except TransientError as e:
+                self.track.request_failed()
+                failures += 1
+                if failures >= ctx.retry.attempts:
+                    raise SymbolFailed(f"{e} (gave up after {failures} attempts)") from None
+                wait = ctx.retry.backoff(failures)
+                log.info("%s: retry %d in %.2fs: %s", symbol, failures, wait, e)
+                self._sleep(wait)
+            except (UnknownSymbolError, PermanentError, ProviderError) as e:
+                self.track.request_failed()
+                raise SymbolFailed(str(e)) from None

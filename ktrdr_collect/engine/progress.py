@@ -1,0 +1,310 @@
+"""Progress of a batch: one mutator (ProgressTracker) and read-only snapshots."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+
+from ktrdr_collect.engine.eta import RequestRate, estimate_remaining_requests, eta_seconds
+
+STAGES = (
+    "validating", "head_timestamp", "loading_local", "analyzing_gaps",
+    "segmenting", "fetching", "merging", "saving", "done",
+)
+FINISHED = ("completed", "failed")
+
+
+@dataclass(frozen=True)
+class SymbolProgress:
+    symbol: str
+    status: str = "pending"  # pending | running | completed | failed | cancelled
+    stage: str = "validating"
+    segments_done: int = 0
+    segments_total: int = 0
+    candles: int = 0
+    requests: int = 0
+    error: str | None = None
+    planned: bool = False
+
+    @property
+    def fraction(self) -> float:
+        if self.status in FINISHED:
+            return 1.0
+        if not self.segments_total:
+            return 0.0
+        return self.segments_done / self.segments_total
+
+
+@dataclass(frozen=True)
+class BatchSnapshot:
+    symbols: tuple[SymbolProgress, ...]
+    requests: int
+    throttled: int
+    errors_count: int
+    candles: int
+    elapsed_s: float
+    eta_s: float | None
+    rate_symbols_per_s: float
+    rate_candles_per_s: float
+
+    @property
+    def total(self) -> int:
+        return len(self.symbols)
+
+    @property
+    def completed(self) -> int:
+        return sum(1 for s in self.symbols if s.status == "completed")
+
+    @property
+    def failed(self) -> int:
+        return sum(1 for s in self.symbols if s.status == "failed")
+
+    @property
+    def finished(self) -> int:
+        return sum(1 for s in self.symbols if s.status in FINISHED)
+
+    @property
+    def current(self) -> list[str]:
+        return [s.symbol for s in self.symbols if s.status == "running"]
+
+    @property
+    def percent(self) -> float:
+        if not self.symbols:
+            return 100.0
+        return round(100.0 * sum(s.fraction for s in self.symbols) / len(self.symbols), 2)
+
+
+@dataclass(frozen=True)
+class ProcessingProgress:
+    """What a `progress_callback` receives."""
+
+    total_symbols: int
+    completed_symbols: int
+    current_symbol: str | None
+    errors_count: int
+    elapsed_time_ms: float
+    estimated_remaining_ms: float | None
+
+    @property
+    def percentage(self) -> float:
+        if self.total_symbols == 0:
+            return 100.0
+        return 100.0 * self.completed_symbols / self.total_symbols
+
+    @classmethod
+    def from_snapshot(cls, snap: BatchSnapshot) -> ProcessingProgress:
+        current = snap.current
+        return cls(
+            total_symbols=snap.total,
+            completed_symbols=snap.finished,
+            current_symbol=current[0] if current else None,
+            errors_count=snap.errors_count,
+            elapsed_time_ms=snap.elapsed_s * 1000,
+            estimated_remaining_ms=None if snap.eta_s is None else snap.eta_s * 1000,
+        )
+
+
+@dataclass
+class Totals:
+    """Counters carried over from an earlier run of the same job (resume)."""
+
+    requests: int = 0
+    throttled: int = 0
+    errors_count: int = 0
+    candles: int = 0
+    elapsed_s: float = 0.0
+
+
+class ProgressTracker:
+    """Thread-safe progress of one batch. Workers mutate; anyone may take a snapshot.
+
+    Aggregates (finished count, requests left, unplanned symbols) are kept incrementally so that
+    `progress()` is O(1) however many symbols there are; `snapshot()` is O(symbols).
+    """
+
+    def __init__(
+        self,
+        symbols: Iterable[str | SymbolProgress],
+        clock: Callable[[], float] = time.monotonic,
+        rate_limit: float | None = None,
+        carried: Totals | None = None,
+    ) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._version = 0
+        self._symbols: dict[str, SymbolProgress] = {}
+        for item in symbols:
+            sp = item if isinstance(item, SymbolProgress) else SymbolProgress(item)
+            self._symbols[sp.symbol] = sp
+        self._carried = carried or Totals()
+        self._requests = self._throttled = self._errors = self._candles = 0
+        self._finished_here = 0
+        self._finished = sum(1 for sp in self._symbols.values() if sp.status in FINISHED)
+        self._running: dict[str, None] = {}
+        self._left = 0  # planned requests not yet done, over unfinished symbols
+        self._planned_count = 0
+        self._planned_sum = 0
+        self._unplanned = sum(1 for sp in self._symbols.values() if sp.status not in FINISHED)
+        self._started: float | None = None
+        self._paused_at: float | None = None
+        self._paused_total = 0.0
+        self._rate = RequestRate(limit=rate_limit)
+
+    # -- time ------------------------------------------------------------------------------
+    def _active(self, now: float) -> float:
+        if self._started is None:
+            return 0.0
+        paused = self._paused_total + (now - self._paused_at if self._paused_at is not None else 0.0)
+        return max(0.0, now - self._started - paused)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started is None:
+                self._started = self._clock()
+            self._bump()
+
+    def pause(self) -> None:
+        with self._lock:
+            if self._paused_at is None:
+                self._paused_at = self._clock()
+            self._bump()
+
+    def resume(self) -> None:
+        with self._lock:
+            if self._paused_at is not None:
+                self._paused_total += self._clock() - self._paused_at
+                self._paused_at = None
+            self._bump()
+
+    # -- mutations -------------------------------------------------------------------------
+    def _bump(self) -> None:
+        self._version += 1
+        self._changed.notify_all()
+
+    def notify(self) -> None:
+        """Wake anyone waiting for a change (used to stop observers)."""
+        with self._lock:
+            self._bump()
+
+    def _set(self, symbol: str, **changes: object) -> SymbolProgress:
+        old = self._symbols[symbol]
+        self._symbols[symbol] = replace(old, **changes)  # type: ignore[arg-type]
+        return old
+
+    def symbol_started(self, symbol: str) -> None:
+        with self._lock:
+            self._set(symbol, status="running", stage="validating")
+            self._running[symbol] = None
+            self._bump()
+
+    def stage(self, symbol: str, stage: str) -> None:
+        with self._lock:
+            self._set(symbol, stage=stage)
+            self._bump()
+
+    def planned(self, symbol: str, segments_total: int) -> None:
+        with self._lock:
+            old = self._set(symbol, segments_total=segments_total, segments_done=0, planned=True)
+            if not old.planned:
+                self._unplanned -= 1
+                self._planned_count += 1
+                self._planned_sum += segments_total
+                self._left += segments_total
+            self._bump()
+
+    def request_made(self, symbol: str) -> None:
+        with self._lock:
+            self._requests += 1
+            self._set(symbol, requests=self._symbols[symbol].requests + 1)
+            self._bump()
+
+    def request_failed(self, throttled: bool = False) -> None:
+        with self._lock:
+            if throttled:
+                self._throttled += 1
+            else:
+                self._errors += 1
+            self._bump()
+
+    def segment_done(self, symbol: str, candles: int, requested: bool = True) -> None:
+        with self._lock:
+            sp = self._symbols[symbol]
+            self._set(symbol, segments_done=sp.segments_done + 1, candles=sp.candles + candles)
+            self._left -= 1
+            self._candles += candles
+            if requested:
+                self._rate.record(self._active(self._clock()))
+            self._bump()
+
+    def symbol_finished(self, symbol: str, status: str, error: str | None = None) -> None:
+        with self._lock:
+            sp = self._symbols[symbol]
+            if sp.status in FINISHED or sp.status == "cancelled":
+                return
+            stage = "done" if status == "completed" else sp.stage
+            self._set(symbol, status=status, stage=stage, error=error)
+            self._running.pop(symbol, None)
+            if sp.planned:
+                self._left -= max(0, sp.segments_total - sp.segments_done)
+            else:
+                self._unplanned -= 1
+            if status in FINISHED:
+                self._finished += 1
+                self._finished_here += 1
+            if status == "failed" and sp.requests == 0:
+                self._errors += 1  # failed without a failed request (e.g. unknown symbol)
+            self._bump()
+
+    # -- reading ---------------------------------------------------------------------------
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def wait_for_change(self, version: int, timeout: float) -> int:
+        with self._changed:
+            self._changed.wait_for(lambda: self._version != version, timeout)
+            return self._version
+
+    def snapshot_symbol(self, symbol: str) -> SymbolProgress:
+        with self._lock:
+            return self._symbols[symbol]
+
+    def _eta(self, active: float) -> float | None:
+        if self._unplanned == 0 and self._left <= 0:
+            return 0.0
+        totals = [self._planned_sum / self._planned_count] if self._planned_count else []
+        remaining = estimate_remaining_requests(self._left, self._unplanned, totals)
+        eta = eta_seconds(remaining, self._rate.rate(active))
+        return None if eta is None else round(eta, 3)
+
+    def progress(self) -> ProcessingProgress:
+        """O(1): what a progress callback gets."""
+        with self._lock:
+            active = self._active(self._clock())
+            eta = self._eta(active)
+            return ProcessingProgress(
+                total_symbols=len(self._symbols),
+                completed_symbols=self._finished,
+                current_symbol=next(iter(self._running), None),
+                errors_count=self._carried.errors_count + self._errors,
+                elapsed_time_ms=(self._carried.elapsed_s + active) * 1000,
+                estimated_remaining_ms=None if eta is None else eta * 1000,
+            )
+
+    def snapshot(self) -> BatchSnapshot:
+        with self._lock:
+            active = self._active(self._clock())
+            return BatchSnapshot(
+                symbols=tuple(self._symbols.values()),
+                requests=self._carried.requests + self._requests,
+                throttled=self._carried.throttled + self._throttled,
+                errors_count=self._carried.errors_count + self._errors,
+                candles=self._carried.candles + self._candles,
+                elapsed_s=round(self._carried.elapsed_s + active, 3),
+                eta_s=self._eta(active),
+                rate_symbols_per_s=round(self._finished_here / active, 4) if active > 0 else 0.0,
+                rate_candles_per_s=round(self._candles / active, 2) if active > 0 else 0.0,
+            )

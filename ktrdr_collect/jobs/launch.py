@@ -1,0 +1,123 @@
+"""Creating a job and starting its runner process (the same for foreground and --detach)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ktrdr_collect import paths
+from ktrdr_collect.jobs import model
+from ktrdr_collect.jobs.folders import create_folder, iso_now, iso_seconds
+from ktrdr_collect.jobs.lock import JobLock
+from ktrdr_collect.jobs.statefile import write_state
+
+LOG_FILE = "log"
+RUNNER_ERR = "runner.err"
+
+
+@dataclass
+class JobRequest:
+    symbols: list[str]
+    timeframe: str
+    start: datetime | None  # None: earliest
+    end: datetime
+    provider: str
+    options: dict[str, Any] = field(default_factory=dict)
+    public_options: dict[str, Any] = field(default_factory=dict)
+    earliest_ts: int = 0
+    workers: int = 4
+    data_dir: Path = Path()
+    format: str = "csv"
+    name: str | None = None
+    synthetic: bool = False
+
+
+def initial_state(job_id: str, req: JobRequest) -> dict[str, Any]:
+    now = iso_now()
+    start_ts = req.start.timestamp() if req.start is not None else req.earliest_ts
+    return {
+        "schema": model.SCHEMA,
+        "id": job_id,
+        "name": req.name,
+        "status": model.PENDING,
+        "provider": req.provider,
+        "timeframe": req.timeframe,
+        "start": iso_seconds(start_ts),
+        "end": iso_seconds(req.end.timestamp()),
+        "created_at": now,
+        "started_at": None,
+        "updated_at": now,
+        "completed_at": None,
+        "symbols_total": len(req.symbols),
+        "symbols_completed": 0,
+        "symbols_failed": 0,
+        "percent": 0.0,
+        "candles": 0,
+        "requests": 0,
+        "current_symbols": [],
+        "elapsed_s": 0.0,
+        "rate_symbols_per_s": 0.0,
+        "rate_candles_per_s": 0.0,
+        "eta_s": None,
+        "errors_count": 0,
+        "throttled": 0,
+        "symbols": [
+            {"symbol": s, "status": "pending", "stage": "validating", "segments_done": 0,
+             "segments_total": 0, "candles": 0, "requests": 0, "error": None}
+            for s in req.symbols
+        ],
+        # beyond the contract: what the runner needs to (re)start the job
+        "earliest": req.start is None,
+        "options": req.public_options,
+        "workers": req.workers,
+        "data_dir": str(req.data_dir),
+        "format": req.format,
+        "synthetic": req.synthetic,
+        "control_offset": 0,
+        "runs": 0,
+        "pid": None,
+        "error": None,
+    }
+
+
+def spawn_runner(job_id: str, lock: JobLock) -> subprocess.Popen[bytes]:
+    """Start the runner in its own session, handing it the lock we hold (no unlocked gap)."""
+    folder = paths.job_dir(job_id)
+    assert lock.fd is not None
+    env = {**os.environ, paths.HOME_ENV: str(paths.home().resolve())}
+    err = paths.open_private(folder / RUNNER_ERR, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ktrdr_collect.jobs.runner", job_id, "--lock-fd", str(lock.fd)],
+            pass_fds=(lock.fd,),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+            cwd="/",
+        )
+    finally:
+        os.close(err)
+    lock.record_pid(proc.pid)
+    lock.release()  # the runner's copy of the descriptor keeps the lock held
+    return proc
+
+
+def create_job(req: JobRequest) -> str:
+    """Make the job folder and its pending state, holding the lock throughout; start the runner."""
+    job_id, folder = create_folder()
+    lock = JobLock(folder)
+    if not lock.try_acquire():
+        raise RuntimeError(f"job {job_id}: cannot lock a new job folder")
+    try:
+        write_state(folder, initial_state(job_id, req), durable=True)
+        spawn_runner(job_id, lock)
+    finally:
+        lock.release()
+    return job_id

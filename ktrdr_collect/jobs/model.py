@@ -1,0 +1,55 @@
+"""Job states, the transitions between them, and what each means as an exit code."""
+
+from __future__ import annotations
+
+from ktrdr_collect.errors import InvalidJobStateError
+
+SCHEMA = 1
+
+PENDING, RUNNING, PAUSED = "pending", "running", "paused"
+COMPLETED, FAILED, CANCELLED, INTERRUPTED = "completed", "failed", "cancelled", "interrupted"
+
+FINISHED = frozenset({COMPLETED, FAILED, CANCELLED})
+ACTIVE = frozenset({PENDING, RUNNING, PAUSED})
+"""States that need a live runner; seen without one they read as `interrupted`."""
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    PENDING: frozenset({RUNNING, CANCELLED, FAILED}),
+    RUNNING: frozenset({PAUSED, COMPLETED, FAILED, CANCELLED}),
+    PAUSED: frozenset({RUNNING, COMPLETED, FAILED, CANCELLED}),
+    INTERRUPTED: frozenset({PENDING, CANCELLED}),
+    COMPLETED: frozenset(),
+    FAILED: frozenset(),
+    CANCELLED: frozenset(),
+}
+
+
+def can_transition(current: str, target: str) -> bool:
+    return target in TRANSITIONS.get(current, frozenset())
+
+
+def check_pause(status: str) -> None:
+    if status != RUNNING:
+        raise InvalidJobStateError(f"Cannot pause job in {status} state")
+
+
+def check_resume(status: str) -> None:
+    if status not in (PAUSED, INTERRUPTED):
+        raise InvalidJobStateError(f"Cannot resume job in {status} state")
+
+
+def check_cancel(status: str) -> None:
+    if status in FINISHED:
+        raise InvalidJobStateError(f"Cannot cancel {status} job")
+
+
+def exit_code(status: str, symbols_failed: int = 0) -> int | None:
+    """CONTRACT.md exit codes for a job; None while it is still going."""
+    if status == COMPLETED:
+        return 3 if symbols_failed else 0
+    return {FAILED: 4, CANCELLED: 5, INTERRUPTED: 6}.get(status)
+
+
+def final_status(symbols_completed: int, symbols_failed: int) -> str:
+    """How a job that ran to the end finished: failed when no symbol succeeded."""
+    return FAILED if symbols_failed and not symbols_completed else COMPLETED

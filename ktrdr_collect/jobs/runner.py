@@ -1,0 +1,288 @@
+"""The runner: the one process that owns a job while it runs.
+
+`python -m ktrdr_collect.jobs.runner JOB_ID [--lock-fd N]`. It holds the job lock, reads the
+control channel every 25 ms, runs the engine, and alone writes state.json (≤ 10 times a second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ktrdr_collect import paths
+from ktrdr_collect.config import load_settings
+from ktrdr_collect.engine.cancellation import CancellationToken, PauseGate, ProcessingCancelledException
+from ktrdr_collect.engine.engine import ProcessingEngine
+from ktrdr_collect.engine.pipeline import SymbolResult
+from ktrdr_collect.engine.progress import FINISHED as SYMBOL_FINISHED
+from ktrdr_collect.engine.progress import BatchSnapshot, ProgressTracker, SymbolProgress, Totals
+from ktrdr_collect.errors import CollectError
+from ktrdr_collect.jobs import model
+from ktrdr_collect.jobs.control import ControlReader
+from ktrdr_collect.jobs.folders import iso_now
+from ktrdr_collect.jobs.launch import LOG_FILE
+from ktrdr_collect.jobs.lock import JobLock
+from ktrdr_collect.jobs.statefile import read_state, write_state
+from ktrdr_collect.providers.registry import create_provider
+from ktrdr_collect.storage.open import open_store
+
+log = logging.getLogger("ktrdr_collect.job")
+CONTROL_POLL_S = 0.025
+MIN_WRITE_INTERVAL_S = 0.1
+
+
+def setup_logging(folder: Path) -> logging.Handler:
+    handler = logging.FileHandler(folder / LOG_FILE, encoding="utf-8")
+    formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger("ktrdr_collect")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return handler
+
+
+def symbol_entry(sp: SymbolProgress) -> dict[str, Any]:
+    return {
+        "symbol": sp.symbol, "status": sp.status, "stage": sp.stage, "segments_done": sp.segments_done,
+        "segments_total": sp.segments_total, "candles": sp.candles, "requests": sp.requests, "error": sp.error,
+    }
+
+
+def apply_snapshot(state: dict[str, Any], snap: BatchSnapshot) -> None:
+    state.update(
+        symbols=[symbol_entry(sp) for sp in snap.symbols],
+        symbols_total=snap.total,
+        symbols_completed=snap.completed,
+        symbols_failed=snap.failed,
+        percent=snap.percent,
+        candles=snap.candles,
+        requests=snap.requests,
+        current_symbols=snap.current,
+        elapsed_s=snap.elapsed_s,
+        rate_symbols_per_s=snap.rate_symbols_per_s,
+        rate_candles_per_s=snap.rate_candles_per_s,
+        eta_s=snap.eta_s,
+        errors_count=snap.errors_count,
+        throttled=snap.throttled,
+    )
+
+
+def tracker_symbols(state: dict[str, Any]) -> list[SymbolProgress]:
+    """Finished symbols are kept as they are; the rest start again (gap analysis skips what is stored)."""
+    out = []
+    for e in state["symbols"]:
+        if e["status"] in SYMBOL_FINISHED:
+            out.append(SymbolProgress(
+                e["symbol"], e["status"], e["stage"], e["segments_done"], e["segments_total"],
+                e["candles"], e.get("requests", 0), e["error"], planned=True,
+            ))
+        else:
+            out.append(SymbolProgress(e["symbol"], candles=e["candles"], requests=e.get("requests", 0)))
+    return out
+
+
+class Runner:
+    def __init__(self, job_id: str, lock: JobLock) -> None:
+        self.job_id = job_id
+        self.folder = paths.job_dir(job_id)
+        self.lock = lock
+        self.state = read_state(self.folder)
+        self.token = CancellationToken()
+        self.gate = PauseGate()
+        self.cancel_requested = False
+        self.signalled = False
+        self.done = threading.Event()
+        self._write_lock = threading.Lock()
+        self._last_write = 0.0
+        self.control = ControlReader(self.folder, int(self.state.get("control_offset") or 0))
+        self.tracker: ProgressTracker | None = None
+
+    # -- state.json --------------------------------------------------------------------
+    def publish(self, durable: bool = False) -> None:
+        with self._write_lock:
+            if self.tracker is not None:
+                apply_snapshot(self.state, self.tracker.snapshot())
+            self.state["updated_at"] = iso_now()
+            write_state(self.folder, self.state, durable=durable)
+            self._last_write = time.monotonic()
+
+    def set_status(self, status: str) -> None:
+        old = self.state["status"]
+        if old != status:
+            self.state["status"] = status
+            log.info("job %s: %s -> %s", self.job_id, old, status)
+
+    # -- threads -----------------------------------------------------------------------
+    def control_loop(self) -> None:
+        while not self.done.is_set():
+            commands = self.control.poll()
+            for command in commands:
+                self.apply(command)
+            if commands:
+                self.state["control_offset"] = self.control.offset
+                self.publish()
+            self.done.wait(CONTROL_POLL_S)
+
+    def apply(self, command: str) -> None:
+        status = self.state["status"]
+        assert self.tracker is not None
+        if command == "pause" and status == model.RUNNING:
+            self.gate.pause()
+            self.tracker.pause()
+            self.set_status(model.PAUSED)
+        elif command == "resume" and status == model.PAUSED:
+            self.tracker.resume()
+            self.gate.resume()
+            self.set_status(model.RUNNING)
+        elif command == "cancel" and not self.cancel_requested:
+            log.info("job %s: cancel requested", self.job_id)
+            self.cancel_requested = True
+            self.token.cancel()
+        else:
+            log.info("job %s: ignored %s while %s", self.job_id, command, status)
+
+    def writer_loop(self) -> None:
+        assert self.tracker is not None
+        version = self.tracker.version
+        while not self.done.is_set():
+            version = self.tracker.wait_for_change(version, timeout=1.0)
+            if self.done.is_set():
+                return
+            self.publish()
+            self.done.wait(MIN_WRITE_INTERVAL_S)
+
+    def on_symbol(self, result: SymbolResult) -> None:
+        if result.status == "completed":
+            log.info("%s: completed, %d candles, %d requests", result.symbol, result.candles, result.requests)
+        elif result.status == "failed":
+            log.error("%s: failed: %s", result.symbol, result.error)
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        log.warning("job %s: stopped by signal %d; `collect resume` continues it", self.job_id, signum)
+        self.signalled = True
+        self.token.cancel()
+
+    # -- the run -----------------------------------------------------------------------
+    def run(self) -> int:
+        state = self.state
+        if state["status"] in model.FINISHED:
+            log.info("job %s is already %s", self.job_id, state["status"])
+            return model.exit_code(state["status"], state["symbols_failed"]) or 0
+        settings = load_settings()
+        provider = create_provider(
+            state["provider"], {**settings.provider_options(state["provider"]), **state.get("options", {})}
+        )
+        store = open_store(state.get("format", "csv"), Path(state["data_dir"]))
+        engine = ProcessingEngine(provider, store, workers=int(state.get("workers", 4)))
+        carried = Totals(state["requests"], state["throttled"], state["errors_count"], state["candles"],
+                         state["elapsed_s"])
+        self.tracker = engine.new_tracker(tracker_symbols(state), carried=carried)
+        state["runs"] = int(state.get("runs") or 0) + 1
+        state["started_at"] = state.get("started_at") or iso_now()
+        self.set_status(model.RUNNING)
+        self.publish(durable=True)
+        threads = [threading.Thread(target=self.control_loop, name="ktrdr-control", daemon=True),
+                   threading.Thread(target=self.writer_loop, name="ktrdr-state", daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            engine.process_batch(
+                [e["symbol"] for e in state["symbols"]], state["timeframe"],
+                start="earliest" if state.get("earliest") else state["start"], end=state["end"],
+                cancellation_token=self.token, gate=self.gate, tracker=self.tracker,
+                symbol_callback=self.on_symbol,
+            )
+        except ProcessingCancelledException:
+            pass
+        finally:
+            self.done.set()
+            self.tracker.notify()
+            for t in threads:
+                t.join()
+            provider.close()
+        return self.finish()
+
+    def finish(self) -> int:
+        assert self.tracker is not None
+        for command in self.control.poll():  # acknowledge what arrived at the very end
+            if command == "cancel" and not self.signalled:
+                self.cancel_requested = True
+        self.state["control_offset"] = self.control.offset
+        snap = self.tracker.snapshot()
+        if self.signalled and not self.cancel_requested:
+            apply_snapshot(self.state, snap)
+            for e in self.state["symbols"]:
+                if e["status"] == "cancelled":
+                    e["status"] = "pending"
+            self.state["current_symbols"] = []
+            with self._write_lock:
+                self.state["updated_at"] = iso_now()
+                write_state(self.folder, self.state, durable=True)
+            return model.exit_code(model.INTERRUPTED) or 6
+        if self.cancel_requested:
+            status = model.CANCELLED
+        else:
+            status = model.final_status(snap.completed, snap.failed)
+        self.set_status(status)
+        self.state["completed_at"] = iso_now()
+        self.publish(durable=True)
+        self.state["eta_s"] = 0.0
+        with self._write_lock:
+            write_state(self.folder, self.state, durable=True)
+        log.info(
+            "job %s %s: %d/%d symbols completed, %d failed, %d candles, %d requests, %.1fs",
+            self.job_id, status, snap.completed, snap.total, snap.failed, snap.candles, snap.requests,
+            snap.elapsed_s,
+        )
+        return model.exit_code(status, snap.failed) or 0
+
+    def fail(self, message: str) -> int:
+        log.error("job %s failed: %s", self.job_id, message)
+        self.state["error"] = message
+        self.set_status(model.FAILED)
+        self.state["completed_at"] = self.state["updated_at"] = iso_now()
+        self.state["eta_s"] = 0.0
+        self.state["current_symbols"] = []
+        write_state(self.folder, self.state, durable=True)
+        return 4
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ktrdr_collect.jobs.runner")
+    parser.add_argument("job_id")
+    parser.add_argument("--lock-fd", type=int, default=None)
+    args = parser.parse_args(argv)
+    folder = paths.job_dir(args.job_id)
+    if args.lock_fd is not None:
+        lock = JobLock(folder, fd=args.lock_fd)
+    else:
+        lock = JobLock(folder)
+        if not lock.try_acquire(attempts=10):
+            print(f"job {args.job_id} already has a runner", file=sys.stderr)
+            return 1
+    lock.record_pid(os.getpid())
+    handler = setup_logging(folder)
+    runner = Runner(args.job_id, lock)
+    signal.signal(signal.SIGTERM, runner.on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, runner.on_signal)
+    try:
+        return runner.run()
+    except Exception as e:  # the job fails; readers see why
+        log.exception("job %s: runner crashed", args.job_id)
+        return runner.fail(str(e) if isinstance(e, CollectError) else f"{type(e).__name__}: {e}")
+    finally:
+        handler.flush()
+        lock.release()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The Provider shape every data source implements, and the error classes it raises."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from ktrdr_collect.errors import ProviderUnavailableError
+from ktrdr_collect.storage.calendar import Calendar
+
+Bar = tuple[int, float, float, float, float, float]
+"""(timestamp epoch seconds UTC, open, high, low, close, volume)."""
+
+
+class ProviderError(Exception):
+    """Base of the classified provider errors; the engine decides what each one means."""
+
+
+class UnknownSymbolError(ProviderError):
+    """The provider does not know the symbol: fail it at once, no retry."""
+
+
+class RateLimitedError(ProviderError):
+    """The provider refused the request for rate limiting: wait, then try again."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class TransientError(ProviderError):
+    """Network hiccup, timeout, 5xx: retry with backoff."""
+
+
+class PermanentError(ProviderError):
+    """Anything retrying will not fix: fail the symbol."""
+
+
+class Interrupt(Protocol):
+    """What a provider waits on: returns True at once when the work is cancelled."""
+
+    @property
+    def is_cancelled(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    name: str
+    type: type
+    default: Any
+    help: str
+    secret: bool = False
+
+
+def _convert(spec: OptionSpec, value: Any) -> Any:
+    if isinstance(value, spec.type) and not (spec.type is int and isinstance(value, bool)):
+        return value
+    text = str(value).strip()
+    try:
+        if spec.type is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        return spec.type(text)
+    except ValueError:
+        raise ProviderUnavailableError(
+            f"option {spec.name} expects {spec.type.__name__}, got '{value}'"
+        ) from None
+
+
+class Provider:
+    """Base class: declares what the source offers and parses its options."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    timeframes: ClassVar[tuple[str, ...]] = ()
+    needs_network: ClassVar[bool] = False
+    needs_credentials: ClassVar[bool] = False
+    synthetic: ClassVar[bool] = False
+    option_specs: ClassVar[tuple[OptionSpec, ...]] = ()
+
+    calendar: Calendar
+    max_bars: int = 1000
+    rate_limit: float | None = None
+    """Requests per second the provider allows (None: no known limit)."""
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        self.options = self.parse_options(options or {})
+
+    @classmethod
+    def parse_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        specs = {spec.name: spec for spec in cls.option_specs}
+        unknown = sorted(set(options) - set(specs))
+        if unknown:
+            valid = ", ".join(specs) or "none"
+            raise ProviderUnavailableError(
+                f"unknown option '{unknown[0]}' for provider {cls.name} (valid: {valid})"
+            )
+        parsed = {name: spec.default for name, spec in specs.items()}
+        for name, value in options.items():
+            parsed[name] = _convert(specs[name], value)
+        return parsed
+
+    def public_options(self) -> dict[str, Any]:
+        """Options safe to show in state files and logs (secrets masked)."""
+        secret = {spec.name for spec in self.option_specs if spec.secret}
+        return {k: ("***" if k in secret and v else v) for k, v in self.options.items()}
+
+    def earliest(self, timeframe: str) -> int:
+        """The first bar the provider could ever have (the job-level meaning of `earliest`)."""
+        raise NotImplementedError
+
+    def validate(self, symbol: str) -> None:
+        """Raise UnknownSymbolError if the provider does not know `symbol`."""
+
+    def head_timestamp(self, symbol: str, timeframe: str) -> int:
+        """The first bar available for this symbol."""
+        return self.earliest(timeframe)
+
+    def fetch(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
+        """Bars with start <= ts < end, ascending."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,165 @@
+"""The offline, deterministic `demo` provider (CONTRACT.md "The demo provider").
+
+A bar's values depend only on (symbol, timeframe, timestamp): a smooth price path from a few
+sine waves scaled per symbol, with per-bar noise from an integer hash. Synthetic data.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import random
+import threading
+import time
+import zlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ktrdr_collect import paths
+from ktrdr_collect.providers.base import (
+    Bar,
+    Interrupt,
+    OptionSpec,
+    Provider,
+    RateLimitedError,
+    TransientError,
+    UnknownSymbolError,
+)
+from ktrdr_collect.storage.calendar import DEMO_CALENDAR
+from ktrdr_collect.storage.timeframes import TIMEFRAMES, timeframe_seconds
+
+FIRST_BAR = 946857600  # 2000-01-03T00:00:00Z
+_MASK = (1 << 64) - 1
+_TAU = 2 * math.pi
+_YEAR = 365.25 * 86400
+
+
+def _mix(x: int) -> int:
+    """splitmix64: a fast, well-spread 64-bit hash."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+class DemoSeries:
+    """The deterministic price path of one (symbol, timeframe)."""
+
+    def __init__(self, symbol: str, timeframe: str) -> None:
+        crc = zlib.crc32(symbol.encode())
+        self.seed = (crc << 32) ^ zlib.crc32(timeframe.encode())
+        self.step = timeframe_seconds(timeframe)
+        self.base = 20.0 + (crc % 4800) / 10.0
+        self.phase = (crc % 1000) / 1000 * _TAU
+        self.volume_scale = 1000.0 * math.sqrt(self.step)
+
+    def level(self, ts: float) -> float:
+        wave = (
+            0.35 * math.sin(_TAU * ts / (3.1 * _YEAR) + self.phase)
+            + 0.12 * math.sin(_TAU * ts / (97 * 86400) + 2 * self.phase)
+            + 0.04 * math.sin(_TAU * ts / (5.3 * 86400) + 3 * self.phase)
+        )
+        return self.base * math.exp(wave)
+
+    def bar(self, ts: int) -> Bar:
+        h = _mix(self.seed ^ ts)
+        u1 = (h & 0xFFFF) / 65535 - 0.5
+        u2 = ((h >> 16) & 0xFFFF) / 65535 - 0.5
+        u3 = ((h >> 32) & 0xFFFF) / 65535
+        u4 = ((h >> 48) & 0xFFFF) / 65535
+        open_ = self.level(ts) * (1 + 0.004 * u1)
+        close = self.level(ts + self.step) * (1 + 0.004 * u2)
+        high = max(open_, close) * (1 + 0.006 * u3)
+        low = min(open_, close) * (1 - 0.006 * u4)
+        volume = float(int(self.volume_scale * (0.5 + u3 + u4)))
+        return (ts, round(open_, 2), round(high, 2), round(low, 2), round(close, 2), volume)
+
+
+def _symbol_set(text: str) -> frozenset[str]:
+    return frozenset(s.strip().upper() for s in text.split(",") if s.strip())
+
+
+class ServerRateLimit:
+    """The demo 'server' side of rate_limit: a sliding 1-second window shared by every process."""
+
+    def __init__(self, limit: int, folder: Path) -> None:
+        self.limit = limit
+        self.path = folder / f"demo-server-{limit}.json"
+
+    def admit(self) -> float | None:
+        """None if the request is admitted, else seconds until it would be."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = paths.open_private(self.path, os.O_RDWR | os.O_CREAT)
+        with os.fdopen(fd, "r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            now = time.time()
+            try:
+                stamps = [t for t in json.loads(f.read() or "[]") if now - 1.0 < t <= now + 1.0]
+            except (ValueError, TypeError):
+                stamps = []
+            if len(stamps) >= self.limit:
+                return max(0.001, min(stamps) + 1.0 - now)
+            stamps.append(now)
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(stamps))
+            return None
+
+
+class DemoProvider(Provider):
+    name = "demo"
+    description = "Offline deterministic SYNTHETIC data, for examples, tests and benchmarks"
+    timeframes = TIMEFRAMES
+    synthetic = True
+    option_specs = (
+        OptionSpec("latency_ms", float, 50.0, "time each request takes"),
+        OptionSpec("jitter_ms", float, 0.0, "extra random latency, 0..jitter_ms"),
+        OptionSpec("max_bars", int, 1000, "most bars one request returns"),
+        OptionSpec("fail_symbols", str, "", "comma list: these symbols fail validation as unknown"),
+        OptionSpec("flaky_symbols", str, "", "comma list: each request fails once, then succeeds"),
+        OptionSpec("rate_limit", int, 0, "if > 0, requests beyond this many per second are refused"),
+    )
+    calendar = DEMO_CALENDAR
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        o = self.options
+        if o["max_bars"] < 1:
+            raise ValueError("max_bars must be >= 1")
+        self.max_bars = o["max_bars"]
+        self.rate_limit = float(o["rate_limit"]) if o["rate_limit"] > 0 else None
+        self.fail_symbols = _symbol_set(o["fail_symbols"])
+        self.flaky_symbols = _symbol_set(o["flaky_symbols"])
+        self._failed_once: set[tuple[str, str, int, int]] = set()
+        self._lock = threading.Lock()
+        self._server = ServerRateLimit(o["rate_limit"], paths.shared_dir()) if o["rate_limit"] > 0 else None
+
+    def earliest(self, timeframe: str) -> int:
+        return FIRST_BAR
+
+    def validate(self, symbol: str) -> None:
+        if symbol.upper() in self.fail_symbols:
+            raise UnknownSymbolError(f"unknown symbol {symbol} (demo fail_symbols)")
+
+    def fetch(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
+        if self._server is not None:
+            wait = self._server.admit()
+            if wait is not None:
+                raise RateLimitedError(f"demo rate limit {self._server.limit}/s exceeded", retry_after=wait)
+        delay = self.options["latency_ms"] + random.uniform(0, self.options["jitter_ms"])
+        if delay > 0 and interrupt.wait(delay / 1000):
+            return []
+        if symbol.upper() in self.flaky_symbols:
+            key = (symbol.upper(), timeframe, start, end)
+            with self._lock:
+                first_time = key not in self._failed_once
+                self._failed_once.add(key)
+            if first_time:
+                raise TransientError("demo flaky symbol: connection reset (will succeed on retry)")
+        series = DemoSeries(symbol.upper(), timeframe)
+        times = self.calendar.bar_times(timeframe, max(start, FIRST_BAR), end)
+        bars = [series.bar(ts) for ts in times]
+        return bars[: self.max_bars]

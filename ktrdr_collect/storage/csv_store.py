@@ -1,0 +1,385 @@
+"""OHLCV bars in CSV files, one file per (provider, timeframe, symbol), with coverage metadata.
+
+Layout::
+
+    <root>/<provider>/<timeframe>/<FILE>.csv
+    <root>/<provider>/<timeframe>/.ktrdr/<FILE>.coverage.json
+    <root>/<provider>/<timeframe>/.ktrdr/<FILE>.lock
+
+Crash safety: bars are fsynced before the coverage file is atomically replaced, so recorded
+coverage never claims bars that are not on disk. Appends only ever add whole lines after the last
+complete one (a torn last line is dropped), and any other change rewrites the file atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO
+
+from ktrdr_collect.storage.gaps import Interval, merge_intervals
+from ktrdr_collect.storage.paths import file_stem
+from ktrdr_collect.storage.timeframes import format_ts, parse_ts, timeframe_seconds
+
+Bar = tuple[int, float, float, float, float, float]
+
+HEADER = "timestamp,open,high,low,close,volume\n"
+META_DIR = ".ktrdr"
+COVERAGE_VERSION = 1
+_TAIL_CHUNK = 4096
+
+
+# --- formatting ---------------------------------------------------------------------------------
+
+
+def format_number(x: float) -> str:
+    """Shortest text that round-trips the float; integral values lose their ``.0``."""
+    text = repr(float(x))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def format_row(bar: Bar) -> str:
+    ts, o, h, low, c, v = bar
+    return (
+        f"{format_ts(ts)},{format_number(o)},{format_number(h)},{format_number(low)},"
+        f"{format_number(c)},{format_number(v)}\n"
+    )
+
+
+def parse_row(line: str) -> Bar:
+    fields = line.split(",")
+    if len(fields) != 6:
+        raise ValueError(f"expected 6 fields, got {len(fields)}: {line!r}")
+    return (
+        parse_ts(fields[0]),
+        float(fields[1]),
+        float(fields[2]),
+        float(fields[3]),
+        float(fields[4]),
+        float(fields[5]),
+    )
+
+
+def is_header_or_blank(line: str) -> bool:
+    """Empty lines and header lines (starting with a letter, e.g. ``timestamp,...``) hold no bar."""
+    stripped = line.lstrip()
+    return not stripped.strip() or stripped[0].isalpha()
+
+
+def parse_lines(lines: Iterator[str], start: int | None, end: int | None) -> list[Bar]:
+    """Parse complete data lines (each ending in ``\\n``); an unterminated last line is skipped."""
+    bars: list[Bar] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.endswith("\n") or is_header_or_blank(line):
+            continue  # a torn last line, the header, or an empty line
+        try:
+            bar = parse_row(line.rstrip("\r\n"))
+        except ValueError as exc:
+            raise ValueError(f"line {number}: {exc}") from None
+        if end is not None and bar[0] >= end:
+            break
+        if start is None or bar[0] >= start:
+            bars.append(bar)
+    return bars
+
+
+def check_bars(bars: Sequence[Bar], covered: Interval) -> None:
+    start, end = covered
+    if start > end:
+        raise ValueError(f"covered range {covered} ends before it starts")
+    previous: int | None = None
+    for bar in bars:
+        ts = bar[0]
+        if not start <= ts < end:
+            raise ValueError(f"bar at {format_ts(ts)} is outside the covered range")
+        if previous is not None and ts <= previous:
+            raise ValueError(f"bars are not strictly ascending at {format_ts(ts)}")
+        previous = ts
+
+
+# --- low level file helpers ---------------------------------------------------------------------
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in ``folder`` durable (best effort)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` via a fsynced temp file in the same folder (caller holds the lock)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_tail(f: IO[bytes], size: int) -> tuple[int, str | None]:
+    """``(good_size, last_line)``: the offset just past the last ``\\n`` and the last complete
+    non-blank line before it, reading only the end of the file."""
+    chunk = _TAIL_CHUNK
+    while True:
+        pos = max(0, size - chunk)
+        f.seek(pos)
+        data = f.read(size - pos)
+        last_nl = data.rfind(b"\n")
+        if last_nl < 0 and pos > 0:
+            chunk *= 4
+            continue
+        good_size = pos + last_nl + 1
+        lines = data[: last_nl + 1].split(b"\n")[:-1]
+        if pos > 0:
+            lines = lines[1:]  # the first piece may be the end of a longer line
+        for raw in reversed(lines):
+            if raw.strip():
+                return good_size, raw.decode("utf-8")
+        if pos == 0:
+            return good_size, None
+        chunk *= 4
+
+
+def last_ts_of(line: str | None) -> int | None:
+    if line is None or is_header_or_blank(line):
+        return None
+    return parse_row(line.rstrip("\r"))[0]
+
+
+# --- locking ------------------------------------------------------------------------------------
+
+
+class _PathLock:
+    """A per-file lock: re-entrant for the owning thread, exclusive against other threads (RLock)
+    and other processes (fcntl.flock on the lock file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rlock = threading.RLock()
+        self.depth = 0
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.rlock.acquire()
+        try:
+            if self.depth == 0:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self.fd = fd
+            self.depth += 1
+        except BaseException:
+            self.rlock.release()
+            raise
+
+    def release(self) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.fd is not None:
+            fd, self.fd = self.fd, None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+        self.rlock.release()
+
+
+_registry_guard = threading.Lock()
+_registry: dict[str, _PathLock] = {}
+
+
+def _reset_registry_after_fork() -> None:
+    global _registry_guard, _registry
+    _registry_guard = threading.Lock()
+    _registry = {}
+
+
+os.register_at_fork(after_in_child=_reset_registry_after_fork)
+
+
+def path_lock(path: Path) -> _PathLock:
+    key = os.path.abspath(path)
+    with _registry_guard:
+        lock = _registry.get(key)
+        if lock is None:
+            lock = _registry[key] = _PathLock(Path(key))
+        return lock
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+class CsvStore:
+    """CSV files of bars under ``root``, plus per-file coverage metadata and locks."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"CsvStore({str(self.root)!r})"
+
+    # paths
+
+    def folder(self, provider: str, timeframe: str) -> Path:
+        timeframe_seconds(timeframe)
+        if not provider or "/" in provider or "\\" in provider or ".." in provider:
+            raise ValueError(f"unsafe provider name {provider!r}")
+        return self.root / provider / timeframe
+
+    def path(self, provider: str, timeframe: str, symbol: str) -> Path:
+        return self.folder(provider, timeframe) / f"{file_stem(symbol)}.csv"
+
+    def meta_path(self, provider: str, timeframe: str, symbol: str, suffix: str) -> Path:
+        return self.folder(provider, timeframe) / META_DIR / f"{file_stem(symbol)}{suffix}"
+
+    def coverage_path(self, provider: str, timeframe: str, symbol: str) -> Path:
+        return self.meta_path(provider, timeframe, symbol, ".coverage.json")
+
+    def lock_path(self, provider: str, timeframe: str, symbol: str) -> Path:
+        return self.meta_path(provider, timeframe, symbol, ".lock")
+
+    # locking
+
+    @contextlib.contextmanager
+    def lock(self, provider: str, timeframe: str, symbol: str) -> Iterator[None]:
+        """Exclusive, blocking lock for one data file (between threads and processes; re-entrant
+        within one thread, so ``write`` may be called while holding it)."""
+        lock = path_lock(self.lock_path(provider, timeframe, symbol))
+        lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # reading
+
+    def read(
+        self, provider: str, timeframe: str, symbol: str, start: int | None = None, end: int | None = None
+    ) -> list[Bar]:
+        """Stored bars with ``start <= ts < end`` (either bound optional), ascending."""
+        try:
+            with open(self.path(provider, timeframe, symbol), encoding="utf-8", newline="") as f:
+                return parse_lines(iter(f), start, end)
+        except FileNotFoundError:
+            return []
+
+    def first_ts(self, provider: str, timeframe: str, symbol: str) -> int | None:
+        try:
+            with open(self.path(provider, timeframe, symbol), encoding="utf-8", newline="") as f:
+                for line in f:
+                    if line.endswith("\n") and not is_header_or_blank(line):
+                        return parse_row(line.rstrip("\r\n"))[0]
+        except FileNotFoundError:
+            pass
+        return None
+
+    def last_ts(self, provider: str, timeframe: str, symbol: str) -> int | None:
+        try:
+            with open(self.path(provider, timeframe, symbol), "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                return last_ts_of(read_tail(f, size)[1])
+        except FileNotFoundError:
+            return None
+
+    def coverage(self, provider: str, timeframe: str, symbol: str) -> list[Interval]:
+        """Recorded covered ranges; derived from the data file if there is no readable record."""
+        recorded = self._read_coverage(provider, timeframe, symbol)
+        if recorded is not None:
+            return recorded
+        first = self.first_ts(provider, timeframe, symbol)
+        last = self.last_ts(provider, timeframe, symbol)
+        if first is None or last is None:
+            return []
+        return [(first, last + 1)]
+
+    def _read_coverage(self, provider: str, timeframe: str, symbol: str) -> list[Interval] | None:
+        try:
+            text = self.coverage_path(provider, timeframe, symbol).read_text(encoding="utf-8")
+            doc = json.loads(text)
+        except (OSError, ValueError):
+            return None
+        return coverage_from_doc(doc)
+
+    # writing
+
+    def write(
+        self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar], covered: Interval
+    ) -> None:
+        """Store ``bars`` (ascending, inside ``covered``) and record ``covered`` as fetched."""
+        check_bars(bars, covered)
+        path = self.path(provider, timeframe, symbol)
+        with self.lock(provider, timeframe, symbol):
+            # Read coverage before storing: a derived-from-data range must not stretch over the new bars.
+            ranges = merge_intervals([*self.coverage(provider, timeframe, symbol), covered])
+            if bars:
+                self._store_bars(path, bars)
+            doc = {"version": COVERAGE_VERSION, "ranges": [[s, e] for s, e in ranges]}
+            atomic_write(self.coverage_path(provider, timeframe, symbol), json.dumps(doc) + "\n")
+
+    def _store_bars(self, path: Path, bars: Sequence[Bar]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        with os.fdopen(fd, "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            good_size, last_line = read_tail(f, size)
+            last = last_ts_of(last_line)
+            if last is None or last < bars[0][0]:
+                append_rows(f, size, good_size, bars)
+                if size == 0:
+                    fsync_dir(path.parent)
+                return
+        merge_rewrite(path, bars)
+
+
+def append_rows(f: IO[bytes], size: int, good_size: int, bars: Sequence[Bar]) -> None:
+    """Append after the last complete line, dropping a torn one; write the header if needed."""
+    if good_size != size:
+        f.truncate(good_size)
+    f.seek(good_size)
+    text = "".join(map(format_row, bars))
+    if good_size == 0:
+        text = HEADER + text
+    f.write(text.encode("utf-8"))
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def merge_rewrite(path: Path, bars: Sequence[Bar]) -> None:
+    """Merge ``bars`` into the file (new bars win on equal timestamps) and replace it atomically."""
+    with open(path, encoding="utf-8", newline="") as f:
+        merged = {bar[0]: bar for bar in parse_lines(iter(f), None, None)}
+    merged.update((bar[0], bar) for bar in bars)
+    rows = "".join(format_row(merged[ts]) for ts in sorted(merged))
+    atomic_write(path, HEADER + rows)
+
+
+def coverage_from_doc(doc: object) -> list[Interval] | None:
+    """Validated ranges from a parsed coverage document, or None if it is not one."""
+    if not isinstance(doc, dict) or doc.get("version") != COVERAGE_VERSION:
+        return None
+    ranges = doc.get("ranges")
+    if not isinstance(ranges, list):
+        return None
+    parsed: list[Interval] = []
+    for item in ranges:
+        if not (isinstance(item, list) and len(item) == 2 and all(type(x) is int for x in item)):
+            return None
+        parsed.append((item[0], item[1]))
+    return merge_intervals(parsed)
