@@ -4,26 +4,78 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
+
+from ktrdr_collect import __version__
+from ktrdr_collect.errors import CollectError
 
 try:  # recent Typer vendors Click; older releases depend on it
     from typer._click import exceptions as click
 except ImportError:  # pragma: no cover - depends on the installed Typer
     from click import exceptions as click  # type: ignore[no-redef]
 
-from ktrdr_collect import __version__
-from ktrdr_collect.errors import CollectError
+INTERRUPTED = 130
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("KTRDR_COLLECT_DEBUG", "") not in ("", "0") or "--debug" in sys.argv[1:2]
+
+
+def error(message: str, code: int) -> int:
+    print(f"Error: {message}", file=sys.stderr)
+    return code
+
+
+def run_guarded(invoke: Any) -> int:
+    """Run the command; turn every error into one `Error:` line and its exit code."""
+    try:
+        result = invoke()
+    except click.UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # help was printed already
+            return 2
+        hint = f" (try '{e.ctx.command_path} --help')" if e.ctx else ""
+        return error(e.format_message() + hint, 2)
+    except (typer.Abort, KeyboardInterrupt):
+        return INTERRUPTED
+    except typer.Exit as e:
+        return e.exit_code
+    except CollectError as e:
+        if debug_enabled():
+            raise
+        return error(str(e), e.exit_code)
+    except click.ClickException as e:
+        return error(e.format_message(), e.exit_code)
+    except Exception as e:
+        if debug_enabled():
+            raise
+        return error(f"{type(e).__name__}: {e} (run with --debug for details)", 1)
+    return result if isinstance(result, int) else 0
+
+
+class CollectGroup(TyperGroup):
+    """Errors handled here, so `collect`, `python -m` and CliRunner behave the same."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        code = run_guarded(lambda: super(CollectGroup, self).main(
+            args, prog_name, complete_var, standalone_mode=False, **extra))
+        sys.stdout.flush()
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
 
 app = typer.Typer(
     name="collect",
+    cls=CollectGroup,
     help="Collect historical OHLCV market data as resumable jobs with live progress.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-_debug = {"on": os.environ.get("KTRDR_COLLECT_DEBUG", "") not in ("", "0")}
 
 
 def _version(value: bool) -> None:
@@ -39,7 +91,7 @@ def root(
 ) -> None:
     """Collect historical OHLCV market data as resumable jobs with live progress."""
     if debug:
-        _debug["on"] = True
+        os.environ["KTRDR_COLLECT_DEBUG"] = "1"
 
 
 def _register() -> None:
@@ -49,41 +101,8 @@ def _register() -> None:
         module.register(app)
 
 
-def error(message: str, code: int) -> int:
-    print(f"Error: {message}", file=sys.stderr)
-    return code
-
-
-def main(argv: list[str] | None = None) -> int:
-    _register()
-    try:
-        result = app(args=argv, prog_name="collect", standalone_mode=False)
-    except click.UsageError as e:
-        if type(e).__name__ == "NoArgsIsHelpError":  # help was printed already
-            return _exit(2)
-        hint = f" (try '{e.ctx.command_path} --help')" if e.ctx else ""
-        return _exit(error(e.format_message() + hint, 2))
-    except typer.Abort:
-        return _exit(130)
-    except KeyboardInterrupt:
-        return _exit(130)
-    except CollectError as e:
-        if _debug["on"]:
-            raise
-        return _exit(error(str(e), e.exit_code))
-    except click.ClickException as e:
-        return _exit(error(e.format_message(), e.exit_code))
-    except Exception as e:
-        if _debug["on"]:
-            raise
-        return _exit(error(f"{type(e).__name__}: {e} (run with --debug for details)", 1))
-    return _exit(result if isinstance(result, int) else 0)
-
-
-def _exit(code: int) -> int:
-    sys.stdout.flush()
-    return code
+_register()
 
 
 def entry() -> None:
-    sys.exit(main())
+    app(prog_name="collect")

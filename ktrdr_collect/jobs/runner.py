@@ -39,6 +39,7 @@ MIN_WRITE_INTERVAL_S = 0.1
 
 
 def setup_logging(folder: Path) -> logging.Handler:
+    os.close(paths.open_private(folder / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
     handler = logging.FileHandler(folder / LOG_FILE, encoding="utf-8")
     formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
     formatter.converter = time.gmtime

@@ -25,7 +25,10 @@ def data_lines(store: CsvStore) -> list[str]:
 
 def test_layout_and_exact_bytes(tmp_path: Path) -> None:
     store = CsvStore(tmp_path)
-    bars: list[Bar] = [(T0, 12345.6789, 12346.0, 0.1 + 0.2, 1e-8, 1200.0), (T0 + 60, 1.5, 2.0, 1.0, 1.25, 0.5)]
+    bars: list[Bar] = [
+        (T0, 12345.6789, 12346.0, 0.1 + 0.2, 1e-8, 1200.0),
+        (T0 + 60, 1.5, 2.0, 1.0, 1.25, 0.5),
+    ]
     store.write(*KEY, bars, (T0, T0 + 120))
     path = tmp_path / "demo" / "1m" / "BTC_USDT.csv"
     assert store.path(*KEY) == path
