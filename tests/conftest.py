@@ -3,6 +3,7 @@ job runner processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -52,9 +53,7 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     _homes.clear()
     for _, pid in runners:  # clean up before failing, so one leak does not cascade
         if pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
     assert not leaked_threads, f"test leaked threads: {leaked_threads}"
     assert not runners, f"test left job runners running: {[str(d.name) for d, _ in runners]}"

@@ -151,7 +151,7 @@ def list_(
     until_dt = parse_age(until, now) if until else None
     sym = normalize_symbol(symbol) if symbol else None
     rows: list[dict[str, Any]] = []
-    for job_id, st in iter_statuses():
+    for _, st in iter_statuses():
         if isinstance(st, StateFileError):
             typer.echo(f"Warning: {st}", err=True)
             continue

@@ -129,7 +129,9 @@ class ProcessingEngine:
             notifier.post(progress_callback, tracker.progress())
         results: dict[str, SymbolResult] = {}
 
-        def run_one(symbol: str) -> SymbolResult:
+        def run_one(symbol: str) -> SymbolResult | None:
+            if token.is_cancelled:  # not started: no result (the future may not have been cancelled yet)
+                return None
             result = SymbolPipeline(ctx, symbol).run()
             if notifier:
                 if symbol_callback:
@@ -154,17 +156,17 @@ class ProcessingEngine:
     def _run_pool(
         self,
         todo: list[str],
-        run_one: Callable[[str], SymbolResult],
+        run_one: Callable[[str], SymbolResult | None],
         token: CancellationToken,
         results: dict[str, SymbolResult],
     ) -> None:
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ktrdr-worker") as pool:
-            pending: set[Future[SymbolResult]] = {pool.submit(run_one, s) for s in todo}
+            pending: set[Future[SymbolResult | None]] = {pool.submit(run_one, s) for s in todo}
             while pending:
                 done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
                 for future in done:
-                    if not future.cancelled():
-                        result = future.result()
+                    result = None if future.cancelled() else future.result()
+                    if result is not None:
                         results[result.symbol] = result
                 if token.is_cancelled:
                     for future in pending:

@@ -1,0 +1,121 @@
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ktrdr_collect.engine.cancellation import CancellationToken
+from ktrdr_collect.errors import ProviderUnavailableError
+from ktrdr_collect.providers.base import RateLimitedError, TransientError, UnknownSymbolError
+from ktrdr_collect.providers.demo import FIRST_BAR, DemoProvider
+from ktrdr_collect.providers.pacing import SharedPacer
+from ktrdr_collect.providers.registry import create_provider, provider_names
+from ktrdr_collect.storage.timeframes import format_ts, parse_ts
+
+NEVER = CancellationToken()
+
+
+def demo(**options: object) -> DemoProvider:
+    return DemoProvider({"latency_ms": 0, **options})
+
+
+def test_values_depend_only_on_symbol_timeframe_and_timestamp() -> None:
+    p = demo(max_bars=100000)
+    start, end = parse_ts("2023-03-01"), parse_ts("2023-04-01")
+    whole = p.fetch("AAPL", "1h", start, end, NEVER)
+    mid = whole[40][0]
+    halves = p.fetch("AAPL", "1h", start, mid, NEVER) + p.fetch("AAPL", "1h", mid, end, NEVER)
+    assert whole == halves
+    assert whole != p.fetch("MSFT", "1h", start, end, NEVER)
+    for _, o, h, low, c, v in whole:
+        assert low <= min(o, c) <= max(o, c) <= h and v > 0
+
+
+def test_calendar_facts() -> None:
+    p = demo(max_bars=100000)
+    monday = parse_ts("2024-01-08")
+    day = p.fetch("X", "1m", monday, monday + 86400, NEVER)
+    assert len(day) == 390 and format_ts(day[0][0]) == "2024-01-08T14:30:00Z"
+    assert format_ts(day[-1][0]) == "2024-01-08T20:59:00Z"
+    hours = p.fetch("X", "1h", monday, monday + 86400, NEVER)
+    assert [format_ts(b[0])[11:16] for b in hours] == ["14:30", "15:30", "16:30", "17:30", "18:30", "19:30",
+                                                        "20:30"]
+    weekend = p.fetch("X", "1h", parse_ts("2024-01-06"), parse_ts("2024-01-08"), NEVER)
+    assert weekend == []
+    weeks = p.fetch("X", "1w", parse_ts("2024-01-01"), parse_ts("2024-02-01"), NEVER)
+    assert [format_ts(b[0])[:10] for b in weeks] == ["2024-01-01", "2024-01-08", "2024-01-15", "2024-01-22",
+                                                      "2024-01-29"]
+    first = p.fetch("X", "1d", 0, parse_ts("2000-01-10"), NEVER)
+    assert first[0][0] == FIRST_BAR and format_ts(FIRST_BAR) == "2000-01-03T00:00:00Z"
+
+
+def test_max_bars_caps_a_request() -> None:
+    bars = demo(max_bars=10).fetch("X", "1d", parse_ts("2023-01-01"), parse_ts("2024-01-01"), NEVER)
+    assert len(bars) == 10
+
+
+def test_fail_symbols_fail_validation() -> None:
+    p = demo(fail_symbols="bad, WORSE")
+    p.validate("OK")
+    with pytest.raises(UnknownSymbolError):
+        p.validate("BAD")
+    with pytest.raises(UnknownSymbolError):
+        p.validate("worse")
+
+
+def test_flaky_symbols_fail_each_request_once() -> None:
+    p = demo(flaky_symbols="FLK")
+    a, b = parse_ts("2023-01-01"), parse_ts("2023-02-01")
+    with pytest.raises(TransientError):
+        p.fetch("FLK", "1d", a, b, NEVER)
+    assert p.fetch("FLK", "1d", a, b, NEVER)
+    with pytest.raises(TransientError):  # a different request fails once too
+        p.fetch("FLK", "1d", a, b + 86400, NEVER)
+    assert p.fetch("OK", "1d", a, b, NEVER)
+
+
+def test_latency_waits_and_cancel_cuts_it_short() -> None:
+    p = demo(latency_ms=60000)
+    token = CancellationToken()
+    threading.Timer(0.05, token.cancel).start()
+    started = time.monotonic()
+    assert p.fetch("X", "1d", parse_ts("2023-01-01"), parse_ts("2023-02-01"), token) == []
+    assert time.monotonic() - started < 30  # far below the 60 s latency: the wait was interrupted
+
+
+def test_rate_limit_refuses_beyond_n_per_second(home: Path) -> None:
+    p = demo(rate_limit=3)
+    a, b = parse_ts("2023-01-01"), parse_ts("2023-02-01")
+    outcomes = []
+    for _ in range(5):
+        try:
+            p.fetch("X", "1d", a, b, NEVER)
+            outcomes.append("ok")
+        except RateLimitedError as e:
+            assert 0 < e.retry_after <= 1.0
+            outcomes.append("429")
+    assert outcomes[:3] == ["ok"] * 3 and "429" in outcomes[3:]
+    assert p.rate_limit == 3.0
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ProviderUnavailableError, match="unknown option 'nope'.*latency_ms"):
+        DemoProvider({"nope": 1})
+    with pytest.raises(ProviderUnavailableError, match="expects int"):
+        DemoProvider({"max_bars": "many"})
+    with pytest.raises(ProviderUnavailableError, match="unknown provider 'zzz'"):
+        create_provider("zzz")
+    assert "demo" in provider_names()
+    assert DemoProvider.synthetic and not DemoProvider.needs_network
+
+
+def test_shared_pacer_spaces_slots_across_instances(tmp_path: Path) -> None:
+    now = [100.0]
+    path = tmp_path / "pace"
+    a = SharedPacer(path, rate=10, clock=lambda: now[0])
+    b = SharedPacer(path, rate=10, clock=lambda: now[0])
+    slots = [a.reserve(), b.reserve(), a.reserve(), b.reserve()]
+    gaps = [round(y - x, 6) for x, y in zip(slots, slots[1:], strict=False)]
+    assert slots[0] == 100.0 and all(abs(g - 1 / (10 * 0.98)) < 1e-6 for g in gaps)
+    now[0] = 200.0  # idle for a while: no burst debt carried over
+    assert a.reserve() == 200.0
