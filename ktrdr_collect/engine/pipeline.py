@@ -36,6 +36,13 @@ class Store(Protocol):
         self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar], covered: tuple[int, int]
     ) -> None: ...
 
+    def last_ts(self, provider: str, timeframe: str, symbol: str) -> int | None: ...
+
+
+PREPEND_BATCH_BARS = 100_000
+"""Segments that land before stored data cost a rewrite of the file, so they are written in
+batches of up to this many bars (appends after the last stored bar are written one by one)."""
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -79,6 +86,25 @@ class BatchContext:
     pacer: SharedPacer | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     now: Callable[[], float] = time.time
+
+
+@dataclass
+class Batch:
+    """Consecutive fetched segments waiting to be written together."""
+
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+    bars: list[Bar] = field(default_factory=list)
+
+    def continues(self, segment: tuple[int, int]) -> bool:
+        return not self.ranges or self.ranges[-1][1] == segment[0]
+
+    def add(self, segment: tuple[int, int], bars: list[Bar]) -> None:
+        self.ranges.append(segment)
+        self.bars.extend(bars)
+
+    def clear(self) -> None:
+        self.ranges.clear()
+        self.bars.clear()
 
 
 class SymbolFailed(Exception):
@@ -159,15 +185,43 @@ class SymbolPipeline:
             else:  # no bars can exist there (weekend, night): nothing to ask for
                 ctx.store.write(ctx.provider.name, ctx.timeframe, symbol, [], gap)
         self.track.planned(symbol, len(segments))
-        for segment in segments:
-            self._stage("fetching")
-            if self._already_covered(segment):
-                self.track.segment_done(symbol, 0, requested=False)
-                continue
-            bars = self._fetch(segment)
-            self._stage("saving")
-            ctx.store.write(ctx.provider.name, ctx.timeframe, symbol, bars, segment)
-            self.track.segment_done(symbol, len(bars))
+        self._fetch_and_store(segments)
+
+    def _fetch_and_store(self, segments: list[tuple[int, int]]) -> None:
+        ctx, symbol = self.ctx, self.symbol
+        last = ctx.store.last_ts(ctx.provider.name, ctx.timeframe, symbol)
+        batch = Batch()
+        try:
+            for segment in segments:
+                self._stage("fetching")
+                if self._already_covered(segment):
+                    self.track.segment_done(symbol, 0, requested=False)
+                    continue
+                bars = self._fetch(segment)
+                if last is not None and segment[0] <= last:  # lands before stored data: batch it
+                    if not batch.continues(segment):
+                        self._flush(batch)
+                    batch.add(segment, bars)
+                    self.track.segment_done(symbol, 0)
+                    if len(batch.bars) >= PREPEND_BATCH_BARS:
+                        self._flush(batch)
+                    continue
+                self._flush(batch)
+                self._stage("saving")
+                ctx.store.write(ctx.provider.name, ctx.timeframe, symbol, bars, segment)
+                self.track.segment_done(symbol, len(bars))
+        finally:
+            self._flush(batch)  # what was fetched is kept, even when cancelled or failing
+
+    def _flush(self, batch: Batch) -> None:
+        if not batch.ranges:
+            return
+        ctx = self.ctx
+        self._stage("merging")
+        covered = (batch.ranges[0][0], batch.ranges[-1][1])
+        ctx.store.write(ctx.provider.name, ctx.timeframe, self.symbol, batch.bars, covered)
+        self.track.candles_stored(self.symbol, len(batch.bars))
+        batch.clear()
 
     def _check_cancel(self) -> None:
         if self.ctx.token.is_cancelled:

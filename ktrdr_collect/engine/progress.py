@@ -239,6 +239,13 @@ class ProgressTracker:
                 self._rate.record(self._active(self._clock()))
             self._bump()
 
+    def candles_stored(self, symbol: str, candles: int) -> None:
+        """Candles written later than their segment was counted done (batched writes)."""
+        with self._lock:
+            self._set(symbol, candles=self._symbols[symbol].candles + candles)
+            self._candles += candles
+            self._bump()
+
     def symbol_finished(self, symbol: str, status: str, error: str | None = None) -> None:
         with self._lock:
             sp = self._symbols[symbol]

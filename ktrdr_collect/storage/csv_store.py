@@ -356,9 +356,14 @@ def append_rows(f: IO[bytes], size: int, good_size: int, bars: Sequence[Bar]) ->
     text = "".join(map(format_row, bars))
     if good_size == 0:
         text = HEADER + text
-    f.write(text.encode("utf-8"))
-    f.flush()
-    os.fsync(f.fileno())
+    try:
+        f.write(text.encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+    except OSError:  # e.g. a full disk: leave the file as it was, not with half a segment
+        with contextlib.suppress(OSError):
+            f.truncate(good_size)
+        raise
 
 
 def merge_rewrite(path: Path, bars: Sequence[Bar]) -> None:

@@ -21,6 +21,7 @@ from e2e_helpers import (
     job_folders,
     lines_of,
     poll_until,
+    popen,
     read_state,
     runner_gone,
     start_detached,
@@ -258,8 +259,6 @@ def test_watch_prints_plain_progress_and_exits_with_job_code(home: Path) -> None
 def test_watch_of_cancelled_job_exits_5(home: Path) -> None:
     job_id = start_detached(home, "WC1", "WC2", *YEAR_WINDOW, "-o", "latency_ms=100",
                             "-o", "max_bars=100", "-w", "1")
-    from e2e_helpers import popen
-
     watcher = popen(home, "watch", job_id)
     try:
         wait_for_requests(home, job_id)

@@ -237,3 +237,26 @@ def test_injected_clock_drives_elapsed(tmp_path: Path) -> None:
     after_three = next(p for p in seen if p.completed_symbols == 3)
     assert abs(after_three.elapsed_time_ms - 300) < 1
     assert abs(after_three.estimated_remaining_ms - 700) < 1
+
+
+def test_backfill_before_stored_data_is_written_in_one_batch(tmp_path: Path) -> None:
+    store = CsvStore(tmp_path / "data")
+    writes: list[int] = []
+    real_write = store.write
+
+    def write(provider, timeframe, symbol, bars, covered):  # type: ignore[no-untyped-def]
+        writes.append(len(bars))
+        return real_write(provider, timeframe, symbol, bars, covered)
+
+    store.write = write  # type: ignore[method-assign]
+    eng = ProcessingEngine(ScriptedProvider(max_bars=5), store, workers=1, retry=FAST)
+    eng.process_batch(["A"], "1d", "2023-06-01", "2023-07-01")
+    writes.clear()
+    tracker = eng.new_tracker(["A"])
+    [result] = eng.process_batch(["A"], "1d", "2023-01-01", "2023-07-01", tracker=tracker)
+    assert result.ok and result.requests == 22  # 108 weekdays before June, 5 a request
+    assert writes == [108]  # one rewrite instead of 22
+    assert result.candles == 108 and tracker.snapshot().candles == 108
+    fresh = CsvStore(tmp_path / "fresh")
+    ProcessingEngine(ScriptedProvider(), fresh, workers=1).process_batch(["A"], "1d", "2023-01-01", "2023-07-01")
+    assert (tmp_path / "data/scripted/1d/A.csv").read_bytes() == (tmp_path / "fresh/scripted/1d/A.csv").read_bytes()
