@@ -260,3 +260,12 @@ def test_backfill_before_stored_data_is_written_in_one_batch(tmp_path: Path) -> 
     fresh = CsvStore(tmp_path / "fresh")
     ProcessingEngine(ScriptedProvider(), fresh, workers=1).process_batch(["A"], "1d", "2023-01-01", "2023-07-01")
     assert (tmp_path / "data/scripted/1d/A.csv").read_bytes() == (tmp_path / "fresh/scripted/1d/A.csv").read_bytes()
+
+
+def test_the_api_is_importable_from_the_package(tmp_path: Path) -> None:
+    import ktrdr_collect
+
+    engine = ktrdr_collect.ProcessingEngine(ktrdr_collect.create_provider("demo", {"latency_ms": 0}),
+                                            ktrdr_collect.open_store("csv", tmp_path), workers=2)
+    [result] = engine.process_batch(["AAPL"], "1d", START, END)
+    assert isinstance(result, ktrdr_collect.SymbolResult) and result.candles == 42
