@@ -1,24 +1,74 @@
-"""Settings: built-in defaults, overridden by config.toml (CONTRACT.md)."""
+"""Settings: built-in defaults, overridden by config.toml, overridden by the environment
+(`KTRDR_COLLECT_<KEY>`); command-line flags override all three (CONTRACT.md)."""
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ktrdr_collect import paths
 from ktrdr_collect.errors import InvalidInputError
+from ktrdr_collect.storage.open import FORMATS
+from ktrdr_collect.storage.timeframes import TIMEFRAMES
 
-DEFAULTS: dict[str, Any] = {
-    "provider": "demo",
-    "timeframe": "1d",
-    "workers": 4,
-    "data_dir": None,
-    "format": "csv",
-    "default_days": 365,
-    "retention_days": 30,
-}
+
+def _positive(name: str, low: int = 1, high: int | None = None) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expects a whole number")
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            raise ValueError("expects a whole number") from None
+        if number < low or (high is not None and number > high):
+            raise ValueError(f"must be between {low} and {high}" if high else f"must be >= {low}")
+        return number
+
+    return check
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        text = str(value).strip()
+        if text not in choices:
+            raise ValueError(f"must be one of: {', '.join(choices)}")
+        return text
+
+    return check
+
+
+def _text(value: Any) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+
+
+KEYS: dict[str, Key] = {k.name: k for k in (
+    Key("provider", "demo", _text, "provider used when -p is not given"),
+    Key("timeframe", "1d", _choice(TIMEFRAMES), "timeframe used when -t is not given"),
+    Key("workers", 4, _positive("workers", 1, 256), "parallel workers per job"),
+    Key("data_dir", None, _text, "where data files go (default <home>/data)"),
+    Key("format", "csv", _choice(FORMATS), "data file format"),
+    Key("default_days", 365, _positive("default_days", 1), "window length when no --start/--days"),
+    Key("retention_days", 30, _positive("retention_days", 0), "finished jobs older than this are pruned (0: keep forever)"),
+)}
+
+
+def env_name(key: str) -> str:
+    return f"KTRDR_COLLECT_{key.upper()}"
 
 
 @dataclass
@@ -53,16 +103,117 @@ def read_config_file(path: Path | None = None) -> dict[str, Any]:
         raise InvalidInputError(f"config {path} is not valid TOML: {e}") from None
 
 
+def parse_value(key: str, value: Any, where: str) -> Any:
+    try:
+        return KEYS[key].parse(value)
+    except ValueError as e:
+        raise InvalidInputError(f"{where}: {key} {e} (got {value!r})") from None
+
+
 def load_settings(path: Path | None = None) -> Settings:
+    path = path or paths.config_path()
     raw = read_config_file(path)
-    values = dict(DEFAULTS)
-    sources = {key: "default" for key in DEFAULTS}
-    for key, value in raw.items():
-        if key == "providers":
+    values = {name: key.default for name, key in KEYS.items()}
+    sources = dict.fromkeys(KEYS, "default")
+    for name, value in raw.items():
+        if name == "providers":
             continue
-        values[key] = value
-        sources[key] = "config"
+        if name not in KEYS:
+            raise InvalidInputError(f"config {path}: unknown key '{name}' (valid: {', '.join(KEYS)})")
+        values[name] = parse_value(name, value, f"config {path}")
+        sources[name] = f"config ({path})"
+    for name in KEYS:
+        env = os.environ.get(env_name(name))
+        if env:
+            values[name] = parse_value(name, env, f"environment {env_name(name)}")
+            sources[name] = f"environment ({env_name(name)})"
     providers = raw.get("providers", {})
-    if not isinstance(providers, dict):
-        raise InvalidInputError("config: [providers] must be a table")
+    if not isinstance(providers, dict) or not all(isinstance(v, dict) for v in providers.values()):
+        raise InvalidInputError(f"config {path}: [providers.<name>] must be tables")
     return Settings(values=values, providers=providers, sources=sources)
+
+
+# -- editing the file (`collect config set/unset`) -------------------------------------------------
+
+
+def _provider_option(key: str, value: Any | None) -> tuple[str, str, Any]:
+    """`providers.<name>.<option>` -> (name, option, parsed value), validated by the provider."""
+    from ktrdr_collect.providers.registry import provider_class
+
+    parts = key.split(".")
+    if len(parts) != 3 or not all(parts):
+        raise InvalidInputError(f"config key '{key}': provider options are providers.<name>.<option>")
+    _, name, option = parts
+    cls = provider_class(name)
+    if value is None:
+        return name, option, None
+    return name, option, cls.parse_options({option: value})[option]
+
+
+def write_config(data: dict[str, Any], path: Path | None = None) -> Path:
+    import tomli_w
+
+    path = path or paths.config_path()
+    paths.ensure_private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = paths.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "wb") as f:
+        tomli_w.dump(data, f)
+    os.replace(tmp, path)
+    return path
+
+
+def set_value(key: str, value: str, path: Path | None = None) -> Any:
+    data = read_config_file(path)
+    if key.startswith("providers."):
+        name, option, parsed = _provider_option(key, value)
+        data.setdefault("providers", {}).setdefault(name, {})[option] = parsed
+    elif key in KEYS:
+        parsed = parse_value(key, value, "config set")
+        data[key] = parsed
+    else:
+        raise InvalidInputError(f"unknown config key '{key}' (valid: {', '.join(KEYS)}, providers.<name>.<option>)")
+    write_config(data, path)
+    return parsed
+
+
+def unset_value(key: str, path: Path | None = None) -> bool:
+    """Remove a key from the file; False if it was not set there."""
+    data = read_config_file(path)
+    if key.startswith("providers."):
+        name, option, _ = _provider_option(key, None)
+        table = data.get("providers", {}).get(name, {})
+        if option not in table:
+            return False
+        del table[option]
+        if not table:
+            del data["providers"][name]
+        if not data.get("providers"):
+            data.pop("providers", None)
+    elif key in KEYS:
+        if key not in data:
+            return False
+        del data[key]
+    else:
+        raise InvalidInputError(f"unknown config key '{key}' (valid: {', '.join(KEYS)}, providers.<name>.<option>)")
+    write_config(data, path)
+    return True
+
+
+def effective(key: str) -> tuple[Any, str]:
+    """(value, source) for `config get`."""
+    settings = load_settings()
+    if key in KEYS:
+        return settings.values[key], settings.sources[key]
+    if key.startswith("providers."):
+        name, option, _ = _provider_option(key, None)
+        from ktrdr_collect.providers.registry import provider_class
+
+        specs = {s.name: s for s in provider_class(name).option_specs}
+        if option not in specs:
+            raise InvalidInputError(f"unknown option '{option}' for provider {name} (valid: {', '.join(specs)})")
+        table = settings.provider_options(name)
+        if option in table:
+            return table[option], "config"
+        return specs[option].default, "default"
+    raise InvalidInputError(f"unknown config key '{key}' (valid: {', '.join(KEYS)}, providers.<name>.<option>)")

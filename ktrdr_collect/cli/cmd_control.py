@@ -7,7 +7,7 @@ import json
 import typer
 
 from ktrdr_collect.cli.cmd_jobs import status_text
-from ktrdr_collect.cli.live import public
+from ktrdr_collect.cli.public import public
 from ktrdr_collect.jobs import actions, model
 from ktrdr_collect.jobs.folders import resolve
 

@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import typer
 
 from ktrdr_collect import paths
 from ktrdr_collect.cli import fmt
-from ktrdr_collect.cli.live import public
+from ktrdr_collect.cli.public import public
+from ktrdr_collect.cli.tables import print_table
 from ktrdr_collect.errors import StateFileError
-from ktrdr_collect.inputs import normalize_symbol, parse_age
 from ktrdr_collect.jobs import model
-from ktrdr_collect.jobs.folders import iter_statuses, load_status, resolve
+from ktrdr_collect.jobs.folders import load_status, resolve
 from ktrdr_collect.jobs.launch import LOG_FILE
 
 
 def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
-
-
-def console():  # type: ignore[no-untyped-def]
-    from rich.console import Console
-
-    return Console(highlight=False)
 
 
 def status_text(st: dict[str, Any]) -> str:
@@ -50,13 +43,11 @@ def status_text(st: dict[str, Any]) -> str:
 
 
 def active_statuses() -> tuple[list[dict[str, Any]], list[StateFileError]]:
-    found, broken = [], []
-    for _, st in iter_statuses():
-        if isinstance(st, StateFileError):
-            broken.append(st)
-        elif st["status"] not in model.FINISHED:
-            found.append(st)
-    return found, broken
+    from ktrdr_collect.jobs.history import History
+
+    with History() as history:
+        found = sorted(history.live, key=lambda s: s["created_at"], reverse=True)
+        return found, history.broken
 
 
 def status(
@@ -92,89 +83,14 @@ def show(
     if json_:
         print_json(st)
         return 0
-    from rich.table import Table
-
-    out = console()
-    out.print(status_text(st))
-    table = Table(box=None, pad_edge=False)
-    for col in ("SYMBOL", "STATUS", "STAGE", "SEGMENTS", "CANDLES", "REQUESTS", "ERROR"):
-        table.add_column(col, justify="right" if col in ("SEGMENTS", "CANDLES", "REQUESTS") else "left")
-    for e in st["symbols"]:
-        table.add_row(e["symbol"], e["status"], e["stage"], f"{e['segments_done']}/{e['segments_total']}",
-                      fmt.count(e["candles"]), str(e.get("requests", 0)), e["error"] or "")
-    out.print()
-    out.print(table)
-    return 0
-
-
-def _matches(st: dict[str, Any], statuses: list[str], symbol: str | None, provider: str | None,
-             since: datetime | None, until: datetime | None, search: str | None) -> bool:
-    if statuses and st["status"] not in statuses:
-        return False
-    symbols = [e["symbol"] for e in st.get("symbols", [])]
-    if symbol and symbol not in symbols:
-        return False
-    if provider and st["provider"] != provider:
-        return False
-    created = datetime.fromisoformat(st["created_at"])
-    if since and created < since:
-        return False
-    if until and created > until:
-        return False
-    if search:
-        needle = search.lower()
-        hay = [st["id"], st.get("name") or "", *symbols]
-        if not any(needle in h.lower() for h in hay):
-            return False
-    return True
-
-
-def list_(
-    status_: list[str] = typer.Option([], "--status", help="Only jobs in this status (repeatable)."),
-    symbol: str = typer.Option(None, "--symbol", help="Only jobs that include this symbol."),
-    provider: str = typer.Option(None, "--provider", help="Only jobs of this provider."),
-    since: str = typer.Option(None, "--since", help="Created at/after WHEN (date or age: 30m, 12h, 7d)."),
-    until: str = typer.Option(None, "--until", help="Created at/before WHEN."),
-    search: str = typer.Option(None, "--search", help="Text in the job id, name or any symbol."),
-    limit: int = typer.Option(None, "--limit", help="At most N jobs."),
-    json_: bool = typer.Option(False, "--json", help="JSON array output."),
-) -> int:
-    """Job history, newest first."""
-    valid = ("pending", "running", "paused", "completed", "failed", "cancelled", "interrupted")
-    for s in status_:
-        if s not in valid:
-            from ktrdr_collect.errors import InvalidInputError
-
-            raise InvalidInputError(f"unknown status '{s}' (choose from: {', '.join(valid)})")
-    now = datetime.now(UTC)
-    since_dt = parse_age(since, now) if since else None
-    until_dt = parse_age(until, now) if until else None
-    sym = normalize_symbol(symbol) if symbol else None
-    rows: list[dict[str, Any]] = []
-    for _, st in iter_statuses():
-        if isinstance(st, StateFileError):
-            typer.echo(f"Warning: {st}", err=True)
-            continue
-        if _matches(st, status_, sym, provider, since_dt, until_dt, search):
-            rows.append({k: v for k, v in public(st).items() if k != "symbols"})
-            if limit is not None and len(rows) >= limit:
-                break
-    if json_:
-        print_json(rows)
-        return 0
-    if not rows:
-        print("No jobs.")
-        return 0
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for col in ("ID", "STATUS", "PROVIDER", "TF", "SYMBOLS", "CANDLES", "CREATED", "ELAPSED", "NAME"):
-        table.add_column(col, justify="right" if col in ("SYMBOLS", "CANDLES", "ELAPSED") else "left")
-    for r in rows:
-        table.add_row(r["id"], r["status"], r["provider"], r["timeframe"],
-                      f"{r['symbols_completed']}/{r['symbols_total']}", fmt.count(r["candles"]),
-                      fmt.when(r["created_at"]), fmt.duration(r["elapsed_s"]), r.get("name") or "")
-    console().print(table)
+    print(status_text(st))
+    print()
+    print_table(
+        ["SYMBOL", "STATUS", "STAGE", "SEGMENTS", "CANDLES", "REQUESTS", "ERROR"],
+        [[e["symbol"], e["status"], e["stage"], f"{e['segments_done']}/{e['segments_total']}", fmt.count(e["candles"]),
+          str(e.get("requests", 0)), e["error"] or ""] for e in st["symbols"]],
+        right=("SEGMENTS", "CANDLES", "REQUESTS"),
+    )
     return 0
 
 
@@ -209,5 +125,4 @@ def logs(
 def register(app: typer.Typer) -> None:
     app.command()(status)
     app.command()(show)
-    app.command("list")(list_)
     app.command()(logs)

@@ -34,17 +34,12 @@ def providers(json_: bool = typer.Option(False, "--json", help="JSON output.")) 
     if json_:
         print(json.dumps(rows, indent=2))
         return 0
-    from rich.console import Console
-    from rich.table import Table
+    from ktrdr_collect.cli.tables import print_table
 
-    table = Table(box=None, pad_edge=False)
-    for col in ("NAME", "DESCRIPTION", "TIMEFRAMES", "NETWORK", "CREDENTIALS"):
-        table.add_column(col)
     yes_no = {True: "yes", False: "no", None: "?"}
-    for r in rows:
-        table.add_row(r["name"], r["description"], " ".join(r["timeframes"]), yes_no[r["network"]],
-                      yes_no[r["credentials"]])
-    Console(highlight=False).print(table)
+    print_table(["NAME", "DESCRIPTION", "TIMEFRAMES", "NETWORK", "CREDENTIALS"],
+                [[r["name"], r["description"], " ".join(r["timeframes"]), yes_no[r["network"]],
+                  yes_no[r["credentials"]]] for r in rows])
     return 0
 
 

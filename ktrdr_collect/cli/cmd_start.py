@@ -93,10 +93,15 @@ def start(
     if detach:
         if not quiet:
             print(json.dumps({"id": job_id}) if json_ else job_id, flush=True)
-        return 0
-    from ktrdr_collect.cli.watching import watch_job
+        code = 0
+    else:
+        from ktrdr_collect.cli.watching import watch_job
 
-    return watch_job(job_id, json_mode=json_, quiet=quiet, cancel_on_interrupt=True)
+        code = watch_job(job_id, json_mode=json_, quiet=quiet, cancel_on_interrupt=True)
+    from ktrdr_collect.jobs.retention import auto_prune
+
+    auto_prune(int(load_settings()["retention_days"]))
+    return code
 
 
 def register(app: typer.Typer) -> None:

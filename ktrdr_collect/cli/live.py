@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from ktrdr_collect.cli import fmt
 from ktrdr_collect.cli.follow import finished_symbols
+from ktrdr_collect.cli.public import public
 
 PLAIN_INTERVAL_S = 10.0
 JSON_INTERVAL_S = 0.5
@@ -20,12 +21,6 @@ JSON_INTERVAL_S = 0.5
 
 class Renderer(Protocol):
     def run(self, statuses: Iterable[dict[str, Any]]) -> dict[str, Any]: ...
-
-
-def public(status: dict[str, Any]) -> dict[str, Any]:
-    """The status as users' scripts see it (internal bookkeeping left out)."""
-    hidden = ("control_offset", "pid", "runs")
-    return {k: v for k, v in status.items() if k not in hidden}
 
 
 class JsonRenderer:

@@ -95,9 +95,9 @@ def root(
 
 
 def _register() -> None:
-    from ktrdr_collect.cli import cmd_control, cmd_jobs, cmd_providers, cmd_start
+    from ktrdr_collect.cli import cmd_config, cmd_control, cmd_history, cmd_jobs, cmd_providers, cmd_start
 
-    for module in (cmd_start, cmd_jobs, cmd_control, cmd_providers):
+    for module in (cmd_start, cmd_jobs, cmd_history, cmd_control, cmd_providers, cmd_config):
         module.register(app)
 
 

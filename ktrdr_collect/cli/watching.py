@@ -25,4 +25,7 @@ def watch_job(job_id: str, json_mode: bool = False, quiet: bool = False, cancel_
         else:
             print(f"\nStopped watching; job {job_id} keeps running.", file=sys.stderr)
         return INTERRUPTED_BY_USER
+    if cancel_on_interrupt:
+        actions.wait_for_runner_exit(job_id)
     return model.exit_code(status["status"], int(status.get("symbols_failed") or 0)) or 0
+

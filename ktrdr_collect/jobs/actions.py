@@ -129,7 +129,16 @@ def wait(job_id: str, timeout: float | None = None, poll: float = 0.1) -> dict[s
     while True:
         status = load_status(job_id)
         if status["status"] in model.FINISHED or status["status"] == model.INTERRUPTED:
+            wait_for_runner_exit(job_id)
             return status
         if deadline is not None and time.monotonic() >= deadline:
             return None
         time.sleep(poll)
+
+
+def wait_for_runner_exit(job_id: str, timeout: float = 5.0) -> None:
+    """The final state is written just before the runner exits; return once it has."""
+    folder = paths.job_dir(job_id)
+    deadline = time.monotonic() + timeout
+    while is_locked(folder) and time.monotonic() < deadline:
+        time.sleep(0.01)

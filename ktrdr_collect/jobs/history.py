@@ -1,0 +1,219 @@
+"""The history index: finished jobs in SQLite so `list` and `stats` need not open every folder.
+
+The job folders are the truth; the index is a cache of their finished (immutable) states. Each
+read syncs it: folders it has not seen are read once, rows whose folder is gone are dropped, and a
+missing or corrupt index is rebuilt from the folders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ktrdr_collect import paths
+from ktrdr_collect.errors import StateFileError
+from ktrdr_collect.jobs import model
+from ktrdr_collect.jobs.folders import job_ids, load_status
+
+INDEX_FILE = "index.sqlite"
+INDEX_VERSION = 1
+HIDDEN = ("control_offset", "pid", "runs")
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, name TEXT, status TEXT NOT NULL, provider TEXT NOT NULL,
+    created_at TEXT NOT NULL, completed_at TEXT, elapsed_s REAL, symbols_completed INTEGER,
+    symbols_failed INTEGER, candles INTEGER, summary TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE INDEX IF NOT EXISTS jobs_completed ON jobs (completed_at);
+CREATE TABLE IF NOT EXISTS job_symbols (job_id TEXT NOT NULL, symbol TEXT NOT NULL, error TEXT);
+CREATE INDEX IF NOT EXISTS job_symbols_symbol ON job_symbols (symbol);
+CREATE INDEX IF NOT EXISTS job_symbols_job ON job_symbols (job_id);
+"""
+
+
+def summary(status: dict[str, Any]) -> dict[str, Any]:
+    """A status as `list` shows it: without per-symbol entries or internal bookkeeping."""
+    return {k: v for k, v in status.items() if k != "symbols" and k not in HIDDEN}
+
+
+def index_path() -> Path:
+    return paths.jobs_dir() / INDEX_FILE
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version not in (0, INDEX_VERSION):
+        raise sqlite3.DatabaseError(f"index version {version}")
+    conn.executescript(SCHEMA_SQL)
+    conn.execute(f"PRAGMA user_version = {INDEX_VERSION}")
+    return conn
+
+
+def open_index() -> sqlite3.Connection:
+    path = index_path()
+    paths.ensure_private_dir(path.parent)
+    try:
+        conn = _connect(path)
+        conn.execute("SELECT count(*) FROM jobs").fetchone()
+        return conn
+    except sqlite3.DatabaseError:  # corrupt or foreign: it is only a cache, start afresh
+        for suffix in ("", "-journal", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{path}{suffix}")
+        return _connect(path)
+
+
+def _insert(conn: sqlite3.Connection, status: dict[str, Any]) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (status["id"], status.get("name"), status["status"], status["provider"], status["created_at"],
+         status.get("completed_at"), status.get("elapsed_s"), status.get("symbols_completed"),
+         status.get("symbols_failed"), status.get("candles"), json.dumps(summary(status))),
+    )
+    conn.execute("DELETE FROM job_symbols WHERE job_id = ?", (status["id"],))
+    conn.executemany(
+        "INSERT INTO job_symbols VALUES (?,?,?)",
+        [(status["id"], e["symbol"], e.get("error")) for e in status.get("symbols", [])],
+    )
+
+
+class History:
+    """Finished jobs from the index, plus the live ones (and broken ones) read from their folders."""
+
+    def __init__(self) -> None:
+        self.conn = open_index()
+        self.live: list[dict[str, Any]] = []
+        self.broken: list[StateFileError] = []
+        self.sync()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def sync(self) -> None:
+        on_disk = set(job_ids())
+        indexed = {row[0] for row in self.conn.execute("SELECT id FROM jobs")}
+        gone = indexed - on_disk
+        new_finished = []
+        for job_id in sorted(on_disk - indexed):
+            try:
+                status = load_status(job_id)
+            except StateFileError as e:
+                self.broken.append(e)
+                continue
+            if status["status"] in model.FINISHED:
+                new_finished.append(status)
+            else:
+                self.live.append(status)
+        if gone or new_finished:
+            with self._transaction():
+                for job_id in gone:
+                    self.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                    self.conn.execute("DELETE FROM job_symbols WHERE job_id = ?", (job_id,))
+                for status in new_finished:
+                    _insert(self.conn, status)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def forget(self, job_ids_: list[str]) -> None:
+        with self._transaction():
+            for job_id in job_ids_:
+                self.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                self.conn.execute("DELETE FROM job_symbols WHERE job_id = ?", (job_id,))
+
+    # -- queries -------------------------------------------------------------------------------
+    def query(
+        self,
+        statuses: list[str] | None = None,
+        symbol: str | None = None,
+        provider: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        search: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Job summaries matching every filter, newest first (ISO strings compare as times)."""
+        where, args = ["1=1"], []
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args += statuses
+        if symbol:
+            where.append("id IN (SELECT job_id FROM job_symbols WHERE symbol = ?)")
+            args.append(symbol)
+        if provider:
+            where.append("provider = ?")
+            args.append(provider)
+        if since:
+            where.append("created_at >= ?")
+            args.append(since)
+        if until:
+            where.append("created_at <= ?")
+            args.append(until)
+        if search:
+            like = f"%{search.lower()}%"
+            where.append("(lower(id) LIKE ? OR lower(coalesce(name, '')) LIKE ? OR id IN "
+                         "(SELECT job_id FROM job_symbols WHERE lower(symbol) LIKE ?))")
+            args += [like, like, like]
+        sql = f"SELECT summary FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        rows = [json.loads(r[0]) for r in self.conn.execute(sql, args)]
+        live = [summary(s) for s in self.live if _live_matches(s, statuses, symbol, provider, since, until, search)]
+        merged = sorted(rows + live, key=lambda s: (s["created_at"], s["id"]), reverse=True)
+        return merged[:limit] if limit is not None else merged
+
+    def finished_since(self, since: str | None) -> list[dict[str, Any]]:
+        sql, args = "SELECT summary FROM jobs", []
+        if since:
+            sql += " WHERE coalesce(completed_at, created_at) >= ?"
+            args.append(since)
+        return [json.loads(r[0]) for r in self.conn.execute(sql, args)]
+
+    def errors_since(self, since: str | None, top: int = 5) -> list[tuple[str, int]]:
+        sql = ("SELECT s.error, count(*) FROM job_symbols s JOIN jobs j ON j.id = s.job_id "
+               "WHERE s.error IS NOT NULL")
+        args = []
+        if since:
+            sql += " AND coalesce(j.completed_at, j.created_at) >= ?"
+            args.append(since)
+        sql += f" GROUP BY s.error ORDER BY count(*) DESC, s.error LIMIT {int(top)}"
+        return [(r[0], r[1]) for r in self.conn.execute(sql, args)]
+
+    def expired(self, cutoff: str) -> list[str]:
+        sql = "SELECT id FROM jobs WHERE coalesce(completed_at, created_at) < ? ORDER BY id"
+        return [r[0] for r in self.conn.execute(sql, (cutoff,))]
+
+
+def _live_matches(s: dict[str, Any], statuses: list[str] | None, symbol: str | None, provider: str | None,
+                  since: str | None, until: str | None, search: str | None) -> bool:
+    symbols = [e["symbol"] for e in s.get("symbols", [])]
+    checks = [
+        not statuses or s["status"] in statuses,
+        not symbol or symbol in symbols,
+        not provider or s["provider"] == provider,
+        not since or s["created_at"] >= since,
+        not until or s["created_at"] <= until,
+        not search or any(search.lower() in h.lower() for h in (s["id"], s.get("name") or "", *symbols)),
+    ]
+    return all(checks)
