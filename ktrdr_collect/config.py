@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,7 +62,7 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("data_dir", None, _text, "where data files go (default <home>/data)"),
     Key("format", "csv", _choice(FORMATS), "data file format"),
     Key("default_days", 365, _positive("default_days", 1), "window length when no --start/--days"),
-    Key("retention_days", 30, _positive("retention_days", 0), "finished jobs older than this are pruned (0: keep forever)"),
+    Key("retention_days", 30, _positive("retention_days", 0), "prune finished jobs older than this (0: never)"),
 )}
 
 
@@ -90,6 +89,8 @@ class Settings:
 
 
 def read_config_file(path: Path | None = None) -> dict[str, Any]:
+    import tomllib
+
     path = path or paths.config_path()
     try:
         text = path.read_text(encoding="utf-8")

@@ -14,8 +14,7 @@ from ktrdr_collect.cli.public import public
 from ktrdr_collect.cli.tables import print_table
 from ktrdr_collect.errors import StateFileError
 from ktrdr_collect.jobs import model
-from ktrdr_collect.jobs.folders import load_status, resolve
-from ktrdr_collect.jobs.launch import LOG_FILE
+from ktrdr_collect.jobs.folders import LOG_FILE, load_status, resolve
 
 
 def print_json(data: Any) -> None:

@@ -6,11 +6,11 @@ import json
 
 import typer
 
-from ktrdr_collect.errors import CollectError
-from ktrdr_collect.providers.registry import provider_class, provider_names
-
 
 def describe(name: str) -> dict:  # type: ignore[type-arg]
+    from ktrdr_collect.errors import CollectError
+    from ktrdr_collect.providers.registry import provider_class
+
     try:
         cls = provider_class(name)
     except (CollectError, ImportError) as e:
@@ -30,6 +30,8 @@ def describe(name: str) -> dict:  # type: ignore[type-arg]
 
 def providers(json_: bool = typer.Option(False, "--json", help="JSON output.")) -> int:
     """List data providers: timeframes, whether they need network or credentials."""
+    from ktrdr_collect.providers.registry import provider_names
+
     rows = [describe(n) for n in provider_names()]
     if json_:
         print(json.dumps(rows, indent=2))

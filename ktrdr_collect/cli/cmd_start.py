@@ -6,16 +6,18 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from ktrdr_collect.config import load_settings
 from ktrdr_collect.errors import InvalidInputError, UsageError
 from ktrdr_collect.inputs import parse_options, parse_symbols, read_symbol_lines, resolve_window
-from ktrdr_collect.jobs.launch import JobRequest, create_job
-from ktrdr_collect.providers.registry import provider_class
 from ktrdr_collect.storage.open import open_store
 from ktrdr_collect.storage.timeframes import TIMEFRAMES
+
+if TYPE_CHECKING:
+    from ktrdr_collect.jobs.launch import JobRequest
 
 
 def read_symbol_file(source: str) -> list[str]:
@@ -43,6 +45,8 @@ def build_request(
     if timeframe not in TIMEFRAMES:
         raise InvalidInputError(f"unknown timeframe '{timeframe}' (choose from: {' '.join(TIMEFRAMES)})")
     start_dt, end_dt = resolve_window(start, end, days, int(settings["default_days"]), datetime.now(UTC))
+    from ktrdr_collect.providers.registry import provider_class
+
     name_ = provider or settings["provider"]
     cls = provider_class(name_)
     if timeframe not in cls.timeframes:
@@ -54,6 +58,8 @@ def build_request(
         public = instance.public_options()
     finally:
         instance.close()
+    from ktrdr_collect.jobs.launch import JobRequest
+
     workers = workers if workers is not None else int(settings["workers"])
     if not 1 <= workers <= 256:
         raise InvalidInputError(f"--workers must be between 1 and 256, got {workers}")
@@ -89,6 +95,8 @@ def start(
     """Collect each symbol's bars for the window, fetching only what is missing."""
     req = build_request(symbols or [], timeframe, start_, end, days, provider, option, workers, data_dir,
                         fmt, name, file)
+    from ktrdr_collect.jobs.launch import create_job
+
     job_id = create_job(req)
     if detach:
         if not quiet:

@@ -9,8 +9,7 @@ from typing import Any
 from ktrdr_collect import paths
 from ktrdr_collect.errors import CollectError, InvalidJobStateError
 from ktrdr_collect.jobs import control, model
-from ktrdr_collect.jobs.folders import iso_now, load_status, reader_view
-from ktrdr_collect.jobs.launch import LOG_FILE, spawn_runner
+from ktrdr_collect.jobs.folders import LOG_FILE, iso_now, load_status, reader_view
 from ktrdr_collect.jobs.lock import JobLock, is_locked
 from ktrdr_collect.jobs.statefile import read_state, write_state
 
@@ -82,6 +81,8 @@ def resume(job_id: str) -> dict[str, Any]:
         state["updated_at"] = iso_now()
         write_state(folder, state, durable=True)
         append_log(job_id, f"job {job_id}: resumed after interruption")
+        from ktrdr_collect.jobs.launch import spawn_runner
+
         spawn_runner(job_id, lock)
     finally:
         lock.release()

@@ -17,6 +17,7 @@ from ktrdr_collect.jobs.lock import is_locked
 from ktrdr_collect.jobs.statefile import STATE_FILE, read_state
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
+LOG_FILE = "log"
 
 
 def _base36(n: int, width: int) -> str:

@@ -12,11 +12,11 @@ from typing import Any
 
 from ktrdr_collect import paths
 from ktrdr_collect.jobs import model
-from ktrdr_collect.jobs.folders import create_folder, iso_now, iso_seconds
+from ktrdr_collect.jobs.folders import LOG_FILE, create_folder, iso_now, iso_seconds
 from ktrdr_collect.jobs.lock import JobLock
 from ktrdr_collect.jobs.statefile import write_state
 
-LOG_FILE = "log"
+__all__ = ["LOG_FILE", "JobRequest", "create_job", "spawn_runner"]
 RUNNER_ERR = "runner.err"
 
 

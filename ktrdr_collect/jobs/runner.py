@@ -26,8 +26,7 @@ from ktrdr_collect.engine.progress import BatchSnapshot, ProgressTracker, Symbol
 from ktrdr_collect.errors import CollectError
 from ktrdr_collect.jobs import model
 from ktrdr_collect.jobs.control import ControlReader
-from ktrdr_collect.jobs.folders import iso_now
-from ktrdr_collect.jobs.launch import LOG_FILE
+from ktrdr_collect.jobs.folders import LOG_FILE, iso_now
 from ktrdr_collect.jobs.lock import JobLock
 from ktrdr_collect.jobs.statefile import read_state, write_state
 from ktrdr_collect.providers.registry import create_provider

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ktrdr_collect.errors import InvalidInputError
-from ktrdr_collect.storage.csv_store import CsvStore
+
+if TYPE_CHECKING:
+    from ktrdr_collect.storage.csv_store import CsvStore
 
 FORMATS = ("csv", "parquet")
 
 
 def open_store(fmt: str, root: Path) -> CsvStore:
     if fmt == "csv":
+        from ktrdr_collect.storage.csv_store import CsvStore
+
         return CsvStore(root)
     if fmt == "parquet":
         raise InvalidInputError(
