@@ -99,6 +99,7 @@ class ProcessingEngine:
         gate: PauseGate | None = None,
         tracker: ProgressTracker | None = None,
         symbol_callback: SymbolCallback | None = None,
+        on_stored: Callable[[str, tuple[int, int], int], None] | None = None,
         default_days: int = 365,
     ) -> list[SymbolResult]:
         """Process every symbol; return one result per symbol, in the order given.
@@ -121,6 +122,7 @@ class ProcessingEngine:
         ctx = BatchContext(
             provider=self.provider, store=self.store, timeframe=timeframe, start=start_ts, end=end_ts,
             tracker=tracker, token=token, gate=gate or PauseGate(), pacer=self.pacer, retry=self.retry,
+            on_stored=on_stored,
         )
         todo = [s for s in symbols if tracker.snapshot_symbol(s).status not in FINISHED]
         notifier = Notifier() if (progress_callback or symbol_callback) else None

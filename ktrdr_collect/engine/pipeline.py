@@ -33,7 +33,8 @@ class Store(Protocol):
     def coverage(self, provider: str, timeframe: str, symbol: str) -> list[tuple[int, int]]: ...
 
     def write(
-        self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar], covered: tuple[int, int]
+        self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar], covered: tuple[int, int],
+        on_stored: Callable[[], None] | None = None,
     ) -> None: ...
 
     def last_ts(self, provider: str, timeframe: str, symbol: str) -> int | None: ...
@@ -86,6 +87,8 @@ class BatchContext:
     pacer: SharedPacer | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     now: Callable[[], float] = time.time
+    on_stored: Callable[[str, tuple[int, int], int], None] | None = None
+    """Called with (symbol, range, bars) once bars are durable, before their range is recorded."""
 
 
 @dataclass
@@ -208,7 +211,7 @@ class SymbolPipeline:
                     continue
                 self._flush(batch)
                 self._stage("saving")
-                ctx.store.write(ctx.provider.name, ctx.timeframe, symbol, bars, segment)
+                self._store(bars, segment)
                 self.track.segment_done(symbol, len(bars))
         finally:
             self._flush(batch)  # what was fetched is kept, even when cancelled or failing
@@ -216,12 +219,15 @@ class SymbolPipeline:
     def _flush(self, batch: Batch) -> None:
         if not batch.ranges:
             return
-        ctx = self.ctx
         self._stage("merging")
-        covered = (batch.ranges[0][0], batch.ranges[-1][1])
-        ctx.store.write(ctx.provider.name, ctx.timeframe, self.symbol, batch.bars, covered)
+        self._store(batch.bars, (batch.ranges[0][0], batch.ranges[-1][1]))
         self.track.candles_stored(self.symbol, len(batch.bars))
         batch.clear()
+
+    def _store(self, bars: list[Bar], covered: tuple[int, int]) -> None:
+        ctx, hook = self.ctx, self.ctx.on_stored
+        on_stored = None if hook is None else (lambda: hook(self.symbol, covered, len(bars)))
+        ctx.store.write(ctx.provider.name, ctx.timeframe, self.symbol, bars, covered, on_stored=on_stored)
 
     def _check_cancel(self) -> None:
         if self.ctx.token.is_cancelled:

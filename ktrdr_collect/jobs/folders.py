@@ -103,8 +103,13 @@ def reader_view(state: dict[str, Any], alive: bool) -> dict[str, Any]:
 def load_status(job_id: str) -> dict[str, Any]:
     folder = paths.job_dir(job_id)
     state = read_state(folder)
-    alive = state.get("status") in model.ACTIVE and is_locked(folder)
-    return reader_view(state, alive)
+    if state.get("status") not in model.ACTIVE:
+        return reader_view(state, alive=False)
+    if is_locked(folder):
+        return reader_view(state, alive=True)
+    # The runner may have written its final state and exited between our two reads: read again.
+    state = read_state(folder)
+    return reader_view(state, alive=state.get("status") in model.ACTIVE and is_locked(folder))
 
 
 def iter_statuses() -> Iterator[tuple[str, dict[str, Any] | StateFileError]]:

@@ -27,6 +27,7 @@ from ktrdr_collect.errors import CollectError
 from ktrdr_collect.jobs import model
 from ktrdr_collect.jobs.control import ControlReader
 from ktrdr_collect.jobs.folders import LOG_FILE, iso_now
+from ktrdr_collect.jobs.journal import StoredJournal
 from ktrdr_collect.jobs.lock import JobLock
 from ktrdr_collect.jobs.statefile import read_state, write_state
 from ktrdr_collect.providers.registry import create_provider
@@ -75,17 +76,19 @@ def apply_snapshot(state: dict[str, Any], snap: BatchSnapshot) -> None:
     )
 
 
-def tracker_symbols(state: dict[str, Any]) -> list[SymbolProgress]:
-    """Finished symbols are kept as they are; the rest start again (gap analysis skips what is stored)."""
+def tracker_symbols(state: dict[str, Any], stored: dict[str, int]) -> list[SymbolProgress]:
+    """Finished symbols are kept as they are; the rest start again (gap analysis skips what is
+    stored). Candle counts come from the journal, which never lags behind the data files."""
     out = []
     for e in state["symbols"]:
+        candles = stored.get(e["symbol"], e["candles"])
         if e["status"] in SYMBOL_FINISHED:
             out.append(SymbolProgress(
                 e["symbol"], e["status"], e["stage"], e["segments_done"], e["segments_total"],
-                e["candles"], e.get("requests", 0), e["error"], planned=True,
+                candles, e.get("requests", 0), e["error"], planned=True,
             ))
         else:
-            out.append(SymbolProgress(e["symbol"], candles=e["candles"], requests=e.get("requests", 0)))
+            out.append(SymbolProgress(e["symbol"], candles=candles, requests=e.get("requests", 0)))
     return out
 
 
@@ -104,6 +107,7 @@ class Runner:
         self._last_write = 0.0
         self.control = ControlReader(self.folder, int(self.state.get("control_offset") or 0))
         self.tracker: ProgressTracker | None = None
+        self.journal = StoredJournal(self.folder)
 
     # -- state.json --------------------------------------------------------------------
     def publish(self, durable: bool = False) -> None:
@@ -182,9 +186,10 @@ class Runner:
         )
         store = open_store(state.get("format", "csv"), Path(state["data_dir"]))
         engine = ProcessingEngine(provider, store, workers=int(state.get("workers", 4)))
-        carried = Totals(state["requests"], state["throttled"], state["errors_count"], state["candles"],
-                         state["elapsed_s"])
-        self.tracker = engine.new_tracker(tracker_symbols(state), carried=carried)
+        symbols = tracker_symbols(state, self.journal.candles())
+        carried = Totals(state["requests"], state["throttled"], state["errors_count"],
+                         sum(sp.candles for sp in symbols), state["elapsed_s"])
+        self.tracker = engine.new_tracker(symbols, carried=carried)
         state["runs"] = int(state.get("runs") or 0) + 1
         state["started_at"] = state.get("started_at") or iso_now()
         self.set_status(model.RUNNING)
@@ -198,7 +203,7 @@ class Runner:
                 [e["symbol"] for e in state["symbols"]], state["timeframe"],
                 start="earliest" if state.get("earliest") else state["start"], end=state["end"],
                 cancellation_token=self.token, gate=self.gate, tracker=self.tracker,
-                symbol_callback=self.on_symbol,
+                symbol_callback=self.on_symbol, on_stored=self.journal.record,
             )
         except ProcessingCancelledException:
             pass
@@ -208,6 +213,7 @@ class Runner:
             for t in threads:
                 t.join()
             provider.close()
+            self.journal.close()
         return self.finish()
 
     def finish(self) -> int:

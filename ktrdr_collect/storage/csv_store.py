@@ -18,7 +18,7 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -320,9 +320,13 @@ class CsvStore:
     # writing
 
     def write(
-        self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar], covered: Interval
+        self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar], covered: Interval,
+        on_stored: Callable[[], None] | None = None,
     ) -> None:
-        """Store ``bars`` (ascending, inside ``covered``) and record ``covered`` as fetched."""
+        """Store ``bars`` (ascending, inside ``covered``) and record ``covered`` as fetched.
+
+        ``on_stored`` runs once the bars are durable and before the coverage is recorded, so a
+        caller's own bookkeeping can never lag behind what the coverage says is stored."""
         check_bars(bars, covered)
         path = self.path(provider, timeframe, symbol)
         with self.lock(provider, timeframe, symbol):
@@ -330,6 +334,8 @@ class CsvStore:
             ranges = merge_intervals([*self.coverage(provider, timeframe, symbol), covered])
             if bars:
                 self._store_bars(path, bars)
+            if on_stored is not None:
+                on_stored()
             doc = {"version": COVERAGE_VERSION, "ranges": [[s, e] for s, e in ranges]}
             atomic_write(self.coverage_path(provider, timeframe, symbol), json.dumps(doc) + "\n")
 

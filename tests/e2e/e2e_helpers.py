@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -211,6 +211,17 @@ def demo_1h_bars(start: int, end: int) -> list[int]:
             if start <= ts < end:
                 out.append(ts)
     return out
+
+
+def job_diagnostics(home: Path) -> str:
+    """Every job's log and runner stderr, for assertion messages."""
+    out = []
+    for folder in job_folders(home):
+        for name in ("log", "runner.err"):
+            path = folder / name
+            if path.exists():
+                out.append(f"--- {folder.name}/{name}\n{path.read_text()}")
+    return "\n".join(out)
 
 
 def lines_of(text: str) -> list[str]:
