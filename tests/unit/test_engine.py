@@ -151,10 +151,10 @@ def test_a_full_disk_fails_the_symbol_and_keeps_going(tmp_path: Path) -> None:
     store = CsvStore(tmp_path / "data")
     real_write = store.write
 
-    def write(provider, timeframe, symbol, bars, covered):  # type: ignore[no-untyped-def]
+    def write(provider, timeframe, symbol, bars, covered, **kw):  # type: ignore[no-untyped-def]
         if symbol == "FULL":
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(provider, timeframe, symbol, bars, covered)
+        return real_write(provider, timeframe, symbol, bars, covered, **kw)
 
     store.write = write  # type: ignore[method-assign]
     eng = ProcessingEngine(ScriptedProvider(), store, workers=2, retry=FAST)
@@ -244,9 +244,9 @@ def test_backfill_before_stored_data_is_written_in_one_batch(tmp_path: Path) -> 
     writes: list[int] = []
     real_write = store.write
 
-    def write(provider, timeframe, symbol, bars, covered):  # type: ignore[no-untyped-def]
+    def write(provider, timeframe, symbol, bars, covered, **kw):  # type: ignore[no-untyped-def]
         writes.append(len(bars))
-        return real_write(provider, timeframe, symbol, bars, covered)
+        return real_write(provider, timeframe, symbol, bars, covered, **kw)
 
     store.write = write  # type: ignore[method-assign]
     eng = ProcessingEngine(ScriptedProvider(max_bars=5), store, workers=1, retry=FAST)
