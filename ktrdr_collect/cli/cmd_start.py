@@ -56,6 +56,11 @@ def build_request(
     try:
         earliest = instance.earliest(timeframe)
         public = instance.public_options()
+        window_start = int(start_dt.timestamp()) if start_dt is not None else earliest
+        try:
+            instance.check_window(timeframe, window_start, int(end_dt.timestamp()), int(datetime.now(UTC).timestamp()))
+        except ValueError as e:
+            raise InvalidInputError(f"provider {name_}: {e}") from None
     finally:
         instance.close()
     from ktrdr_collect.jobs.launch import JobRequest

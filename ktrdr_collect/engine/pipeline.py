@@ -182,7 +182,7 @@ class SymbolPipeline:
         self._stage("segmenting")
         segments: list[tuple[int, int]] = []
         for gap in gaps:
-            parts = ctx.provider.calendar.split(ctx.timeframe, gap[0], gap[1], ctx.provider.max_bars)
+            parts = ctx.provider.calendar.split(ctx.timeframe, gap[0], gap[1], ctx.provider.max_bars_for(ctx.timeframe))
             if parts:
                 segments.extend(parts)
             else:  # no bars can exist there (weekend, night): nothing to ask for

@@ -111,6 +111,13 @@ class Provider:
         secret = {spec.name for spec in self.option_specs if spec.secret}
         return {k: ("***" if k in secret and v else v) for k, v in self.options.items()}
 
+    def max_bars_for(self, timeframe: str) -> int:
+        """Most bars one request may return for this timeframe (segments are planned with it)."""
+        return self.max_bars
+
+    def check_window(self, timeframe: str, start: int, end: int, now: int) -> None:
+        """Refuse, with a clear ValueError, a window the provider cannot serve (checked before a job starts)."""
+
     def earliest(self, timeframe: str) -> int:
         """The first bar the provider could ever have (the job-level meaning of `earliest`)."""
         raise NotImplementedError
