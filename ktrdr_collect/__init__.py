@@ -6,12 +6,15 @@ loaded on first use so that the `collect` command starts fast.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
 
+logging.getLogger(__name__).addHandler(logging.NullHandler())  # a library never prints on its own
+
 _API = {
-    "CancellationToken", "PauseGate", "ProcessingCancelledException", "ProcessingEngine",
+    "collect", "CancellationToken", "PauseGate", "ProcessingCancelledException", "ProcessingEngine",
     "ProcessingProgress", "RetryPolicy", "SymbolResult", "create_provider", "open_store",
 }
 

@@ -1,11 +1,20 @@
 """The Python API: drive collection from code (notebooks, scripts, other tools).
 
-    from ktrdr_collect import ProcessingEngine, create_provider, open_store
-    engine = ProcessingEngine(create_provider("demo"), open_store("csv", Path("data")))
+    import ktrdr_collect
+    results = ktrdr_collect.collect(["AAPL", "MSFT"], "1d", start="2020-01-01", end="2024-01-01")
+
+    # or, with full control (progress callbacks, cancellation tokens, pause gates):
+    engine = ktrdr_collect.ProcessingEngine(ktrdr_collect.create_provider("demo"),
+                                            ktrdr_collect.open_store("csv", Path("data")))
     results = engine.process_batch(["AAPL"], "1d", start="2020-01-01", end="2024-01-01")
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from ktrdr_collect.engine.cancellation import CancellationToken, PauseGate, ProcessingCancelledException
 from ktrdr_collect.engine.engine import ProcessingEngine
@@ -15,6 +24,7 @@ from ktrdr_collect.providers.registry import create_provider
 from ktrdr_collect.storage.open import open_store
 
 __all__ = [
+    "collect",
     "CancellationToken",
     "PauseGate",
     "ProcessingCancelledException",
@@ -25,3 +35,65 @@ __all__ = [
     "create_provider",
     "open_store",
 ]
+
+
+def collect(
+    symbols: Iterable[str] | str,
+    timeframe: str = "1d",
+    start: datetime | str | int | None = None,
+    end: datetime | str | int | None = None,
+    provider: str = "demo",
+    options: Mapping[str, Any] | None = None,
+    data_dir: str | Path | None = None,
+    format: str = "csv",
+    workers: int = 4,
+    days: int = 365,
+    progress: bool = True,
+    cancellation_token: CancellationToken | None = None,
+) -> list[SymbolResult]:
+    """Collect bars for `symbols` into the data folder and return one result per symbol.
+
+    `start` is a date, ISO date-time, epoch seconds, "earliest", or None for the last `days` days;
+    `end` defaults to now. With `progress=True` a tqdm bar shows symbols done and the ETA (in a
+    notebook, tqdm.auto draws a widget). Ctrl-C (KeyboardInterrupt) stops the workers; data stored
+    so far is kept. Cancelling `cancellation_token` from another thread raises
+    ProcessingCancelledException carrying the partial results.
+    """
+    from ktrdr_collect import paths
+    from ktrdr_collect.inputs import parse_symbols
+
+    names = parse_symbols([symbols] if isinstance(symbols, str) else list(symbols))
+    root = Path(data_dir).expanduser() if data_dir is not None else paths.default_data_dir()
+    engine = ProcessingEngine(create_provider(provider, dict(options or {})), open_store(format, root),
+                              workers=workers)
+    bar = _progress_bar(len(names), provider) if progress else None
+    try:
+        return engine.process_batch(
+            names, timeframe, start, end, progress_callback=bar.update_from if bar else None,
+            cancellation_token=cancellation_token, default_days=days,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+        engine.provider.close()
+
+
+class _TqdmProgress:
+    """Adapts ProcessingProgress to a tqdm bar: symbols done, errors and our ETA as postfix."""
+
+    def __init__(self, total: int, provider: str) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="sym", desc=f"collect ({provider})", dynamic_ncols=True)
+
+    def update_from(self, p: ProcessingProgress) -> None:
+        self.bar.n = p.completed_symbols
+        eta = "?" if p.estimated_remaining_ms is None else f"{p.estimated_remaining_ms / 1000:.1f}s"
+        self.bar.set_postfix_str(f"errors={p.errors_count} eta={eta}", refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress_bar(total: int, provider: str) -> _TqdmProgress:
+    return _TqdmProgress(total, provider)

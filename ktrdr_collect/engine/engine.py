@@ -164,12 +164,18 @@ class ProcessingEngine:
     ) -> None:
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ktrdr-worker") as pool:
             pending: set[Future[SymbolResult | None]] = {pool.submit(run_one, s) for s in todo}
-            while pending:
-                done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
-                for future in done:
-                    result = None if future.cancelled() else future.result()
-                    if result is not None:
-                        results[result.symbol] = result
-                if token.is_cancelled:
-                    for future in pending:
-                        future.cancel()
+            try:
+                while pending:
+                    done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        result = None if future.cancelled() else future.result()
+                        if result is not None:
+                            results[result.symbol] = result
+                    if token.is_cancelled:
+                        for future in pending:
+                            future.cancel()
+            except BaseException:  # Ctrl-C in a notebook or script: stop the workers, then re-raise
+                token.cancel()
+                for future in pending:
+                    future.cancel()
+                raise

@@ -45,3 +45,16 @@ def test_parallel_jobs_waits_on_each_and_reports(home: Path) -> None:
     assert sum(": exit 0 (completed" in line for line in lines) == 3
     r = run("parallel_jobs.sh", "AAPL BAD", home=home, COLLECT_ARGS=WINDOW + " -o fail_symbols=BAD")
     assert r.returncode == 3 and "exit 3 (completed, 1/2 symbols" in r.stdout
+
+
+def test_python_api_example(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, str(REPO / "examples" / "python_api.py"), str(tmp_path / "data")],
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "AAPL: completed, 1043 candles, 2 requests, error=None" in lines
+    assert "NOPE: failed, 0 candles, 0 requests, error=unknown symbol NOPE (demo fail_symbols)" in lines
+    assert any(line.startswith("cancelled after ") for line in lines)
+    assert "worker threads left: 0" in lines
+    assert (tmp_path / "data/demo/1d/MSFT.csv").exists()
+    assert "collect (demo)" in r.stderr  # the tqdm bar
