@@ -82,10 +82,12 @@ class ProcessingEngine:
         self.workers = workers
         self.retry = retry or RetryPolicy()
         self.clock = clock
-        self.pacer = pacer if pacer is not None else pacer_for(provider.name, provider.rate_limit)
+        self.pacer = pacer if pacer is not None else pacer_for(provider.name, provider.rate_limit,
+                                                               provider.rate_windows)
 
     def new_tracker(self, symbols: Iterable[Any], **kwargs: Any) -> ProgressTracker:
-        return ProgressTracker(symbols, clock=self.clock, rate_limit=self.provider.rate_limit, **kwargs)
+        limit = self.pacer.rate if self.pacer is not None else self.provider.rate_limit
+        return ProgressTracker(symbols, clock=self.clock, rate_limit=limit, **kwargs)
 
     def process_batch(
         self,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -73,6 +75,30 @@ def _convert(spec: OptionSpec, value: Any) -> Any:
         ) from None
 
 
+ENV_PREFIX = "KTRDR_COLLECT_"
+
+
+def secret_env_var(provider: str, option: str) -> str:
+    """The environment variable a secret option is read from: ``KTRDR_COLLECT_<PROVIDER>_<OPTION>``."""
+    return ENV_PREFIX + re.sub(r"[^A-Z0-9]", "_", f"{provider}_{option}".upper())
+
+
+def secret_hint(provider: str, option: str) -> str:
+    return (f"set it in the config ([providers.{provider}] {option} = ..., e.g. "
+            f"`collect config set providers.{provider}.{option} VALUE`) or in the environment variable "
+            f"{secret_env_var(provider, option)}")
+
+
+def reject_secret_options(cls: type[Provider], cli_options: Mapping[str, Any]) -> None:
+    """Refuse secrets given on the command line (`-o`): they would land in shell history and `ps`."""
+    for spec in cls.option_specs:
+        if spec.secret and spec.name in cli_options:
+            raise ProviderUnavailableError(
+                f"option {spec.name} of provider {cls.name} is secret and cannot be passed with -o: "
+                + secret_hint(cls.name, spec.name)
+            )
+
+
 class Provider:
     """Base class: declares what the source offers and parses its options."""
 
@@ -88,9 +114,30 @@ class Provider:
     max_bars: int = 1000
     rate_limit: float | None = None
     """Requests per second the provider allows (None: no known limit)."""
+    rate_windows: tuple[tuple[int, float], ...] | None = None
+    """Finer limits as (count, seconds) sliding windows, e.g. ((60, 600.0),); default: from rate_limit."""
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
-        self.options = self.parse_options(options or {})
+        self.options = self.parse_options(self.with_env_secrets(options or {}))
+
+    @classmethod
+    def with_env_secrets(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Secret options from the environment (`KTRDR_COLLECT_<PROVIDER>_<OPTION>`); these win
+        over the config file, like environment variables usually do."""
+        merged = dict(options)
+        for spec in cls.option_specs:
+            if spec.secret:
+                value = os.environ.get(secret_env_var(cls.name, spec.name))
+                if value:
+                    merged[spec.name] = value
+        return merged
+
+    def require_secret(self, option: str) -> str:
+        """The value of a secret option, or a clear error saying where to put it."""
+        value = self.options.get(option)
+        if not value:
+            raise ProviderUnavailableError(f"provider {self.name} needs {option}: " + secret_hint(self.name, option))
+        return str(value)
 
     @classmethod
     def parse_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,9 +154,11 @@ class Provider:
         return parsed
 
     def public_options(self) -> dict[str, Any]:
-        """Options safe to show in state files and logs (secrets masked)."""
+        """Options safe to store in state files and show: secret options are left out entirely
+        (the runner takes them from config or the environment again, so nothing masked can ever
+        override the real value)."""
         secret = {spec.name for spec in self.option_specs if spec.secret}
-        return {k: ("***" if k in secret and v else v) for k, v in self.options.items()}
+        return {k: v for k, v in self.options.items() if k not in secret}
 
     def max_bars_for(self, timeframe: str) -> int:
         """Most bars one request may return for this timeframe (segments are planned with it)."""

@@ -1,60 +1,98 @@
 """Request pacing shared by every process on the machine.
 
-A file-locked schedule (GCRA): each caller reserves the next free slot `1/rate` seconds after the
-previous one, then waits for it. Wall-clock time, because the file outlives processes and boots.
+Providers count requests per account or IP, over sliding windows ("20 a second", "60 in any
+10 minutes"). The pacer keeps a log of reserved start times in a file under home, locked with
+flock: a caller books the earliest moment at which every window still has room — allowing a small
+margin for the time between our start and the provider's clock — then waits for it. Wall-clock
+time, because the file outlives processes and reboots.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
+import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ktrdr_collect import paths
 
-SAFETY = 0.98
-"""Pace a little under the limit so timing noise never makes a provider count one too many."""
+Window = tuple[int, float]
+"""(at most this many requests, in any span of this many seconds)."""
+
+MARGIN = 0.03
+"""Extra spacing, as a fraction of each window, for scheduling delays between our clock and the
+provider's; it costs at most 3% of the allowed rate."""
+
+
+def windows_for_rate(rate: float) -> list[Window]:
+    """`rate` requests per second as a sliding window: 20/s -> 20 in any 1 s; 0.1/s -> 1 in any 10 s."""
+    if rate >= 1:
+        return [(math.floor(rate), 1.0)]
+    return [(1, 1.0 / rate)]
 
 
 class SharedPacer:
-    def __init__(self, path: Path, rate: float, clock: Callable[[], float] = time.time) -> None:
-        if rate <= 0:
-            raise ValueError("rate must be > 0")
+    def __init__(self, path: Path, windows: Sequence[Window], clock: Callable[[], float] = time.time) -> None:
+        if not windows or any(n < 1 or w <= 0 for n, w in windows):
+            raise ValueError("pacing windows need a count >= 1 and a span > 0")
         self.path = path
-        self.interval = 1.0 / (rate * SAFETY)
+        self.windows = list(windows)
+        self.horizon = max(w for _, w in windows) * (1 + MARGIN)
         self.clock = clock
 
+    @property
+    def rate(self) -> float:
+        """The sustained requests per second these windows allow."""
+        return min(n / (w * (1 + MARGIN)) for n, w in self.windows)
+
+    def _slot(self, stamps: list[float], now: float) -> float:
+        slot = now
+        for count, span in self.windows:
+            if len(stamps) >= count:
+                slot = max(slot, stamps[-count] + span * (1 + MARGIN))
+        return slot
+
     def reserve(self) -> float:
-        """Book the next slot; return the wall-clock time at which it may start."""
+        """Book the next start time every window allows; return it (wall clock)."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = paths.open_private(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             now = self.clock()
-            raw = os.pread(fd, 64, 0).decode(errors="replace").strip()
-            try:
-                next_free = float(raw)
-            except ValueError:
-                next_free = now
-            if next_free > now + 3600:  # clock moved backwards: start afresh
-                next_free = now
-            slot = max(now, next_free)
-            data = repr(slot + self.interval).encode()
+            stamps = self._read(fd, now)
+            slot = self._slot(stamps, now)
+            stamps.append(slot)
+            data = json.dumps([round(s, 6) for s in stamps]).encode()
             os.ftruncate(fd, 0)
             os.pwrite(fd, data, 0)
             return slot
         finally:
             os.close(fd)
 
+    def _read(self, fd: int, now: float) -> list[float]:
+        raw = b""
+        while chunk := os.pread(fd, 65536, len(raw)):
+            raw += chunk
+        try:
+            stamps = sorted(float(s) for s in json.loads(raw or b"[]"))
+        except (ValueError, TypeError):
+            return []
+        # forget what no window can see any more, and anything booked absurdly far ahead (clock jumps)
+        return [s for s in stamps if now - self.horizon < s < now + 24 * 3600]
+
     def delay(self) -> float:
         """Reserve a slot and return how long to wait for it."""
         return max(0.0, self.reserve() - self.clock())
 
 
-def pacer_for(provider_name: str, rate: float | None, folder: Path | None = None) -> SharedPacer | None:
-    if not rate:
-        return None
+def pacer_for(provider_name: str, rate: float | None, windows: Sequence[Window] | None = None,
+              folder: Path | None = None) -> SharedPacer | None:
+    if windows is None:
+        if not rate:
+            return None
+        windows = windows_for_rate(rate)
     folder = folder or paths.shared_dir() / "pacing"
-    return SharedPacer(folder / f"{provider_name}.next", rate)
+    return SharedPacer(folder / f"{provider_name}.json", windows)

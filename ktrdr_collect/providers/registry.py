@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -13,12 +13,36 @@ from ktrdr_collect.providers.base import Provider
 ENTRY_POINT_GROUP = "ktrdr_collect.providers"
 BUILTINS: dict[str, str] = {
     "demo": "ktrdr_collect.providers.demo:DemoProvider",
+    "csv": "ktrdr_collect.providers.csv_archive:CsvArchiveProvider",
+    "binance": "ktrdr_collect.providers.binance:BinanceProvider",
+    "yahoo": "ktrdr_collect.providers.yahoo:YahooProvider",
 }
+EXTRAS: dict[str, str] = {"yahoo": "yahoo"}
+"""Built-ins whose optional libraries come with an extra of the distribution."""
 
 
-def _load(target: str) -> type[Provider]:
+def install_hint(name: str, module: str | None) -> str:
+    if name in EXTRAS:
+        return f"pip install 'ktrdr-collect[{EXTRAS[name]}]'"
+    return f"pip install {module}" if module else "reinstall the package that provides it"
+
+
+def _import(target: str) -> type[Provider]:
     module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+def _load(name: str, target: str, loader: Callable[[], type[Provider]]) -> type[Provider]:
+    """Load a provider class; a missing library becomes one line saying what to install."""
+    module = target.partition(":")[0]
+    try:
+        return loader()
+    except ModuleNotFoundError as e:
+        if e.name and (e.name == module or module.startswith(e.name + ".")):
+            raise ProviderUnavailableError(
+                f"provider {name}: its module {module} cannot be imported (reinstall the package providing it)"
+            ) from None
+        raise ProviderUnavailableError(f"provider {name}: needs {e.name}: {install_hint(name, e.name)}") from None
 
 
 def provider_names() -> list[str]:
@@ -30,14 +54,17 @@ def provider_names() -> list[str]:
 
 def provider_class(name: str) -> type[Provider]:
     if name in BUILTINS:
-        return _load(BUILTINS[name])
+        target = BUILTINS[name]
+        return _load(name, target, lambda: _import(target))
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == name:
-            return ep.load()
+            return _load(name, ep.value, ep.load)
     raise ProviderUnavailableError(f"unknown provider '{name}' (available: {', '.join(provider_names())})")
 
 
 def create_provider(name: str, options: Mapping[str, Any] | None = None) -> Provider:
+    """An instance with its options: `options` as given (config, then the job's own), plus secret
+    options from the environment (`KTRDR_COLLECT_<PROVIDER>_<OPTION>`, see Provider.__init__)."""
     cls = provider_class(name)
     try:
         return cls(options or {})

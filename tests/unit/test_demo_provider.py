@@ -109,13 +109,34 @@ def test_options_are_validated() -> None:
     assert DemoProvider.synthetic and not DemoProvider.needs_network
 
 
-def test_shared_pacer_spaces_slots_across_instances(tmp_path: Path) -> None:
+def test_shared_pacer_keeps_every_window_across_instances(tmp_path: Path) -> None:
     now = [100.0]
-    path = tmp_path / "pace"
-    a = SharedPacer(path, rate=10, clock=lambda: now[0])
-    b = SharedPacer(path, rate=10, clock=lambda: now[0])
-    slots = [a.reserve(), b.reserve(), a.reserve(), b.reserve()]
-    gaps = [round(y - x, 6) for x, y in zip(slots, slots[1:], strict=False)]
-    assert slots[0] == 100.0 and all(abs(g - 1 / (10 * 0.98)) < 1e-6 for g in gaps)
-    now[0] = 200.0  # idle for a while: no burst debt carried over
+    path = tmp_path / "pace.json"
+    a = SharedPacer(path, [(3, 1.0)], clock=lambda: now[0])
+    b = SharedPacer(path, [(3, 1.0)], clock=lambda: now[0])
+    slots = [p.reserve() for p in (a, b, a, b, a, b, a)]
+    assert slots[:3] == [100.0] * 3  # a burst up to the window's count
+    assert slots[3:6] == [101.03] * 3  # then the next window, with the 3% margin
+    assert slots[6] == 102.06
+    for i in range(len(slots) - 3):  # no 1-second span ever holds more than 3
+        assert slots[i + 3] - slots[i] >= 1.0
+    now[0] = 200.0  # idle for a while: no debt carried over
     assert a.reserve() == 200.0
+
+
+def test_pacer_with_several_windows(tmp_path: Path) -> None:
+    now = [0.0]
+    pacer = SharedPacer(tmp_path / "ib.json", [(60, 600.0), (5, 2.0)], clock=lambda: now[0])
+    slots = [pacer.reserve() for _ in range(61)]
+    for i in range(len(slots) - 5):
+        assert slots[i + 5] - slots[i] >= 2.0
+    assert slots[60] - slots[0] >= 600.0
+    assert abs(pacer.rate - 60 / 618) < 1e-9
+
+
+def test_windows_for_rate() -> None:
+    from ktrdr_collect.providers.pacing import windows_for_rate
+
+    assert windows_for_rate(20) == [(20, 1.0)]
+    assert windows_for_rate(2.5) == [(2, 1.0)]
+    assert windows_for_rate(0.1) == [(1, 10.0)]
