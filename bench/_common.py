@@ -35,9 +35,14 @@ class Row:
 
 
 @contextlib.contextmanager
-def fresh_home(prefix: str = "ktrdr-bench-") -> Iterator[Path]:
-    """A fresh temp dir set as KTRDR_COLLECT_HOME for this process (and children); removed after."""
-    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+def fresh_home(prefix: str = "ktrdr-bench-", memory: bool = False) -> Iterator[Path]:
+    """A fresh temp dir set as KTRDR_COLLECT_HOME for this process (and children); removed after.
+
+    memory=True puts it on tmpfs (/dev/shm, where fsync costs nothing) if there is one: for
+    benchmarks that measure CPU overhead and must not be drowned by disk noise.
+    """
+    base = "/dev/shm" if memory and os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
     old = os.environ.get(HOME_ENV)
     os.environ[HOME_ENV] = str(tmp)
     try:
@@ -82,7 +87,7 @@ def format_table(rows: list[Row]) -> str:
         result = "info" if r.ok is None else ("pass" if r.ok else "MISS")
         body.append((r.benchmark, r.value, r.baseline, fmt_ratio(r.ratio), r.aim, result))
     widths = [max(len(str(x[i])) for x in [head, *body]) for i in range(len(head))]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()  # noqa: E731
     out = [line(head), line(["-" * w for w in widths])]
     out += [line(b) for b in body]
     notes = [f"  * {r.benchmark}: {r.note}" for r in rows if r.note]

@@ -64,8 +64,9 @@ def collect(
 
     names = parse_symbols([symbols] if isinstance(symbols, str) else list(symbols))
     root = Path(data_dir).expanduser() if data_dir is not None else paths.default_data_dir()
-    engine = ProcessingEngine(create_provider(provider, dict(options or {})), open_store(format, root),
-                              workers=workers)
+    source = create_provider(provider, dict(options or {}))
+    _check_window(source, timeframe, start, end, days)
+    engine = ProcessingEngine(source, open_store(format, root), workers=workers)
     bar = _progress_bar(len(names), provider) if progress else None
     try:
         return engine.process_batch(
@@ -76,6 +77,29 @@ def collect(
         if bar is not None:
             bar.close()
         engine.provider.close()
+
+
+def _check_window(provider: Any, timeframe: str, start: Any, end: Any, days: int) -> None:
+    """The provider's limits (e.g. Yahoo's intraday history), checked before any request."""
+    import time
+
+    from ktrdr_collect.engine.engine import to_epoch
+    from ktrdr_collect.errors import InvalidInputError
+
+    now = int(time.time())
+    end_ts = to_epoch(end) if end is not None else now
+    if start is None:
+        start_ts = end_ts - days * 86400
+    elif start == "earliest":
+        start_ts = provider.earliest(timeframe)
+    else:
+        start_ts = to_epoch(start)
+    if end_ts <= start_ts:
+        raise InvalidInputError("end must be after start")
+    try:
+        provider.check_window(timeframe, start_ts, end_ts, now)
+    except ValueError as e:
+        raise InvalidInputError(f"provider {provider.name}: {e}") from None
 
 
 class _TqdmProgress:

@@ -12,6 +12,15 @@ from ktrdr_collect import config, paths
 config_app = typer.Typer(help="Show and edit settings (config.toml).", no_args_is_help=True)
 
 
+def secret_options(provider: str) -> set[str]:
+    try:
+        from ktrdr_collect.providers.registry import provider_class
+
+        return {o.name for o in provider_class(provider).option_specs if o.secret}
+    except Exception:  # an unavailable provider: nothing to mask, nothing to fail on
+        return set()
+
+
 def show_value(value: Any) -> str:
     return "(unset)" if value is None else str(value)
 
@@ -22,8 +31,10 @@ def show(json_: bool = typer.Option(False, "--json", help="JSON output.")) -> in
     settings = config.load_settings()
     rows = [{"key": k, "value": settings.values[k], "source": settings.sources[k]} for k in config.KEYS]
     for name, table in sorted(settings.providers.items()):
+        secret = secret_options(name)
         for option, value in sorted(table.items()):
-            rows.append({"key": f"providers.{name}.{option}", "value": value, "source": "config"})
+            shown = "***" if option in secret and value else value
+            rows.append({"key": f"providers.{name}.{option}", "value": shown, "source": "config"})
     if json_:
         print(json.dumps(rows, indent=2))
         return 0

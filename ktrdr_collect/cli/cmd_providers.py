@@ -23,8 +23,8 @@ def describe(name: str) -> dict:  # type: ignore[type-arg]
         "network": cls.needs_network,
         "credentials": cls.needs_credentials,
         "synthetic": cls.synthetic,
-        "options": [{"name": o.name, "type": o.type.__name__, "default": o.default, "help": o.help}
-                    for o in cls.option_specs],
+        "options": [{"name": o.name, "type": o.type.__name__, "default": None if o.secret else o.default,
+                     "help": o.help, "secret": o.secret} for o in cls.option_specs],
     }
 
 

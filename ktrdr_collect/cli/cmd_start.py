@@ -51,8 +51,15 @@ def build_request(
     cls = provider_class(name_)
     if timeframe not in cls.timeframes:
         raise InvalidInputError(f"provider {name_} has no {timeframe} bars (it has: {' '.join(cls.timeframes)})")
-    merged = {**settings.provider_options(name_), **parse_options(options)}
-    instance = cls(merged)
+    from ktrdr_collect.providers.base import reject_secret_options
+
+    cli_options = parse_options(options)
+    reject_secret_options(cls, cli_options)
+    merged = {**settings.provider_options(name_), **cli_options}
+    try:
+        instance = cls(merged)
+    except ValueError as e:
+        raise InvalidInputError(f"provider {name_}: {e}") from None
     try:
         earliest = instance.earliest(timeframe)
         public = instance.public_options()

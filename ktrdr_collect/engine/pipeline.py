@@ -23,7 +23,7 @@ from ktrdr_collect.providers.base import (
 )
 from ktrdr_collect.providers.pacing import SharedPacer
 from ktrdr_collect.storage.gaps import subtract
-from ktrdr_collect.storage.timeframes import format_ts, timeframe_seconds
+from ktrdr_collect.storage.timeframes import timeframe_seconds
 
 log = logging.getLogger("ktrdr_collect.engine")
 T = TypeVar("T")
@@ -121,14 +121,24 @@ class Cancelled(Exception):
 def clean_bars(bars: Sequence[Bar], start: int, end: int) -> list[Bar]:
     """Bars inside [start, end), sorted, one per timestamp; garbage raises PermanentError."""
     by_ts: dict[int, Bar] = {}
+    ordered = True
+    last = -(2**63)
     for bar in bars:
-        if len(bar) != 6:
-            raise PermanentError(f"provider returned a malformed bar: {bar!r}")
-        ts, o, h, low, c, v = bar
-        if not all(isinstance(x, int | float) and math.isfinite(x) for x in (o, h, low, c, v)):
-            raise PermanentError(f"provider returned non-numeric values at {format_ts(int(ts))}")
+        try:
+            ts, o, h, low, c, v = bar
+            # one sum checks all five: a string raises TypeError, a NaN or infinity is not finite
+            finite = math.isfinite(o + h + low + c + v)
+        except (TypeError, ValueError):
+            raise PermanentError(f"provider returned a malformed bar: {bar!r}"[:200]) from None
+        if not finite or isinstance(ts, bool) or not isinstance(ts, int):
+            raise PermanentError(f"provider returned non-numeric values in {bar!r}"[:200])
         if start <= ts < end:
-            by_ts[int(ts)] = (int(ts), float(o), float(h), float(low), float(c), float(v))
+            if ts <= last:
+                ordered = False
+            last = ts
+            by_ts[ts] = bar if type(bar) is tuple else tuple(bar)  # type: ignore[assignment]
+    if ordered:
+        return list(by_ts.values())
     return [by_ts[ts] for ts in sorted(by_ts)]
 
 
@@ -256,10 +266,11 @@ class SymbolPipeline:
                 raise Cancelled
             if ctx.pacer is None:
                 return
-            delay = ctx.pacer.delay()
+            delay, slot = ctx.pacer.delay()
             if delay <= 0 or ctx.gate.sleep(delay, ctx.token):
                 self._check_cancel()
                 if not ctx.gate.is_paused:
+                    ctx.pacer.confirm(slot)
                     return
 
     def _sleep(self, seconds: float) -> None:

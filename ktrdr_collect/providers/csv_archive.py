@@ -199,6 +199,7 @@ class CsvArchiveProvider(Provider):
         self.root = root
         self.calendar = AlwaysOpenCalendar()
         self._folders: dict[Path, Folder] = {}
+        self._providers: list[Path] | None = None
         self._cache: OrderedDict[tuple[Path, str], ParsedFile] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -209,24 +210,32 @@ class CsvArchiveProvider(Provider):
         with self._lock:
             return self._folders.setdefault(path, Folder(path))
 
+    def _provider_dirs(self) -> list[Path]:
+        """The folders that may hold a `<provider>/<tf>/` layout (listed once)."""
+        with self._lock:
+            if self._providers is None:
+                source = self.options["source"].strip()
+                if source:
+                    self._providers = [self.root / source]
+                else:
+                    try:
+                        self._providers = sorted(
+                            p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+                    except OSError:
+                        self._providers = []
+            return self._providers
+
     def _layout_candidates(self, stem: str, timeframe: str) -> list[Path]:
-        source = self.options["source"].strip()
-        if source:
-            providers = [self.root / source]
-        else:
-            try:
-                providers = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
-            except OSError:
-                providers = []
-        found = (self._folder(p / timeframe).find(f"{stem}.csv") for p in providers)
+        found = (self._folder(p / timeframe).find(f"{stem}.csv") for p in self._provider_dirs())
         return [p for p in found if p is not None]
 
-    def locate(self, symbol: str, timeframe: str) -> Path:
-        """The file holding `symbol` at `timeframe`; UnknownSymbolError if there is none."""
+    def _stem(self, symbol: str) -> str:
         try:
-            stem = file_stem(symbol)
+            return file_stem(symbol)
         except ValueError as e:
             raise UnknownSymbolError(str(e)) from None
+
+    def _find(self, stem: str, timeframe: str) -> Path | None:
         layout = self._layout_candidates(stem, timeframe)
         if len(layout) > 1:
             names = ", ".join(p.parent.parent.name for p in layout)
@@ -235,14 +244,21 @@ class CsvArchiveProvider(Provider):
         if layout:
             return layout[0]
         top = self._folder(self.root)
-        for name in (f"{stem}_{timeframe}.csv", f"{stem}.csv"):
-            found = top.find(name)
-            if found is not None:
-                return found
-        raise UnknownSymbolError(
+        return top.find(f"{stem}_{timeframe}.csv") or top.find(f"{stem}.csv")
+
+    def _unknown(self, symbol: str, stem: str, timeframe: str) -> UnknownSymbolError:
+        return UnknownSymbolError(
             f"no CSV file for {symbol} in {self.root} (looked for <provider>/{timeframe}/{stem}.csv, "
             f"{stem}_{timeframe}.csv and {stem}.csv)"
         )
+
+    def locate(self, symbol: str, timeframe: str) -> Path:
+        """The file holding `symbol` at `timeframe`; UnknownSymbolError if there is none."""
+        stem = self._stem(symbol)
+        found = self._find(stem, timeframe)
+        if found is None:
+            raise self._unknown(symbol, stem, timeframe)
+        return found
 
     def load(self, symbol: str, timeframe: str) -> ParsedFile:
         path = self.locate(symbol, timeframe)
@@ -261,13 +277,9 @@ class CsvArchiveProvider(Provider):
 
     def validate(self, symbol: str) -> None:
         """Known if a file exists for any timeframe (fetch then looks for the job's timeframe)."""
-        for timeframe in TIMEFRAMES[:-1]:
-            try:
-                self.locate(symbol, timeframe)
-                return
-            except UnknownSymbolError:
-                continue
-        self.locate(symbol, TIMEFRAMES[-1])
+        stem = self._stem(symbol)
+        if not any(self._find(stem, tf) for tf in TIMEFRAMES):
+            raise self._unknown(symbol, stem, "<tf>")
 
     def head_timestamp(self, symbol: str, timeframe: str) -> int:
         bars = self.load(symbol, timeframe).bars

@@ -7,6 +7,7 @@ sine waves scaled per symbol, with per-bar noise from an integer hash. Synthetic
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import random
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,14 @@ _TAU = 2 * math.pi
 _YEAR = 365.25 * 86400
 
 
+_W1, _W2, _W3 = _TAU / (3.1 * _YEAR), _TAU / (97 * 86400), _TAU / (5.3 * 86400)
+
+
+def _cents(x: float) -> float:
+    """Round a positive price to cents (the closest double to k/100, so it prints as k/100)."""
+    return int(x * 100 + 0.5) / 100
+
+
 def _mix(x: int) -> int:
     """splitmix64: a fast, well-spread 64-bit hash."""
     x = (x + 0x9E3779B97F4A7C15) & _MASK
@@ -56,26 +65,38 @@ class DemoSeries:
         self.phase = (crc % 1000) / 1000 * _TAU
         self.volume_scale = 1000.0 * math.sqrt(self.step)
 
-    def level(self, ts: float) -> float:
-        wave = (
-            0.35 * math.sin(_TAU * ts / (3.1 * _YEAR) + self.phase)
-            + 0.12 * math.sin(_TAU * ts / (97 * 86400) + 2 * self.phase)
-            + 0.04 * math.sin(_TAU * ts / (5.3 * 86400) + 3 * self.phase)
-        )
+    def level(self, ts: float, sin: Callable[[float], float] = math.sin) -> float:
+        p = self.phase
+        wave = 0.35 * sin(ts * _W1 + p) + 0.12 * sin(ts * _W2 + 2 * p) + 0.04 * sin(ts * _W3 + 3 * p)
         return self.base * math.exp(wave)
 
+    def bars(self, times: Iterable[int]) -> list[Bar]:
+        """Bars at `times`: the same values as `bar`, with each price level computed once."""
+        levels: dict[int, float] = {}
+        level, step, out = self.level, self.step, []
+        for ts in times:
+            now = levels.pop(ts, None)
+            if now is None:
+                now = level(ts)
+            nxt = levels[ts + step] = level(ts + step)
+            out.append(self._bar(ts, now, nxt))
+        return out
+
     def bar(self, ts: int) -> Bar:
+        return self._bar(ts, self.level(ts), self.level(ts + self.step))
+
+    def _bar(self, ts: int, level_now: float, level_next: float) -> Bar:
         h = _mix(self.seed ^ ts)
         u1 = (h & 0xFFFF) / 65535 - 0.5
         u2 = ((h >> 16) & 0xFFFF) / 65535 - 0.5
         u3 = ((h >> 32) & 0xFFFF) / 65535
         u4 = ((h >> 48) & 0xFFFF) / 65535
-        open_ = self.level(ts) * (1 + 0.004 * u1)
-        close = self.level(ts + self.step) * (1 + 0.004 * u2)
+        open_ = level_now * (1 + 0.004 * u1)
+        close = level_next * (1 + 0.004 * u2)
         high = max(open_, close) * (1 + 0.006 * u3)
         low = min(open_, close) * (1 - 0.006 * u4)
         volume = float(int(self.volume_scale * (0.5 + u3 + u4)))
-        return (ts, round(open_, 2), round(high, 2), round(low, 2), round(close, 2), volume)
+        return (ts, _cents(open_), _cents(high), _cents(low), _cents(close), volume)
 
 
 def _symbol_set(text: str) -> frozenset[str]:
@@ -161,5 +182,4 @@ class DemoProvider(Provider):
                 raise TransientError("demo flaky symbol: connection reset (will succeed on retry)")
         series = DemoSeries(symbol.upper(), timeframe)
         times = self.calendar.bar_times(timeframe, max(start, FIRST_BAR), end)
-        bars = [series.bar(ts) for ts in times]
-        return bars[: self.max_bars]
+        return series.bars(itertools.islice(times, self.max_bars))

@@ -22,9 +22,9 @@ from ktrdr_collect import paths
 Window = tuple[int, float]
 """(at most this many requests, in any span of this many seconds)."""
 
-MARGIN = 0.03
+MARGIN = 0.05
 """Extra spacing, as a fraction of each window, for scheduling delays between our clock and the
-provider's; it costs at most 3% of the allowed rate."""
+provider's; it costs at most 5% of the allowed rate."""
 
 
 def windows_for_rate(rate: float) -> list[Window]:
@@ -35,11 +35,16 @@ def windows_for_rate(rate: float) -> list[Window]:
 
 
 class SharedPacer:
-    def __init__(self, path: Path, windows: Sequence[Window], clock: Callable[[], float] = time.time) -> None:
+    """`windows` bound the count in any span; `spacing` (seconds) spreads requests evenly instead of
+    in bursts, so that a burst's own queueing delay cannot push it into the provider's next window."""
+
+    def __init__(self, path: Path, windows: Sequence[Window], clock: Callable[[], float] = time.time,
+                 spacing: float = 0.0) -> None:
         if not windows or any(n < 1 or w <= 0 for n, w in windows):
             raise ValueError("pacing windows need a count >= 1 and a span > 0")
         self.path = path
         self.windows = list(windows)
+        self.spacing = spacing * (1 + MARGIN)
         self.horizon = max(w for _, w in windows) * (1 + MARGIN)
         self.clock = clock
 
@@ -49,28 +54,52 @@ class SharedPacer:
         return min(n / (w * (1 + MARGIN)) for n, w in self.windows)
 
     def _slot(self, stamps: list[float], now: float) -> float:
-        slot = now
+        slot = max(now, stamps[-1] + self.spacing) if stamps else now
         for count, span in self.windows:
             if len(stamps) >= count:
                 slot = max(slot, stamps[-count] + span * (1 + MARGIN))
         return slot
 
-    def reserve(self) -> float:
-        """Book the next start time every window allows; return it (wall clock)."""
+    def _update(self, change: Callable[[list[float], float], float]) -> float:
+        """Run `change(stamps, now)` on the shared log under its lock, then save the log."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = paths.open_private(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             now = self.clock()
             stamps = self._read(fd, now)
-            slot = self._slot(stamps, now)
-            stamps.append(slot)
-            data = json.dumps([round(s, 6) for s in stamps]).encode()
+            result = change(stamps, now)
+            data = json.dumps([round(s, 6) for s in sorted(stamps)]).encode()
             os.ftruncate(fd, 0)
             os.pwrite(fd, data, 0)
-            return slot
+            return result
         finally:
             os.close(fd)
+
+    def reserve(self) -> float:
+        """Book the next start time every window allows; return it (wall clock)."""
+
+        def book(stamps: list[float], now: float) -> float:
+            slot = self._slot(stamps, now)
+            stamps.append(slot)
+            return slot
+
+        return self._update(book)
+
+    def confirm(self, slot: float) -> None:
+        """The request booked at `slot` starts now: if that is later, move its stamp, so that the
+        windows count from when it really went out (a delayed thread cannot crowd the next window)."""
+
+        def move(stamps: list[float], now: float) -> float:
+            key = round(slot, 6)
+            for i, s in enumerate(stamps):
+                if abs(s - key) < 1e-6:
+                    stamps[i] = max(s, now)
+                    break
+            return now
+
+        if self.clock() > slot + 0.001:
+            self._update(move)
 
     def _read(self, fd: int, now: float) -> list[float]:
         raw = b""
@@ -83,16 +112,17 @@ class SharedPacer:
         # forget what no window can see any more, and anything booked absurdly far ahead (clock jumps)
         return [s for s in stamps if now - self.horizon < s < now + 24 * 3600]
 
-    def delay(self) -> float:
-        """Reserve a slot and return how long to wait for it."""
-        return max(0.0, self.reserve() - self.clock())
+    def delay(self) -> tuple[float, float]:
+        """Reserve a slot; return (seconds to wait for it, the slot to confirm when starting)."""
+        slot = self.reserve()
+        return max(0.0, slot - self.clock()), slot
 
 
 def pacer_for(provider_name: str, rate: float | None, windows: Sequence[Window] | None = None,
               folder: Path | None = None) -> SharedPacer | None:
-    if windows is None:
-        if not rate:
-            return None
-        windows = windows_for_rate(rate)
     folder = folder or paths.shared_dir() / "pacing"
-    return SharedPacer(folder / f"{provider_name}.json", windows)
+    if windows is not None:
+        return SharedPacer(folder / f"{provider_name}.json", windows)
+    if not rate:
+        return None
+    return SharedPacer(folder / f"{provider_name}.json", windows_for_rate(rate), spacing=1.0 / rate)

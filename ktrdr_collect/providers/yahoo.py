@@ -17,6 +17,7 @@ import importlib.util
 import time
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -37,7 +38,7 @@ from ktrdr_collect.storage.timeframes import DAY, format_ts
 
 INTERVALS = {"1m": "1m", "5m": "5m", "15m": "15m", "30m": "30m", "1h": "60m", "1d": "1d", "1w": "1wk"}
 TZ, OPEN, CLOSE = "America/New_York", "09:30", "16:00"
-EARLIEST_DAILY = -252_374_400  # 1962-01-02T00:00:00Z: the oldest daily bars Yahoo has
+EARLIEST_DAILY = -1_577_923_200  # 1920-01-01T00:00:00Z: before Yahoo's oldest daily bars (^GSPC, 1927)
 HISTORY_DAYS = {"1m": 30, "5m": 60, "15m": 60, "30m": 60, "1h": 730}
 """How far back Yahoo serves each intraday timeframe."""
 REQUEST_DAYS_1M = 7
@@ -48,7 +49,8 @@ INSTALL_HINT = "pip install 'ktrdr-collect[yahoo]'"
 _MARGIN_S = 3600
 
 
-def nyse_holidays(start_year: int = 1962) -> frozenset[date]:
+@lru_cache(maxsize=1)
+def nyse_holidays(start_year: int = 1990) -> frozenset[date]:
     """NYSE weekday closures from exchange_calendars (ProviderUnavailableError if not installed)."""
     try:
         xcals = importlib.import_module("exchange_calendars")
@@ -173,10 +175,11 @@ class YahooProvider(Provider):
         if timeframe not in INTERVALS:
             raise ValueError(f"yahoo has no {timeframe} bars (it has: {' '.join(INTERVALS)})")
         days = HISTORY_DAYS.get(timeframe)
-        if days is not None and start < now - days * DAY:
+        oldest = now - days * DAY + _MARGIN_S if days is not None else None
+        if oldest is not None and start < oldest:  # an hour's margin: the job fetches a little later
             raise ValueError(
                 f"yahoo serves {timeframe} bars only for the last {days} days: start must be on or after "
-                f"{format_ts(now - days * DAY + _MARGIN_S)[:16]}Z (try --days {days - 1} or --start earliest)"
+                f"{format_ts(oldest)[:16]}Z (try --days {days - 1} or --start earliest)"
             )
 
     def _chart(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt | None) -> Any:

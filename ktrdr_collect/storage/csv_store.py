@@ -44,11 +44,14 @@ def format_number(x: float) -> str:
 
 
 def format_row(bar: Bar) -> str:
+    """One CSV line; the same text as format_number on each value, in one pass (hot path)."""
     ts, o, h, low, c, v = bar
-    return (
-        f"{format_ts(ts)},{format_number(o)},{format_number(h)},{format_number(low)},"
-        f"{format_number(c)},{format_number(v)}\n"
-    )
+    text = f"{format_ts(ts)},{float(o)!r},{float(h)!r},{float(low)!r},{float(c)!r},{float(v)!r}\n"
+    if ".0," in text:
+        text = text.replace(".0,", ",")
+    if text.endswith(".0\n"):
+        text = text[:-3] + "\n"
+    return text
 
 
 def parse_row(line: str) -> Bar:
@@ -119,15 +122,20 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` via a fsynced temp file in the same folder (caller holds the lock)."""
+def atomic_write(path: Path, text: str, durable_rename: bool = True) -> None:
+    """Replace ``path`` with ``text`` via a fsynced temp file in the same folder (caller holds the lock).
+
+    ``durable_rename=False`` skips syncing the folder: after a crash the file is then either the
+    old or the new one, never empty or torn. Right for coverage records, where going back to the
+    old one only costs a refetch; data files need the rename durable before coverage claims them."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if durable_rename:
+        fsync_dir(path.parent)
 
 
 def read_tail(f: IO[bytes], size: int) -> tuple[int, str | None]:
@@ -337,7 +345,7 @@ class CsvStore:
             if on_stored is not None:
                 on_stored()
             doc = {"version": COVERAGE_VERSION, "ranges": [[s, e] for s, e in ranges]}
-            atomic_write(self.coverage_path(provider, timeframe, symbol), json.dumps(doc) + "\n")
+            atomic_write(self.coverage_path(provider, timeframe, symbol), json.dumps(doc) + "\n", durable_rename=False)
 
     def _store_bars(self, path: Path, bars: Sequence[Bar]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,12 +46,17 @@ def _date_prefix(day: int) -> str:
     return time.strftime("%Y-%m-%dT", time.gmtime(day * DAY))
 
 
+@lru_cache(maxsize=DAY)
+def _clock_text(sec: int) -> str:
+    hour, rest = divmod(sec, 3600)
+    minute, second = divmod(rest, 60)
+    return f"{hour:02d}:{minute:02d}:{second:02d}Z"
+
+
 def format_ts(ts: int) -> str:
     """Epoch seconds -> ``"2024-01-02T14:30:00Z"``."""
     day, sec = divmod(operator.index(ts), DAY)
-    hour, rest = divmod(sec, 3600)
-    minute, second = divmod(rest, 60)
-    return f"{_date_prefix(day)}{hour:02d}:{minute:02d}:{second:02d}Z"
+    return _date_prefix(day) + _clock_text(sec)
 
 
 @lru_cache(maxsize=8192)

@@ -1,0 +1,10 @@
+"""Benchmarks for ktrdr_collect. Run them all with `python -m bench` from the repository root,
+a subset with `python -m bench NAME...`, smaller sizes with `--quick`; see docs/benchmarks.md."""
+
+BENCHMARKS = (
+    "engine_throughput",
+    "requests_minimum",
+    "progress_overhead",
+    "large_series",
+    "control_latency",
+)
