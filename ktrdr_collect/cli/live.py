@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from ktrdr_collect.cli import fmt
@@ -122,7 +123,7 @@ class RichRenderer:
         p.update(overall, completed=st["percent"], info=self.overall_info(st))
         for entry in finished_symbols(st, seen):
             mark = "[green]✓[/]" if entry["status"] == "completed" else "[red]✗[/]"
-            p.console.print(f"{mark} {fmt.symbol_line(entry)}")
+            p.console.print(f"{mark} {escape(fmt.symbol_line(entry))}")
         active = {e["symbol"]: e for e in st["symbols"] if e["status"] == "running"}
         for symbol in list(self.rows):
             if symbol not in active:
@@ -140,12 +141,12 @@ class RichRenderer:
             overall = None
             for status in statuses:
                 if overall is None:
-                    self.console.print(fmt.header_line(status))
+                    self.console.print(escape(fmt.header_line(status)))
                     overall = self.progress.add_task("Overall", total=100, info="")
                 self.update(status, overall, seen)
             for symbol in list(self.rows):
                 self.progress.remove_task(self.rows.pop(symbol))
-        self.console.print(fmt.summary_line(status), highlight=False)
+        self.console.print(escape(fmt.summary_line(status)), highlight=False)
         return status
 
 

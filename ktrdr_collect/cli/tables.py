@@ -13,11 +13,12 @@ def console() -> Any:
 
 
 def print_table(columns: list[str], rows: list[list[str]], right: tuple[str, ...] = ()) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
     for col in columns:
         table.add_column(col, justify="right" if col in right else "left", no_wrap=col in ("ID", "SYMBOL"))
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))  # data, never markup: [yahoo] stays [yahoo]
     console().print(table)
