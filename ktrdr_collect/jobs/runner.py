@@ -122,6 +122,13 @@ class Runner:
             write_state(self.folder, self.state, durable=durable)
             self._last_write = time.monotonic()
 
+    def try_publish(self) -> None:
+        """From the background threads: a full disk must not kill them; the next write retries."""
+        try:
+            self.publish()
+        except OSError as e:
+            log.error("job %s: cannot write state.json: %s", self.job_id, e.strerror or e)
+
     def set_status(self, status: str) -> None:
         old = self.state["status"]
         if old != status:
@@ -136,7 +143,7 @@ class Runner:
                 self.apply(command)
             if commands:
                 self.state["control_offset"] = self.control.offset
-                self.publish()
+                self.try_publish()
             self.done.wait(CONTROL_POLL_S)
 
     def apply(self, command: str) -> None:
@@ -164,7 +171,7 @@ class Runner:
             version = self.tracker.wait_for_change(version, timeout=1.0)
             if self.done.is_set():
                 return
-            self.publish()
+            self.try_publish()
             self.done.wait(MIN_WRITE_INTERVAL_S)
 
     def on_symbol(self, result: SymbolResult) -> None:
