@@ -183,7 +183,9 @@ class SymbolPipeline:
         self._stage("head_timestamp")
         start = ctx.start
         if start is None:
-            start = self._call(lambda: ctx.provider.head_timestamp(symbol, ctx.timeframe))
+            provider = ctx.provider
+            start = self._request(lambda: provider.head_timestamp(symbol, ctx.timeframe, ctx.token),
+                                  paced=provider.head_timestamp_is_request)
         self._stage("loading_local")
         coverage = ctx.store.coverage(ctx.provider.name, ctx.timeframe, symbol)
         self._stage("analyzing_gaps")
@@ -278,15 +280,23 @@ class SymbolPipeline:
             self._check_cancel()
 
     def _fetch(self, segment: tuple[int, int]) -> list[Bar]:
+        ctx, (start, end) = self.ctx, segment
+        return self._request(
+            lambda: clean_bars(ctx.provider.fetch(self.symbol, ctx.timeframe, start, end, ctx.token), start, end)
+        )
+
+    def _request(self, call: Callable[[], T], paced: bool = True) -> T:
+        """One provider request, paced and counted, retried as its error class says."""
         ctx, symbol = self.ctx, self.symbol
         failures = throttles = 0
         while True:
-            self._wait_turn()
-            self.track.request_made(symbol)
+            if paced:
+                self._wait_turn()
+                self.track.request_made(symbol)
             try:
-                bars = ctx.provider.fetch(symbol, ctx.timeframe, segment[0], segment[1], ctx.token)
+                result = call()
                 self._check_cancel()
-                return clean_bars(bars, segment[0], segment[1])
+                return result
             except RateLimitedError as e:
                 self.track.request_failed(throttled=True)
                 throttles += 1

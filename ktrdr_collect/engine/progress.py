@@ -7,7 +7,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-from ktrdr_collect.engine.eta import RequestRate, estimate_remaining_requests, eta_seconds
+from ktrdr_collect.engine.eta import (
+    RequestRate,
+    ServiceTime,
+    estimate_remaining_requests,
+    eta_seconds,
+    pool_seconds,
+)
 
 STAGES = (
     "validating", "head_timestamp", "loading_local", "analyzing_gaps",
@@ -144,6 +150,8 @@ class ProgressTracker:
         self._finished_here = 0
         self._finished = sum(1 for sp in self._symbols.values() if sp.status in FINISHED)
         self._running: dict[str, None] = {}
+        self._open = sum(1 for sp in self._symbols.values() if sp.status not in (*FINISHED, "cancelled"))
+        self._workers = 1  # the most symbols seen running at once: the pool's size
         self._left = 0  # planned requests not yet done, over unfinished symbols
         self._planned_count = 0
         self._planned_sum = 0
@@ -152,6 +160,8 @@ class ProgressTracker:
         self._paused_at: float | None = None
         self._paused_total = 0.0
         self._rate = RequestRate(limit=rate_limit)
+        self._service = ServiceTime()
+        self._inflight: dict[str, float] = {}  # symbol -> active time its current request started
 
     # -- time ------------------------------------------------------------------------------
     def _active(self, now: float) -> float:
@@ -198,6 +208,7 @@ class ProgressTracker:
         with self._lock:
             self._set(symbol, status="running", stage="validating")
             self._running[symbol] = None
+            self._workers = max(self._workers, len(self._running))
             self._bump()
 
     def stage(self, symbol: str, stage: str) -> None:
@@ -219,6 +230,7 @@ class ProgressTracker:
         with self._lock:
             self._requests += 1
             self._set(symbol, requests=self._symbols[symbol].requests + 1)
+            self._inflight[symbol] = self._active(self._clock())
             self._bump()
 
     def request_failed(self, throttled: bool = False) -> None:
@@ -236,7 +248,7 @@ class ProgressTracker:
             self._left -= 1
             self._candles += candles
             if requested:
-                self._rate.record(self._active(self._clock()))
+                self._request_done(symbol, self._active(self._clock()))
             self._bump()
 
     def candles_stored(self, symbol: str, candles: int) -> None:
@@ -254,6 +266,8 @@ class ProgressTracker:
             stage = "done" if status == "completed" else sp.stage
             self._set(symbol, status=status, stage=stage, error=error)
             self._running.pop(symbol, None)
+            self._inflight.pop(symbol, None)
+            self._open -= 1
             if sp.planned:
                 self._left -= max(0, sp.segments_total - sp.segments_done)
             else:
@@ -279,13 +293,64 @@ class ProgressTracker:
         with self._lock:
             return self._symbols[symbol]
 
+    # -- ETA (docs/eta.md) -----------------------------------------------------------------
+    def _request_done(self, symbol: str, active: float) -> None:
+        started = self._inflight.pop(symbol, None)
+        if started is not None:
+            self._service.record(active - started)
+        self._rate.record(active, self._rate.count + 1 + self._inflight_work(active))
+
+    def _inflight_work(self, active: float) -> float:
+        """The share already done of the requests in flight (in requests)."""
+        return sum(self._service.share_done(active - t) for t in self._inflight.values())
+
+    def _remaining_requests(self) -> float | None:
+        totals = [self._planned_sum / self._planned_count] if self._planned_count else []
+        return estimate_remaining_requests(self._left, self._unplanned, totals)
+
+    def _running_left(self, active: float, unplanned_size: float) -> list[float]:
+        """Requests each running symbol still has to make (the share done of one in flight off)."""
+        left = []
+        for symbol in self._running:
+            sp = self._symbols[symbol]
+            if not sp.planned:
+                left.append(unplanned_size)
+                continue
+            started = self._inflight.get(symbol)
+            done = 0.0 if started is None else self._service.share_done(active - started)
+            left.append(max(0.0, sp.segments_total - sp.segments_done - done))
+        return left
+
     def _eta(self, active: float) -> float | None:
         if self._unplanned == 0 and self._left <= 0:
             return 0.0
-        totals = [self._planned_sum / self._planned_count] if self._planned_count else []
-        remaining = estimate_remaining_requests(self._left, self._unplanned, totals)
-        eta = eta_seconds(remaining, self._rate.rate(active))
-        return None if eta is None else round(eta, 3)
+        remaining = self._remaining_requests()
+        if remaining is None:
+            return None
+        inflight = self._inflight_work(active)
+        rate = self._rate.rate(active, self._rate.count + inflight)
+        bulk = eta_seconds(remaining - inflight, rate)
+        if not bulk or not rate:
+            return bulk
+        mean_size = self._planned_sum / self._planned_count if self._planned_count else 0.0
+        running = self._running_left(active, mean_size)
+        pending = max(0, self._open - len(running))
+        pool = pool_seconds(running, pending, max(0.0, remaining - inflight - sum(running)), self._workers,
+                            self._own_step(rate), self._workers / rate)
+        return round(max(bulk, pool), 3)
+
+    def _own_step(self, rate: float) -> float:
+        """Seconds between the requests of one symbol: the mean request time (no less than the
+        limit allows), or the pool's share of the rate until a request has been timed."""
+        own, limit = self._service.mean, self._rate.limit
+        if own is None:
+            return self._workers / rate
+        return max(own, 1.0 / limit) if limit else own
+
+    def remaining_requests(self) -> float | None:
+        """Provider requests still to make, with an estimate for symbols not yet planned."""
+        with self._lock:
+            return self._remaining_requests()
 
     def progress(self) -> ProcessingProgress:
         """O(1): what a progress callback gets."""

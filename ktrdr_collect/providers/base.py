@@ -174,7 +174,10 @@ class Provider:
     def validate(self, symbol: str) -> None:
         """Raise UnknownSymbolError if the provider does not know `symbol`."""
 
-    def head_timestamp(self, symbol: str, timeframe: str) -> int:
+    head_timestamp_is_request: ClassVar[bool] = False
+    """True when head_timestamp asks the provider (then it is paced, retried and counted)."""
+
+    def head_timestamp(self, symbol: str, timeframe: str, interrupt: Interrupt | None = None) -> int:
         """The first bar available for this symbol."""
         return self.earliest(timeframe)
 

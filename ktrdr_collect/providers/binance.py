@@ -114,9 +114,11 @@ class BinanceProvider(Provider):
         return get_json(f"{self.base_url}/api/v3/klines", params, self.options["timeout_s"], interrupt,
                         classify=classify)
 
-    def head_timestamp(self, symbol: str, timeframe: str) -> int:
+    head_timestamp_is_request = True
+
+    def head_timestamp(self, symbol: str, timeframe: str, interrupt: Interrupt | None = None) -> int:
         """The first kline the symbol has (one request: klines from the epoch, limit 1)."""
-        body = self._klines(symbol, timeframe, 0, int(self.clock()), 1, None)
+        body = self._klines(symbol, timeframe, 0, int(self.clock()), 1, interrupt)
         bars = parse_klines(body, int(self.clock() * 1000) + 10**15)  # a forming bar still marks the start
         if not bars:
             raise UnknownSymbolError(f"binance has no {timeframe} klines for {symbol}")

@@ -281,7 +281,7 @@ class CsvArchiveProvider(Provider):
         if not any(self._find(stem, tf) for tf in TIMEFRAMES):
             raise self._unknown(symbol, stem, "<tf>")
 
-    def head_timestamp(self, symbol: str, timeframe: str) -> int:
+    def head_timestamp(self, symbol: str, timeframe: str, interrupt: Interrupt | None = None) -> int:
         bars = self.load(symbol, timeframe).bars
         return bars[0][0] if bars else int(time.time())
 

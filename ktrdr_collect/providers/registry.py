@@ -16,8 +16,9 @@ BUILTINS: dict[str, str] = {
     "csv": "ktrdr_collect.providers.csv_archive:CsvArchiveProvider",
     "binance": "ktrdr_collect.providers.binance:BinanceProvider",
     "yahoo": "ktrdr_collect.providers.yahoo:YahooProvider",
+    "ib": "ktrdr_collect.providers.ib:IbProvider",
 }
-EXTRAS: dict[str, str] = {"yahoo": "yahoo"}
+EXTRAS: dict[str, str] = {"yahoo": "yahoo", "ib": "ib"}
 """Built-ins whose optional libraries come with an extra of the distribution."""
 
 

@@ -188,10 +188,12 @@ class YahooProvider(Provider):
         return get_json(url, params, self.options["timeout_s"], interrupt,
                         headers={"User-Agent": self.options["user_agent"]}, classify=classify)
 
-    def head_timestamp(self, symbol: str, timeframe: str) -> int:
+    head_timestamp_is_request = True
+
+    def head_timestamp(self, symbol: str, timeframe: str, interrupt: Interrupt | None = None) -> int:
         """`meta.firstTradeDate` from a small daily request, never before what the timeframe allows."""
         now = int(self.clock())
-        result = chart_result(self._chart(symbol, "1d", now - 10 * DAY, now, None))
+        result = chart_result(self._chart(symbol, "1d", now - 10 * DAY, now, interrupt))
         first = (result.get("meta") or {}).get("firstTradeDate")
         floor = self.earliest(timeframe)
         return max(floor, int(first)) if isinstance(first, int | float) else floor
