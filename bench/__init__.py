@@ -7,4 +7,11 @@ BENCHMARKS = (
     "progress_overhead",
     "large_series",
     "control_latency",
+    "many_jobs",
+    "history_scale",
+    "startup",
+    "shared_pacing",
+    "yahoo_requests",
+    "eta_accuracy",
+    "ib_pacing",
 )

@@ -3,19 +3,23 @@
 The unit of work is one provider request. All times are *active* time (paused spans removed), so
 a pause never drags the estimate. The estimator, with its parameters:
 
-* work done = requests finished + the elapsed share of each request in flight (elapsed /
-  mean service time, at most ``INFLIGHT_CAP``), so the estimate moves smoothly between
+* work done = requests finished + the share done of each request in flight: 1 - its expected
+  remaining time (from the last ``SERVICE_SAMPLES`` request durations longer than its elapsed
+  time) / the mean duration, at most ``INFLIGHT_CAP``; the estimate moves smoothly between
   completions instead of in steps of one burst of workers;
 * rate = work done over a sliding window of ``WINDOW_S`` active seconds (all active time while
-  younger). The window restarts where the last ``RECENT_S`` seconds disagree with it by more than
-  ``CHANGE_Z`` standard deviations (Poisson), so a slowdown or a speed-up is followed within
-  seconds while a steady rate keeps the low noise of the long window; the rate is capped by the
-  provider's known limit (requests/s);
+  younger), capped by the provider's known limit (requests/s). The window restarts when the time
+  the last ``RECENT_REQUESTS`` requests took is implausible (more than ``CHANGE_Z`` Poisson
+  standard deviations) under the rate of the older part of the window; it restarts at the change
+  point (CUSUM), so a slowdown or speed-up is followed within seconds while a steady rate keeps
+  the low noise of the long window;
 * remaining = planned requests not yet done + (symbols not yet planned) x (mean requests of the
-  planned symbols) - the share of the requests in flight already done;
-* ETA = max(remaining / rate, the longest running symbol's own remaining requests x the time one
-  request takes it) - the second term is the tail, where fewer symbols than workers are left and
-  the pool's throughput no longer applies.
+  planned symbols) - the share done of the requests in flight;
+* ETA = max(remaining / rate, pool): pool is when the workers finish if each running symbol keeps
+  its worker for its own remaining requests (one per mean request time, no faster than the limit)
+  and the symbols not started go to whichever worker is free first, at the pool's measured pace.
+  It is the tail, where fewer symbols than workers are left and the pool's throughput no longer
+  applies; with many symbols to go it equals remaining / rate up to whole rounds of symbols.
 """
 
 from __future__ import annotations
@@ -187,3 +191,4 @@ def pool_seconds(running_left: list[float], pending: int, pending_requests: floa
     each = pending_requests / pending * pool_step_s if pending else 0.0
     rounds, extra = divmod(pending, workers)
     return max(at + (rounds + (k < extra)) * each for k, at in enumerate(free))
+

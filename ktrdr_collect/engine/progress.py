@@ -127,7 +127,8 @@ class ProgressTracker:
     """Thread-safe progress of one batch. Workers mutate; anyone may take a snapshot.
 
     Aggregates (finished count, requests left, unplanned symbols) are kept incrementally so that
-    `progress()` is O(1) however many symbols there are; `snapshot()` is O(symbols).
+    `progress()` costs O(running symbols), however many symbols there are; `snapshot()` is
+    O(symbols). The ETA is described in docs/eta.md.
     """
 
     def __init__(

@@ -48,13 +48,22 @@ def iso_seconds(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def folder_names() -> set[str]:
+    """Names in the jobs folder that can be jobs (no state check: one listdir, however many jobs)."""
+    try:
+        with os.scandir(paths.jobs_dir()) as entries:
+            return {e.name for e in entries if not e.name.startswith(".") and e.is_dir()}
+    except FileNotFoundError:
+        return set()
+
+
+def has_state(job_id: str) -> bool:
+    return os.path.exists(os.path.join(paths.jobs_dir(), job_id, STATE_FILE))
+
+
 def job_ids() -> list[str]:
     """Every job folder with a state file, oldest first."""
-    try:
-        entries = os.listdir(paths.jobs_dir())
-    except FileNotFoundError:
-        return []
-    return sorted(e for e in entries if not e.startswith(".") and (paths.job_dir(e) / STATE_FILE).exists())
+    return sorted(name for name in folder_names() if has_state(name))
 
 
 def create_folder(now: float | None = None) -> tuple[str, Path]:

@@ -18,7 +18,7 @@ from typing import Any
 from ktrdr_collect import paths
 from ktrdr_collect.errors import StateFileError
 from ktrdr_collect.jobs import model
-from ktrdr_collect.jobs.folders import job_ids, load_status
+from ktrdr_collect.jobs.folders import folder_names, has_state, load_status
 
 INDEX_FILE = "index.sqlite"
 INDEX_VERSION = 1
@@ -104,11 +104,11 @@ class History:
         self.close()
 
     def sync(self) -> None:
-        on_disk = set(job_ids())
+        on_disk = folder_names()  # indexed jobs are finished: their state files never change
         indexed = {row[0] for row in self.conn.execute("SELECT id FROM jobs")}
         gone = indexed - on_disk
         new_finished = []
-        for job_id in sorted(on_disk - indexed):
+        for job_id in sorted(j for j in on_disk - indexed if has_state(j)):
             try:
                 status = load_status(job_id)
             except StateFileError as e:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 from ktrdr_collect import paths
 from ktrdr_collect.jobs import model
-from ktrdr_collect.jobs.folders import LOG_FILE, create_folder, iso_now, iso_seconds
+from ktrdr_collect.jobs.folders import LOG_FILE, create_folder, iso, iso_now, iso_seconds
 from ktrdr_collect.jobs.lock import JobLock
 from ktrdr_collect.jobs.statefile import write_state
 
@@ -37,8 +38,8 @@ class JobRequest:
     synthetic: bool = False
 
 
-def initial_state(job_id: str, req: JobRequest) -> dict[str, Any]:
-    now = iso_now()
+def initial_state(job_id: str, req: JobRequest, created: float | None = None) -> dict[str, Any]:
+    now = iso(created) if created is not None else iso_now()
     start_ts = req.start.timestamp() if req.start is not None else req.earliest_ts
     return {
         "schema": model.SCHEMA,
@@ -111,12 +112,13 @@ def spawn_runner(job_id: str, lock: JobLock) -> subprocess.Popen[bytes]:
 
 def create_job(req: JobRequest) -> str:
     """Make the job folder and its pending state, holding the lock throughout; start the runner."""
-    job_id, folder = create_folder()
+    created = time.time()  # the id and created_at come from one clock reading: list order = id order
+    job_id, folder = create_folder(created)
     lock = JobLock(folder)
     if not lock.try_acquire():
         raise RuntimeError(f"job {job_id}: cannot lock a new job folder")
     try:
-        write_state(folder, initial_state(job_id, req), durable=True)
+        write_state(folder, initial_state(job_id, req, created), durable=True)
         spawn_runner(job_id, lock)
     finally:
         lock.release()

@@ -1,7 +1,7 @@
 """The runner: the one process that owns a job while it runs.
 
 `python -m ktrdr_collect.jobs.runner JOB_ID [--lock-fd N]`. It holds the job lock, reads the
-control channel every 25 ms, runs the engine, and alone writes state.json (≤ 10 times a second).
+control channel every 50 ms, runs the engine, and alone writes state.json (≤ 10 times a second).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ktrdr_collect.providers.registry import create_provider
 from ktrdr_collect.storage.open import open_store
 
 log = logging.getLogger("ktrdr_collect.job")
-CONTROL_POLL_S = 0.025
+CONTROL_POLL_S = 0.05
 MIN_WRITE_INTERVAL_S = 0.075
 """At most ~13 writes a second; a change waits at most this long to be visible (aim: p99 <= 100 ms)."""
 

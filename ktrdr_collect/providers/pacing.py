@@ -22,9 +22,9 @@ from ktrdr_collect import paths
 Window = tuple[int, float]
 """(at most this many requests, in any span of this many seconds)."""
 
-MARGIN = 0.02
+MARGIN = 0.03
 """Extra spacing, as a fraction of each window, for scheduling delays between our clock and the
-provider's; it costs at most 2% of the allowed rate."""
+provider's; it costs at most 3% of the allowed rate."""
 
 
 def windows_for_rate(rate: float) -> list[Window]:

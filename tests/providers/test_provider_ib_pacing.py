@@ -12,7 +12,7 @@ from ktrdr_collect.engine.cancellation import CancellationToken
 from ktrdr_collect.engine.engine import ProcessingEngine
 from ktrdr_collect.providers.ib import IbProvider
 from ktrdr_collect.providers.ib_limits import ContractLimiter
-from ktrdr_collect.providers.pacing import SharedPacer
+from ktrdr_collect.providers.pacing import MARGIN, SharedPacer
 from ktrdr_collect.storage.csv_store import CsvStore
 from ktrdr_collect.storage.timeframes import DAY, parse_ts
 from tests.providers.test_provider_ib import Clock, FakeIB, ib  # noqa: F401  (ib: the fixture)
@@ -47,20 +47,23 @@ def test_the_shared_window_allows_60_requests_in_any_10_minutes(home: Path) -> N
         pacer.confirm(slot)
         starts.append(clock() - 1_000_000.0)
     assert max_in_window(starts, 600.0) == 60
-    assert starts[59] == 0 and starts[60] == starts[119] == 612.0 and starts[120] == 1224.0  # 2% margin
-    assert abs(pacer.rate - 60 / 612) < 1e-12
+    span = 600 * (1 + MARGIN)
+    assert starts[59] == 0 and starts[60] == starts[119] == span and abs(starts[120] - 2 * span) < 1e-6
+    assert abs(pacer.rate - 60 / (600 * (1 + MARGIN))) < 1e-12
 
 
 def test_per_contract_rules(home: Path) -> None:
     clock = Clock(start=1_000_000.0)
     limiter = ContractLimiter(home / "ib-contracts.json", clock)
     waits = [limiter.book("AAPL", f"r{i}") for i in range(6)]
-    assert waits[:5] == [0.0] * 5 and abs(waits[5] - 2.04) < 1e-9  # a 6th within 2 s would be a violation
+    # a 6th within 2 s would be a violation
+    assert waits[:5] == [0.0] * 5 and abs(waits[5] - 2 * (1 + MARGIN)) < 1e-9
     assert limiter.book("MSFT", "m0") == 0.0  # another contract is not held up
     clock.advance(3.0)
-    assert abs(limiter.book("AAPL", "r0") - 12.3) < 1e-6  # identical: 15 s (+2%) after the first
-    assert abs(limiter.book("AAPL", "r1", max_wait=10.0) - 12.3) < 1e-6  # too long: not booked...
-    clock.advance(12.3)
+    identical = 15 * (1 + MARGIN) - 3.0  # identical: 15 s (+ the margin) after the first
+    assert abs(limiter.book("AAPL", "r0") - identical) < 1e-6
+    assert abs(limiter.book("AAPL", "r1", max_wait=10.0) - identical) < 1e-6  # too long: not booked...
+    clock.advance(identical)
     assert limiter.book("AAPL", "r1", max_wait=10.0) == 0.0  # ...so it is free once the time has come
 
 
@@ -73,7 +76,7 @@ def test_many_symbols_through_the_provider_keep_every_rule(ib: Any) -> None:  # 
     assert len(fake.requests) == 130 and fake.violations == []
     starts = [r["at"] - t0 for r in fake.requests]
     assert max_in_window(starts, 600.0) == 60
-    assert 2 * 612 <= starts[-1] < 2 * 612 + 60
+    assert 2 * 600 * (1 + MARGIN) <= starts[-1] < 2 * 600 * (1 + MARGIN) + 60
 
 
 def test_one_contract_back_to_back_waits_for_the_two_second_rule(ib: Any) -> None:  # noqa: F811
@@ -109,7 +112,7 @@ def test_a_bid_ask_job_and_a_trades_job_share_the_budget(ib: Any) -> None:  # no
 
 
 def test_eta_at_start_is_the_pacing_bound(ib: Any, home: Path) -> None:  # noqa: F811
-    """100 symbols x 13 requests (a year of 1h): the ETA a new job shows is requests / (60 per 612 s)."""
+    """100 symbols x 13 requests (a year of 1h): the ETA a new job shows is requests / (60 per 600 s + margin)."""
     provider, _ = ib()
     now = [0.0]
     engine = ProcessingEngine(provider, CsvStore(home / "data"), clock=lambda: now[0])
