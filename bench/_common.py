@@ -8,8 +8,10 @@ import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,3 +110,13 @@ def standalone(run: Callable[[bool], list[Row]]) -> None:
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def timed(cmd: list[str]) -> tuple[float, str]:
+    """Run a command to the end; (wall seconds, stdout). A failing command is an error."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    dt = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[2:])} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    return dt, proc.stdout

@@ -20,12 +20,11 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-from bench._common import Row, fmt_s, fresh_home, log, median, standalone
+from bench._common import Row, fmt_s, fresh_home, log, median, standalone, timed
 
 AIM_S = 0.5
 PROVIDERS = [("demo", 0.45), ("yahoo", 0.3), ("binance", 0.15), ("csv", 0.1)]
@@ -112,13 +111,6 @@ def make_jobs(n: int, seed: int = 7) -> tuple[list[str], int]:
     return ids, recent
 
 
-def timed(cmd: list[str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-    dt = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[2:])} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
-    return dt, proc.stdout
 
 
 def run(quick: bool = False) -> list[Row]:

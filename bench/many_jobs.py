@@ -29,7 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from bench._common import Row, fmt_s, fresh_home, log, median, standalone
+from bench._common import Row, fmt_s, fresh_home, log, median, standalone, timed
 from bench.control_latency import stop_all
 
 PARALLEL = 4
@@ -79,13 +79,6 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "ktrdr_collect", *args]
 
 
-def timed(cmd: list[str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-    dt = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd[2:])} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
-    return dt, proc.stdout
 
 
 def run(quick: bool = False) -> list[Row]:

@@ -6,11 +6,8 @@ sine waves scaled per symbol, with per-bar noise from an integer hash. Synthetic
 
 from __future__ import annotations
 
-import fcntl
 import itertools
-import json
 import math
-import os
 import random
 import threading
 import time
@@ -29,6 +26,7 @@ from ktrdr_collect.providers.base import (
     TransientError,
     UnknownSymbolError,
 )
+from ktrdr_collect.providers.shared_file import locked_json
 from ktrdr_collect.storage.calendar import DEMO_CALENDAR
 from ktrdr_collect.storage.timeframes import TIMEFRAMES, timeframe_seconds
 
@@ -112,21 +110,16 @@ class ServerRateLimit:
 
     def admit(self) -> float | None:
         """None if the request is admitted, else seconds until it would be."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = paths.open_private(self.path, os.O_RDWR | os.O_CREAT)
-        with os.fdopen(fd, "r+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        with locked_json(self.path) as shared:
             now = time.time()
             try:
-                stamps = [t for t in json.loads(f.read() or "[]") if now - 1.0 < t <= now + 1.0]
+                stamps = [float(t) for t in shared.load() or [] if now - 1.0 < float(t) <= now + 1.0]
             except (ValueError, TypeError):
                 stamps = []
             if len(stamps) >= self.limit:
                 return max(0.001, min(stamps) + 1.0 - now)
             stamps.append(now)
-            f.seek(0)
-            f.truncate()
-            f.write(json.dumps(stamps))
+            shared.save(stamps)
             return None
 
 

@@ -14,15 +14,14 @@ is further away than the caller is willing to wait.
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ktrdr_collect import paths
 from ktrdr_collect.providers.pacing import MARGIN
+from ktrdr_collect.providers.shared_file import locked_json
 
 PER_CONTRACT = (5, 2.0)
 """At most 5 requests for one contract/exchange/tick type in any 2 s (IB: six or more is a violation)."""
@@ -42,12 +41,9 @@ class ContractLimiter:
     def book(self, contract: str, request: str, max_wait: float = float("inf")) -> float:
         """Seconds to wait before sending `request` for `contract`. The slot is booked only when
         that is at most `max_wait`; otherwise nothing is booked and the caller should come back."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = paths.open_private(self.path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked_json(self.path) as shared:
             now = self.clock()
-            log = self._read(fd, now)
+            log = self._read(shared.load(), now)
             stamps = log["contracts"].setdefault(contract, [])
             slot = now
             if len(stamps) >= self.count:
@@ -60,17 +56,12 @@ class ContractLimiter:
                 stamps.append(slot)
                 stamps.sort()
                 log["requests"][request] = slot
-                self._write(fd, log)
+                shared.save(log)
             return max(0.0, wait)
-        finally:
-            os.close(fd)
 
-    def _read(self, fd: int, now: float) -> dict[str, dict]:
-        raw = b""
-        while chunk := os.pread(fd, 65536, len(raw)):
-            raw += chunk
+    def _read(self, data: Any, now: float) -> dict[str, dict]:
         try:
-            data = json.loads(raw or b"{}")
+            data = data or {}
             contracts = {str(k): sorted(float(s) for s in v) for k, v in dict(data.get("contracts", {})).items()}
             requests = {str(k): float(v) for k, v in dict(data.get("requests", {})).items()}
         except (ValueError, TypeError, AttributeError):
@@ -80,12 +71,6 @@ class ContractLimiter:
                      if (kept := [s for s in v if now - self.span < s < now + 3600])}
         requests = {k: s for k, s in requests.items() if now - self.identical < s < now + 3600}
         return {"contracts": contracts, "requests": requests}
-
-    @staticmethod
-    def _write(fd: int, log: dict[str, dict]) -> None:
-        data = json.dumps(log, sort_keys=True).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
 
 
 def limiter_for(clock: Callable[[], float] = time.time, folder: Path | None = None) -> ContractLimiter:

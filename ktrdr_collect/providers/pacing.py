@@ -9,15 +9,14 @@ time, because the file outlives processes and reboots.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ktrdr_collect import paths
+from ktrdr_collect.providers.shared_file import locked_json
 
 Window = tuple[int, float]
 """(at most this many requests, in any span of this many seconds)."""
@@ -62,19 +61,12 @@ class SharedPacer:
 
     def _update(self, change: Callable[[list[float], float], float]) -> float:
         """Run `change(stamps, now)` on the shared log under its lock, then save the log."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = paths.open_private(self.path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked_json(self.path) as shared:
             now = self.clock()
-            stamps = self._read(fd, now)
+            stamps = self._read(shared.load(), now)
             result = change(stamps, now)
-            data = json.dumps([round(s, 6) for s in sorted(stamps)]).encode()
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, data, 0)
+            shared.save([round(s, 6) for s in sorted(stamps)])
             return result
-        finally:
-            os.close(fd)
 
     def reserve(self) -> float:
         """Book the next start time every window allows; return it (wall clock)."""
@@ -101,12 +93,9 @@ class SharedPacer:
         if self.clock() > slot + 0.001:
             self._update(move)
 
-    def _read(self, fd: int, now: float) -> list[float]:
-        raw = b""
-        while chunk := os.pread(fd, 65536, len(raw)):
-            raw += chunk
+    def _read(self, data: Any, now: float) -> list[float]:
         try:
-            stamps = sorted(float(s) for s in json.loads(raw or b"[]"))
+            stamps = sorted(float(s) for s in data or [])
         except (ValueError, TypeError):
             return []
         # forget what no window can see any more, and anything booked absurdly far ahead (clock jumps)
