@@ -122,19 +122,20 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, text: str, durable_rename: bool = True) -> None:
-    """Replace ``path`` with ``text`` via a fsynced temp file in the same folder (caller holds the lock).
+def atomic_write(path: Path, text: str, durable: bool = True) -> None:
+    """Replace ``path`` with ``text`` via a temp file in the same folder (caller holds the lock).
 
-    ``durable_rename=False`` skips syncing the folder: after a crash the file is then either the
-    old or the new one, never empty or torn. Right for coverage records, where going back to the
-    old one only costs a refetch; data files need the rename durable before coverage claims them."""
+    ``durable=False`` skips both fsyncs: after a power loss the file may be the old one or even
+    damaged. Right for coverage records, where either only costs a refetch (a damaged record
+    reads as "nothing fetched"); data files are durable before coverage claims them."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
-    if durable_rename:
+    if durable:
         fsync_dir(path.parent)
 
 
@@ -318,12 +319,20 @@ class CsvStore:
         return [(first, last + 1)]
 
     def _read_coverage(self, provider: str, timeframe: str, symbol: str) -> list[Interval] | None:
+        """None when there is no record (derive one from the data); [] for a damaged record: the
+        data may have holes a derived range would hide, so everything is fetched again (the merge
+        keeps what is stored)."""
         try:
             text = self.coverage_path(provider, timeframe, symbol).read_text(encoding="utf-8")
-            doc = json.loads(text)
-        except (OSError, ValueError):
+        except FileNotFoundError:
             return None
-        return coverage_from_doc(doc)
+        except OSError:
+            return []
+        try:
+            ranges = coverage_from_doc(json.loads(text))
+        except ValueError:
+            return []
+        return [] if ranges is None else ranges
 
     # writing
 
@@ -345,7 +354,7 @@ class CsvStore:
             if on_stored is not None:
                 on_stored()
             doc = {"version": COVERAGE_VERSION, "ranges": [[s, e] for s, e in ranges]}
-            atomic_write(self.coverage_path(provider, timeframe, symbol), json.dumps(doc) + "\n", durable_rename=False)
+            atomic_write(self.coverage_path(provider, timeframe, symbol), json.dumps(doc) + "\n", durable=False)
 
     def _store_bars(self, path: Path, bars: Sequence[Bar]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -216,13 +216,15 @@ def test_coverage_derived_from_copied_csv(tmp_path: Path) -> None:
     "content",
     ["{not json", "[]", '{"version": 2, "ranges": []}', '{"version": 1, "ranges": [[1, "x"]]}', ""],
 )
-def test_corrupt_coverage_falls_back_to_data(tmp_path: Path, content: str) -> None:
+def test_damaged_coverage_means_fetch_again(tmp_path: Path, content: str) -> None:
+    """A damaged record never becomes a range derived from the data: that could hide holes."""
     store = CsvStore(tmp_path)
     store.write(*KEY, make_bars(T0, 3), (T0 - 600, T0 + 600))
     store.coverage_path(*KEY).write_text(content)
-    assert store.coverage(*KEY) == [(T0, T0 + 121)]
-    store.write(*KEY, make_bars(T0 + 600, 1), (T0 + 600, T0 + 660))
-    assert store.coverage(*KEY) == [(T0, T0 + 121), (T0 + 600, T0 + 660)]
+    assert store.coverage(*KEY) == []
+    store.write(*KEY, make_bars(T0, 3), (T0 - 600, T0 + 600))  # the refetch merges, nothing doubles
+    assert store.coverage(*KEY) == [(T0 - 600, T0 + 600)]
+    assert len(store.read(*KEY)) == 3
     assert json.loads(store.coverage_path(*KEY).read_text())["version"] == 1
 
 
