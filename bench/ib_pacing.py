@@ -87,10 +87,13 @@ def run(quick: bool = False) -> list[Row]:
         pacer = SharedPacer(paths.shared_dir() / "pacing" / "ib-bench.json", provider.rate_windows,
                             clock=lambda: clock[0])
         n = planned if not quick else planned // 4
+
+        def advance(seconds: float) -> bool:  # a sleep on the simulated clock
+            clock[0] += seconds
+            return True
+
         for _ in range(n):
-            delay, slot = pacer.delay()
-            clock[0] += delay
-            pacer.confirm(slot)
+            pacer.wait_turn(advance)
         last_start = clock[0] - 1_000_000.0
         sim_bound = n / bound_rate
         rows.append(Row(f"ib_pacing schedule ({n} req through the shared pacer)", f"{last_start / 3600:.3f} h",

@@ -268,12 +268,10 @@ class SymbolPipeline:
                 raise Cancelled
             if ctx.pacer is None:
                 return
-            delay, slot = ctx.pacer.delay()
-            if delay <= 0 or ctx.gate.sleep(delay, ctx.token):
+            if ctx.pacer.wait_turn(lambda seconds: ctx.gate.sleep(seconds, ctx.token)) and not ctx.gate.is_paused:
                 self._check_cancel()
-                if not ctx.gate.is_paused:
-                    ctx.pacer.confirm(slot)
-                    return
+                return
+            self._check_cancel()  # paused meanwhile: wait at the gate, then book again
 
     def _sleep(self, seconds: float) -> None:
         if not self.ctx.gate.sleep(seconds, self.ctx.token):

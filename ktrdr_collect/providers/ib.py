@@ -158,10 +158,8 @@ class IbProvider(Provider):
     def _window_slot(self, interrupt: Interrupt) -> None:
         """A slot in the 10-minute window for a request the engine did not pace (head timestamp,
         a window wider than one segment)."""
-        delay, slot = self.pacer.delay()
-        if delay > 0 and self._sleep(delay, interrupt):
+        if not self.pacer.wait_turn(lambda seconds: not self._sleep(seconds, interrupt)):
             raise CallCancelled
-        self.pacer.confirm(slot)
 
     def _count_twice(self) -> None:
         """BID_ASK: a second stamp in the shared 10-minute log, now (never waits: the engine booked

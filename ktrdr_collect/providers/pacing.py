@@ -26,6 +26,14 @@ MARGIN = 0.03
 provider's; it costs at most 3% of the allowed rate."""
 
 
+def _remove(stamps: list[float], slot: float) -> None:
+    key = round(slot, 6)
+    for i, s in enumerate(stamps):
+        if abs(s - key) < 1e-6:
+            del stamps[i]
+            return
+
+
 def windows_for_rate(rate: float) -> list[Window]:
     """`rate` requests per second as a sliding window: 20/s -> 20 in any 1 s; 0.1/s -> 1 in any 10 s."""
     if rate >= 1:
@@ -54,12 +62,9 @@ class SharedPacer:
 
     def _slot(self, stamps: list[float], now: float) -> float:
         slot = max(now, stamps[-1] + self.spacing) if stamps else now
-        for count, span in self.windows:
-            if len(stamps) >= count:
-                slot = max(slot, stamps[-count] + span * (1 + MARGIN))
-        return slot
+        return max(slot, self._slot_in_windows(stamps, now))
 
-    def _update(self, change: Callable[[list[float], float], float]) -> float:
+    def _update(self, change: Callable[[list[float], float], Any]) -> Any:
         """Run `change(stamps, now)` on the shared log under its lock, then save the log."""
         with locked_json(self.path) as shared:
             now = self.clock()
@@ -78,20 +83,27 @@ class SharedPacer:
 
         return self._update(book)
 
-    def confirm(self, slot: float) -> None:
-        """The request booked at `slot` starts now: if that is later, move its stamp, so that the
-        windows count from when it really went out (a delayed thread cannot crowd the next window)."""
+    def confirm(self, slot: float) -> tuple[float, float]:
+        """The request booked at `slot` is about to go: check the windows again against when the
+        others really went out, and commit. Returns (0, now) when it may start; else (seconds to
+        wait, its new booking) — confirm again after that wait. A thread that was held up past its
+        slot thus neither crowds a window nor is crowded by one that was held up before it."""
 
-        def move(stamps: list[float], now: float) -> float:
-            key = round(slot, 6)
-            for i, s in enumerate(stamps):
-                if abs(s - key) < 1e-6:
-                    stamps[i] = max(s, now)
-                    break
-            return now
+        def commit(stamps: list[float], now: float) -> tuple[float, float]:
+            _remove(stamps, slot)
+            started = [s for s in stamps if s <= now]
+            start = max(now, self._slot_in_windows(started, now))
+            stamps.append(start)
+            return start - now, start
 
-        if self.clock() > slot + 0.001:
-            self._update(move)
+        return self._update(commit)  # type: ignore[return-value]
+
+    def _slot_in_windows(self, stamps: list[float], now: float) -> float:
+        slot = now
+        for count, span in self.windows:
+            if len(stamps) >= count:
+                slot = max(slot, stamps[-count] + span * (1 + MARGIN))
+        return slot
 
     def _read(self, data: Any, now: float) -> list[float]:
         try:
@@ -105,6 +117,22 @@ class SharedPacer:
         """Reserve a slot; return (seconds to wait for it, the slot to confirm when starting)."""
         slot = self.reserve()
         return max(0.0, slot - self.clock()), slot
+
+    def wait_turn(self, sleep: Callable[[float], bool]) -> bool:
+        """Book a slot, sleep until it, confirm; repeat until confirmed. `sleep(seconds)` returns
+        False when interrupted (pause, cancel): then this returns False and the booking lapses."""
+        delay, slot = self.delay()
+        while delay <= 0 or sleep(delay):
+            delay, slot = self.confirm(slot)
+            if delay <= 0:
+                return True
+        self.release(slot)
+        return False
+
+    def release(self, slot: float) -> None:
+        """Give back a booking that will not be used (the job paused or was cancelled)."""
+
+        self._update(lambda stamps, now: _remove(stamps, slot))
 
 
 def pacer_for(provider_name: str, rate: float | None, windows: Sequence[Window] | None = None,

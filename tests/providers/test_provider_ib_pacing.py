@@ -27,9 +27,7 @@ def engine_pacer(provider: IbProvider, clock: Clock) -> SharedPacer:
 
 def run_like_the_engine(provider: IbProvider, pacer: SharedPacer, clock: Clock, symbol: str, day: int) -> None:
     """One segment the way the pipeline makes it: wait for the shared pacer's slot, then fetch."""
-    delay, slot = pacer.delay()
-    clock.advance(delay)
-    pacer.confirm(slot)
+    pacer.wait_turn(lambda seconds: clock.advance(seconds) or True)
     provider.fetch(symbol, "1m", T0 + day * DAY, T0 + (day + 1) * DAY, CancellationToken())
 
 

@@ -149,3 +149,31 @@ def test_pacer_spacing_spreads_requests_evenly(tmp_path: Path) -> None:
     gaps = {round(b - a, 6) for a, b in zip(slots, slots[1:], strict=False)}
     assert gaps == {0.0515}
     assert all(slots[i + 20] - slots[i] >= 1.0 for i in range(len(slots) - 20))
+
+
+def test_a_request_held_up_past_its_slot_pushes_the_next_one(tmp_path: Path) -> None:
+    now = [0.0]
+    a = SharedPacer(tmp_path / "p.json", [(1, 1.0)], clock=lambda: now[0])
+    b = SharedPacer(tmp_path / "p.json", [(1, 1.0)], clock=lambda: now[0])
+    slot_a, slot_b = a.reserve(), b.reserve()
+    assert (slot_a, slot_b) == (0.0, 1.03)
+    now[0] = 0.8  # A's thread only gets to run now
+    assert a.confirm(slot_a) == (0.0, 0.8)
+    now[0] = 1.03  # B is on time, but a second after A really went out is 1.83
+    wait, slot = b.confirm(slot_b)
+    assert abs(wait - 0.8) < 1e-6 and abs(slot - 1.83) < 1e-6
+    now[0] = slot
+    assert b.confirm(slot) == (0.0, slot)
+
+
+def test_wait_turn_stops_when_the_sleep_is_interrupted(tmp_path: Path) -> None:
+    now = [0.0]
+    pacer = SharedPacer(tmp_path / "p.json", [(1, 1.0)], clock=lambda: now[0])
+    assert pacer.wait_turn(lambda s: True)
+    assert not pacer.wait_turn(lambda s: False)  # e.g. paused while waiting for the slot
+
+    def sleep(seconds: float) -> bool:
+        now[0] += seconds
+        return True
+
+    assert pacer.wait_turn(sleep) and abs(now[0] - 1.03) < 1e-6  # the lapsed booking was given back
