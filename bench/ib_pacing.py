@@ -40,7 +40,7 @@ def run(quick: bool = False) -> list[Row]:
     from ktrdr_collect.engine.engine import ProcessingEngine, to_epoch
     from ktrdr_collect.providers.ib import WINDOW, IbProvider
     from ktrdr_collect.providers.ib_plan import REQUEST_DAYS
-    from ktrdr_collect.providers.pacing import SharedPacer
+    from ktrdr_collect.providers.pacing import MARGIN, SharedPacer
     from ktrdr_collect.storage.csv_store import CsvStore
 
     symbols = [f"S{i:03d}" for i in range(SYMBOLS)]
@@ -81,7 +81,7 @@ def run(quick: bool = False) -> list[Row]:
         rows.append(Row(f"ib_pacing ETA at start ({planned} req)", f"{eta / 3600:.3f} h" if eta else "unknown",
                         f"bound {bound / 3600:.3f} h", ratio, f"<= {AIM}x", eta is not None and 1.0 <= ratio <= AIM,
                         note=f"bound = {remaining} remaining requests / (60 per 10 min); the tracker's cap is "
-                             f"the pacer's {engine.pacer.rate * 600:.2f} per 10 min (2% margin)"))
+                             f"the pacer's {engine.pacer.rate * 600:.2f} per 10 min ({MARGIN:.0%} margin)"))
 
         clock = [1_000_000.0]
         pacer = SharedPacer(paths.shared_dir() / "pacing" / "ib-bench.json", provider.rate_windows,

@@ -10,7 +10,8 @@ state.json of each job is polled every 0.25 s; a job's request rate over the win
 Δrequests / Δupdated_at between its first and last version seen inside the window (updated_at is
 stamped by the runner at the snapshot, so state.json's write delay cancels out); the achieved
 total rate is the sum of the three. (The simpler Σ Δrequests / poller wall time is in the note.)
-Aims: total rate / 20 >= 0.95 (the pacer itself keeps a 2 % margin: at most 0.98), throttled == 0
+Aims: total rate / 20 >= 0.95
+(the pacer itself keeps a small margin, `MARGIN` in providers/pacing.py: at most 1/(1+MARGIN)), throttled == 0
 (summed over the whole run, from the final states).
 """
 

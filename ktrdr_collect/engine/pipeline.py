@@ -110,6 +110,25 @@ class Batch:
         self.bars.clear()
 
 
+class Attempt:
+    """What a provider gets for one request: the job's cancellation, plus `mark_sent()` to say
+    when the request really left (the pacer then counts it from that moment)."""
+
+    def __init__(self, token: CancellationToken) -> None:
+        self.token = token
+        self.sent_at: float | None = None
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self.token.is_cancelled
+
+    def wait(self, timeout: float) -> bool:
+        return self.token.wait(timeout)
+
+    def mark_sent(self) -> None:
+        self.sent_at = time.time()
+
+
 class SymbolFailed(Exception):
     pass
 
@@ -184,7 +203,7 @@ class SymbolPipeline:
         start = ctx.start
         if start is None:
             provider = ctx.provider
-            start = self._request(lambda: provider.head_timestamp(symbol, ctx.timeframe, ctx.token),
+            start = self._request(lambda attempt: provider.head_timestamp(symbol, ctx.timeframe, attempt),
                                   paced=provider.head_timestamp_is_request)
         self._stage("loading_local")
         coverage = ctx.store.coverage(ctx.provider.name, ctx.timeframe, symbol)
@@ -260,17 +279,21 @@ class SymbolPipeline:
         coverage = ctx.store.coverage(ctx.provider.name, ctx.timeframe, self.symbol)
         return not subtract(segment, coverage)
 
-    def _wait_turn(self) -> None:
-        """Block while paused, then wait for a pacing slot; raise Cancelled when cancelled."""
+    def _wait_turn(self) -> float | None:
+        """Block while paused, then wait for a pacing slot (returned); raise Cancelled when cancelled."""
         ctx = self.ctx
         while True:
             if not ctx.gate.wait_open(ctx.token):
                 raise Cancelled
             if ctx.pacer is None:
-                return
-            if ctx.pacer.wait_turn(lambda seconds: ctx.gate.sleep(seconds, ctx.token)) and not ctx.gate.is_paused:
-                self._check_cancel()
-                return
+                return None
+            slot = ctx.pacer.wait_turn(lambda seconds: ctx.gate.sleep(seconds, ctx.token))
+            if slot is not None:
+                if ctx.gate.is_paused or ctx.token.is_cancelled:
+                    ctx.pacer.release(slot)
+                    self._check_cancel()
+                    continue
+                return slot
             self._check_cancel()  # paused meanwhile: wait at the gate, then book again
 
     def _sleep(self, seconds: float) -> None:
@@ -280,19 +303,25 @@ class SymbolPipeline:
     def _fetch(self, segment: tuple[int, int]) -> list[Bar]:
         ctx, (start, end) = self.ctx, segment
         return self._request(
-            lambda: clean_bars(ctx.provider.fetch(self.symbol, ctx.timeframe, start, end, ctx.token), start, end)
+            lambda attempt: clean_bars(ctx.provider.fetch(self.symbol, ctx.timeframe, start, end, attempt), start, end)
         )
 
-    def _request(self, call: Callable[[], T], paced: bool = True) -> T:
+    def _request(self, call: Callable[[Attempt], T], paced: bool = True) -> T:
         """One provider request, paced and counted, retried as its error class says."""
         ctx, symbol = self.ctx, self.symbol
         failures = throttles = 0
         while True:
+            slot = None
             if paced:
-                self._wait_turn()
+                slot = self._wait_turn()
                 self.track.request_made(symbol)
+            attempt = Attempt(ctx.token)
             try:
-                result = call()
+                try:
+                    result = call(attempt)
+                finally:
+                    if slot is not None and ctx.pacer is not None and attempt.sent_at is not None:
+                        ctx.pacer.correct(slot, attempt.sent_at)
                 self._check_cancel()
                 return result
             except RateLimitedError as e:

@@ -48,6 +48,14 @@ class Interrupt(Protocol):
     def wait(self, timeout: float) -> bool: ...
 
 
+def mark_sent(interrupt: object) -> None:
+    """Tell the engine the request is going out now (it paces by when requests really leave, not
+    by when they were scheduled). Providers call it right before sending; optional."""
+    hook = getattr(interrupt, "mark_sent", None)
+    if hook is not None:
+        hook()
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     name: str

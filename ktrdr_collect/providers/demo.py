@@ -25,6 +25,7 @@ from ktrdr_collect.providers.base import (
     RateLimitedError,
     TransientError,
     UnknownSymbolError,
+    mark_sent,
 )
 from ktrdr_collect.providers.shared_file import locked_json
 from ktrdr_collect.storage.calendar import DEMO_CALENDAR
@@ -160,6 +161,7 @@ class DemoProvider(Provider):
 
     def fetch(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
         if self._server is not None:
+            mark_sent(interrupt)
             wait = self._server.admit()
             if wait is not None:
                 raise RateLimitedError(f"demo rate limit {self._server.limit}/s exceeded", retry_after=wait)

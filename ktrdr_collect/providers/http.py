@@ -26,6 +26,7 @@ from ktrdr_collect.providers.base import (
     ProviderError,
     RateLimitedError,
     TransientError,
+    mark_sent,
 )
 
 USER_AGENT = f"ktrdr-collect/{__version__} (+https://pypi.org/project/ktrdr-collect/)"
@@ -182,6 +183,7 @@ def get_json(
     """
     full = build_url(url, params)
     sent = {"User-Agent": USER_AGENT, **(headers or {})}
+    mark_sent(interrupt)
     result = _interruptible(lambda: _request(full, timeout, sent), interrupt)
     if isinstance(result, HttpFailure):
         raise classify_failure(result, classify)

@@ -158,7 +158,7 @@ class IbProvider(Provider):
     def _window_slot(self, interrupt: Interrupt) -> None:
         """A slot in the 10-minute window for a request the engine did not pace (head timestamp,
         a window wider than one segment)."""
-        if not self.pacer.wait_turn(lambda seconds: not self._sleep(seconds, interrupt)):
+        if self.pacer.wait_turn(lambda seconds: not self._sleep(seconds, interrupt)) is None:
             raise CallCancelled
 
     def _count_twice(self) -> None:

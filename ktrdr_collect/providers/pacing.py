@@ -21,9 +21,9 @@ from ktrdr_collect.providers.shared_file import locked_json
 Window = tuple[int, float]
 """(at most this many requests, in any span of this many seconds)."""
 
-MARGIN = 0.03
+MARGIN = 0.04
 """Extra spacing, as a fraction of each window, for scheduling delays between our clock and the
-provider's; it costs at most 3% of the allowed rate."""
+provider's; it costs at most 4% of the allowed rate."""
 
 
 def _remove(stamps: list[float], slot: float) -> None:
@@ -118,16 +118,28 @@ class SharedPacer:
         slot = self.reserve()
         return max(0.0, slot - self.clock()), slot
 
-    def wait_turn(self, sleep: Callable[[float], bool]) -> bool:
-        """Book a slot, sleep until it, confirm; repeat until confirmed. `sleep(seconds)` returns
-        False when interrupted (pause, cancel): then this returns False and the booking lapses."""
+    def wait_turn(self, sleep: Callable[[float], bool]) -> float | None:
+        """Book a slot, sleep until it, confirm; repeat until confirmed, and return the confirmed
+        slot. `sleep(seconds)` returns False when interrupted (pause, cancel): then this returns
+        None and the booking is given back."""
         delay, slot = self.delay()
         while delay <= 0 or sleep(delay):
             delay, slot = self.confirm(slot)
             if delay <= 0:
-                return True
+                return slot
         self.release(slot)
-        return False
+        return None
+
+    def correct(self, slot: float, sent_at: float) -> None:
+        """The request confirmed at `slot` really left at `sent_at` (its thread was held up in
+        between): move its stamp, so the next window counts from when the provider saw it."""
+        if sent_at > slot + 0.001:
+
+            def move(stamps: list[float], now: float) -> None:
+                _remove(stamps, slot)
+                stamps.append(sent_at)
+
+            self._update(move)
 
     def release(self, slot: float) -> None:
         """Give back a booking that will not be used (the job paused or was cancelled)."""

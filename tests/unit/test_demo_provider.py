@@ -8,7 +8,7 @@ from ktrdr_collect.engine.cancellation import CancellationToken
 from ktrdr_collect.errors import ProviderUnavailableError
 from ktrdr_collect.providers.base import RateLimitedError, TransientError, UnknownSymbolError
 from ktrdr_collect.providers.demo import FIRST_BAR, DemoProvider
-from ktrdr_collect.providers.pacing import SharedPacer
+from ktrdr_collect.providers.pacing import MARGIN, SharedPacer
 from ktrdr_collect.providers.registry import create_provider, provider_names
 from ktrdr_collect.storage.timeframes import format_ts, parse_ts
 
@@ -116,8 +116,8 @@ def test_shared_pacer_keeps_every_window_across_instances(tmp_path: Path) -> Non
     b = SharedPacer(path, [(3, 1.0)], clock=lambda: now[0])
     slots = [p.reserve() for p in (a, b, a, b, a, b, a)]
     assert slots[:3] == [100.0] * 3  # a burst up to the window's count
-    assert slots[3:6] == [101.03] * 3  # then the next window, with the 3% margin
-    assert abs(slots[6] - 102.06) < 1e-6
+    assert all(abs(s - (101 + MARGIN)) < 1e-6 for s in slots[3:6])  # the next window, plus the margin
+    assert abs(slots[6] - (102 + 2 * MARGIN)) < 1e-6
     for i in range(len(slots) - 3):  # no 1-second span ever holds more than 3
         assert slots[i + 3] - slots[i] >= 1.0
     now[0] = 200.0  # idle for a while: no debt carried over
@@ -131,7 +131,7 @@ def test_pacer_with_several_windows(tmp_path: Path) -> None:
     for i in range(len(slots) - 5):
         assert slots[i + 5] - slots[i] >= 2.0
     assert slots[60] - slots[0] >= 600.0
-    assert abs(pacer.rate - 60 / 618) < 1e-9
+    assert abs(pacer.rate - 60 / (600 * (1 + MARGIN))) < 1e-9
 
 
 def test_windows_for_rate() -> None:
@@ -147,7 +147,7 @@ def test_pacer_spacing_spreads_requests_evenly(tmp_path: Path) -> None:
     pacer = SharedPacer(tmp_path / "p.json", [(20, 1.0)], clock=lambda: now[0], spacing=0.05)
     slots = [pacer.reserve() for _ in range(41)]
     gaps = {round(b - a, 6) for a, b in zip(slots, slots[1:], strict=False)}
-    assert gaps == {0.0515}
+    assert all(abs(g - 0.05 * (1 + MARGIN)) < 1e-6 for g in gaps)
     assert all(slots[i + 20] - slots[i] >= 1.0 for i in range(len(slots) - 20))
 
 
@@ -156,12 +156,13 @@ def test_a_request_held_up_past_its_slot_pushes_the_next_one(tmp_path: Path) -> 
     a = SharedPacer(tmp_path / "p.json", [(1, 1.0)], clock=lambda: now[0])
     b = SharedPacer(tmp_path / "p.json", [(1, 1.0)], clock=lambda: now[0])
     slot_a, slot_b = a.reserve(), b.reserve()
-    assert (slot_a, slot_b) == (0.0, 1.03)
+    span = 1 + MARGIN
+    assert slot_a == 0.0 and abs(slot_b - span) < 1e-6
     now[0] = 0.8  # A's thread only gets to run now
     assert a.confirm(slot_a) == (0.0, 0.8)
-    now[0] = 1.03  # B is on time, but a second after A really went out is 1.83
+    now[0] = slot_b  # B is on time, but a second (plus margin) after A really went out is later
     wait, slot = b.confirm(slot_b)
-    assert abs(wait - 0.8) < 1e-6 and abs(slot - 1.83) < 1e-6
+    assert abs(wait - 0.8) < 1e-6 and abs(slot - (0.8 + span)) < 1e-6
     now[0] = slot
     assert b.confirm(slot) == (0.0, slot)
 
@@ -169,11 +170,38 @@ def test_a_request_held_up_past_its_slot_pushes_the_next_one(tmp_path: Path) -> 
 def test_wait_turn_stops_when_the_sleep_is_interrupted(tmp_path: Path) -> None:
     now = [0.0]
     pacer = SharedPacer(tmp_path / "p.json", [(1, 1.0)], clock=lambda: now[0])
-    assert pacer.wait_turn(lambda s: True)
-    assert not pacer.wait_turn(lambda s: False)  # e.g. paused while waiting for the slot
+    assert pacer.wait_turn(lambda s: True) == 0.0
+    assert pacer.wait_turn(lambda s: False) is None  # e.g. paused while waiting for the slot
 
     def sleep(seconds: float) -> bool:
         now[0] += seconds
         return True
 
-    assert pacer.wait_turn(sleep) and abs(now[0] - 1.03) < 1e-6  # the lapsed booking was given back
+    assert pacer.wait_turn(sleep) is not None
+    assert abs(now[0] - (1 + MARGIN)) < 1e-6  # the lapsed booking was given back
+
+
+def test_a_request_that_left_late_is_counted_from_when_it_left(tmp_path: Path) -> None:
+    now = [0.0]
+    pacer = SharedPacer(tmp_path / "p.json", [(1, 1.0)], clock=lambda: now[0])
+    slot = pacer.wait_turn(lambda s: True)
+    assert slot == 0.0
+    pacer.correct(slot, 0.06)  # its thread only sent it 60 ms after confirming
+    now[0] = 1.0 + MARGIN
+    wait, _ = pacer.delay()
+    assert abs(wait - 0.06) < 1e-6  # the next one waits for a second after 0.06, not after 0.0
+
+
+def test_the_engine_paces_by_when_requests_really_leave(home: Path, tmp_path: Path) -> None:
+    from ktrdr_collect.engine.engine import ProcessingEngine
+    from ktrdr_collect.storage.csv_store import CsvStore
+
+    provider = DemoProvider({"latency_ms": 0, "rate_limit": 5, "max_bars": 5})
+    corrected: list[tuple[float, float]] = []
+    engine = ProcessingEngine(provider, CsvStore(tmp_path), workers=2)
+    assert engine.pacer is not None
+    real_correct = engine.pacer.correct
+    engine.pacer.correct = lambda slot, sent: (corrected.append((slot, sent)), real_correct(slot, sent))  # type: ignore[method-assign]
+    [result] = engine.process_batch(["A"], "1d", "2023-01-02", "2023-01-23")
+    assert result.ok and result.requests == 3
+    assert len(corrected) == 3 and all(sent >= slot for slot, sent in corrected)
