@@ -146,9 +146,10 @@ def test_pacer_spacing_spreads_requests_evenly(tmp_path: Path) -> None:
     now = [0.0]
     pacer = SharedPacer(tmp_path / "p.json", [(20, 1.0)], clock=lambda: now[0], spacing=0.05)
     slots = [pacer.reserve() for _ in range(41)]
-    gaps = {round(b - a, 6) for a, b in zip(slots, slots[1:], strict=False)}
-    assert all(abs(g - 0.05 * (1 + MARGIN)) < 1e-6 for g in gaps)
-    assert all(slots[i + 20] - slots[i] >= 1.0 for i in range(len(slots) - 20))
+    gaps = [round(b - a, 6) for a, b in zip(slots, slots[1:], strict=False)]
+    assert min(gaps) >= 0.045 - 1e-6  # never a burst: at least 90% of the even spacing apart
+    assert all(slots[i + 20] - slots[i] >= 1.0 for i in range(len(slots) - 20))  # the window binds
+    assert abs((slots[40] - slots[0]) - 2 * (1 + MARGIN)) < 1e-6
 
 
 def test_a_request_held_up_past_its_slot_pushes_the_next_one(tmp_path: Path) -> None:
