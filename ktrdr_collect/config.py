@@ -63,6 +63,8 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("format", "csv", _choice(FORMATS), "data file format"),
     Key("default_days", 365, _positive("default_days", 1), "window length when no --start/--days"),
     Key("retention_days", 30, _positive("retention_days", 0), "prune finished jobs older than this (0: never)"),
+    Key("max_rate_limit_wait", 900, _positive("max_rate_limit_wait", 0),
+        "seconds one symbol may spend waiting out a provider's rate limits before it fails"),
 )}
 
 

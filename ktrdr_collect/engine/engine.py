@@ -6,6 +6,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
@@ -16,7 +17,7 @@ from ktrdr_collect.engine.pipeline import BatchContext, RetryPolicy, Store, Symb
 from ktrdr_collect.engine.progress import FINISHED, ProcessingProgress, ProgressTracker
 from ktrdr_collect.inputs import parse_datetime
 from ktrdr_collect.providers.base import Provider
-from ktrdr_collect.providers.pacing import SharedPacer, pacer_for
+from ktrdr_collect.providers.pacing import SharedPacer, pacer_for, same_pacing
 
 log = logging.getLogger("ktrdr_collect.engine")
 
@@ -74,6 +75,7 @@ class ProcessingEngine:
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         pacer: SharedPacer | None = None,
+        now: Callable[[], float] = time.time,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -82,12 +84,56 @@ class ProcessingEngine:
         self.workers = workers
         self.retry = retry or RetryPolicy()
         self.clock = clock
+        self.now = now
+        """Wall clock: where the publication edge is (tests inject one)."""
         self.pacer = pacer if pacer is not None else pacer_for(provider.name, provider.rate_limit,
                                                                provider.rate_windows)
+        """The provider's default pacer (`rate_limit`, `rate_windows`). A job's requests go through
+        `pacer_of(timeframe)`: this one, unless the provider paces that timeframe otherwise."""
+        self._injected_pacer = pacer
+        self._pacers: dict[str, SharedPacer | None] = {}
+        self._pacers_lock = threading.Lock()
+        self._untimed: weakref.WeakSet[ProgressTracker] = weakref.WeakSet()
 
-    def new_tracker(self, symbols: Iterable[Any], **kwargs: Any) -> ProgressTracker:
-        limit = self.pacer.rate if self.pacer is not None else self.provider.rate_limit
-        return ProgressTracker(symbols, clock=self.clock, rate_limit=limit, **kwargs)
+    def pacer_of(self, timeframe: str) -> SharedPacer | None:
+        """The machine-wide pacer for this timeframe's requests: the injected one, else the one of
+        `provider.pacing_for(timeframe)`, built once per timeframe."""
+        if self._injected_pacer is not None:
+            return self._injected_pacer
+        with self._pacers_lock:
+            if timeframe not in self._pacers:
+                self._pacers[timeframe] = self._build_pacer(timeframe)
+            return self._pacers[timeframe]
+
+    def _build_pacer(self, timeframe: str) -> SharedPacer | None:
+        default = (self.provider.rate_limit, self.provider.rate_windows)
+        rate, windows = self.provider.pacing_for(timeframe)
+        if same_pacing((rate, windows), default):
+            return self.pacer
+        return pacer_for(self.provider.name, rate, windows, default=default)
+
+    def rate_limit_for(self, timeframe: str | None = None) -> float | None:
+        """Sustained requests per second the pacer allows (the ETA's cap): for `timeframe`, or
+        for the provider's default pacing when it is not known."""
+        if timeframe is None:
+            return self.pacer.rate if self.pacer is not None else self.provider.rate_limit
+        pacer = self.pacer_of(timeframe)
+        return pacer.rate if pacer is not None else None
+
+    def new_tracker(self, symbols: Iterable[Any], timeframe: str | None = None, **kwargs: Any) -> ProgressTracker:
+        """A tracker whose ETA is capped by the pacing of `timeframe`; without one, by the
+        provider's default pacing until `process_batch` learns the timeframe."""
+        tracker = ProgressTracker(symbols, clock=self.clock, rate_limit=self.rate_limit_for(timeframe), **kwargs)
+        if timeframe is None:
+            self._untimed.add(tracker)
+        return tracker
+
+    def _fit_tracker(self, tracker: ProgressTracker, timeframe: str) -> None:
+        """A tracker `new_tracker` made without a timeframe (the job runner's) gets the cap of the
+        job's timeframe: an IB 1h job is not paced like a 30-second one."""
+        if tracker in self._untimed:
+            self._untimed.discard(tracker)
+            tracker._rate.limit = self.rate_limit_for(timeframe)
 
     def process_batch(
         self,
@@ -120,11 +166,14 @@ class ProcessingEngine:
             start_ts = None
         else:
             start_ts = to_epoch(start)
-        tracker = tracker or self.new_tracker(symbols)
+        if tracker is None:
+            tracker = self.new_tracker(symbols, timeframe)
+        else:
+            self._fit_tracker(tracker, timeframe)
         ctx = BatchContext(
             provider=self.provider, store=self.store, timeframe=timeframe, start=start_ts, end=end_ts,
-            tracker=tracker, token=token, gate=gate or PauseGate(), pacer=self.pacer, retry=self.retry,
-            on_stored=on_stored,
+            tracker=tracker, token=token, gate=gate or PauseGate(), pacer=self.pacer_of(timeframe), retry=self.retry,
+            on_stored=on_stored, now=self.now,
         )
         todo = [s for s in symbols if tracker.snapshot_symbol(s).status not in FINISHED]
         notifier = Notifier() if (progress_callback or symbol_callback) else None

@@ -23,7 +23,8 @@ from ktrdr_collect.providers.base import (
 )
 from ktrdr_collect.providers.pacing import SharedPacer
 from ktrdr_collect.storage.gaps import subtract
-from ktrdr_collect.storage.timeframes import timeframe_seconds
+from ktrdr_collect.storage.restamp import restamp_series
+from ktrdr_collect.storage.timeframes import DAY, timeframe_seconds
 
 log = logging.getLogger("ktrdr_collect.engine")
 T = TypeVar("T")
@@ -53,6 +54,9 @@ class RetryPolicy:
     base_s: float = 0.2
     cap_s: float = 10.0
     max_throttled: int = 200
+    max_throttle_wait_s: float = 900.0
+    """Most time one symbol spends waiting out rate limits before it fails (config
+    `max_rate_limit_wait`): a provider that keeps refusing never holds a symbol for long."""
 
     def backoff(self, attempt: int) -> float:
         return min(self.cap_s, self.base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
@@ -129,6 +133,12 @@ class Attempt:
         self.sent_at = time.time()
 
 
+def published_edge(provider: Provider, timeframe: str, now: float) -> int:
+    """Bars opening before this instant have ended and had the provider's publication delay to
+    appear: the newest range a job may ask for and record as fetched (the contract's rule)."""
+    return int(now - provider.publish_delay_s) - timeframe_seconds(timeframe)
+
+
 class SymbolFailed(Exception):
     pass
 
@@ -166,6 +176,8 @@ class SymbolPipeline:
         self.ctx = ctx
         self.symbol = symbol
         self.track = ctx.tracker
+        self.edge: int | None = None
+        """The end of the window when the publication edge cut it (set while planning)."""
 
     def _stage(self, stage: str) -> None:
         self.track.stage(self.symbol, stage)
@@ -206,20 +218,48 @@ class SymbolPipeline:
             start = self._request(lambda attempt: provider.head_timestamp(symbol, ctx.timeframe, attempt),
                                   paced=provider.head_timestamp_is_request)
         self._stage("loading_local")
+        self._convert_legacy_stamps()
         coverage = ctx.store.coverage(ctx.provider.name, ctx.timeframe, symbol)
         self._stage("analyzing_gaps")
-        end = min(ctx.end, int(ctx.now()) - timeframe_seconds(ctx.timeframe))  # no forming bar
+        edge = published_edge(ctx.provider, ctx.timeframe, ctx.now())
+        end = min(ctx.end, edge)
+        self.edge = end if ctx.end > edge else None
         gaps = subtract((start, end), coverage) if end > start else []
         self._stage("segmenting")
         segments: list[tuple[int, int]] = []
+        calendar = ctx.provider.calendar_for(symbol)
         for gap in gaps:
-            parts = ctx.provider.calendar.split(ctx.timeframe, gap[0], gap[1], ctx.provider.max_bars_for(ctx.timeframe))
+            parts = calendar.split(ctx.timeframe, gap[0], gap[1], ctx.provider.max_bars_for(ctx.timeframe))
             if parts:
                 segments.extend(parts)
-            else:  # no bars can exist there (weekend, night): nothing to ask for
+            else:  # no bars can exist there (weekend, night, holiday on the symbol's own calendar)
                 ctx.store.write(ctx.provider.name, ctx.timeframe, symbol, [], gap)
         self.track.planned(symbol, len(segments))
         self._fetch_and_store(segments)
+
+    def _convert_legacy_stamps(self) -> None:
+        """Daily and weekly files written before bars were stamped at 00:00Z of their session date
+        are converted the first time a job touches them (see storage/restamp.py)."""
+        ctx = self.ctx
+        if ctx.timeframe not in ("1d", "1w") or not ctx.provider.legacy_daily_stamps:
+            return
+        last = ctx.store.last_ts(ctx.provider.name, ctx.timeframe, self.symbol)
+        if last is None or last % DAY == 0:
+            return
+        outcome = restamp_series(
+            ctx.store, ctx.provider.name, ctx.timeframe, self.symbol,
+            lambda ts: ctx.provider.legacy_day(self.symbol, ctx.timeframe, ts))
+        log.warning("%s: %s", self.symbol, outcome)
+
+    def _covered(self, segment: tuple[int, int], bars: list[Bar]) -> tuple[int, int] | None:
+        """What a fetched segment lets us record as fetched. A segment that reaches the publication
+        edge only counts up to the end of its last bar: the provider may not have published the rest
+        yet, and an empty answer there records nothing (a later run asks again)."""
+        if self.edge is None or segment[1] < self.edge:
+            return segment
+        if not bars:
+            return None
+        return segment[0], min(segment[1], bars[-1][0] + timeframe_seconds(self.ctx.timeframe))
 
     def _fetch_and_store(self, segments: list[tuple[int, int]]) -> None:
         ctx, symbol = self.ctx, self.symbol
@@ -232,6 +272,15 @@ class SymbolPipeline:
                     self.track.segment_done(symbol, 0, requested=False)
                     continue
                 bars = self._fetch(segment)
+                covered = self._covered(segment, bars)
+                if covered is None:  # nothing published yet at the edge: record nothing
+                    self.track.segment_done(symbol, 0)
+                    continue
+                if covered != segment:
+                    self._flush(batch)
+                    self._store(bars, covered)
+                    self.track.segment_done(symbol, len(bars))
+                    continue
                 if last is not None and segment[0] <= last:  # lands before stored data: batch it
                     if not batch.continues(segment):
                         self._flush(batch)
@@ -310,6 +359,7 @@ class SymbolPipeline:
         """One provider request, paced and counted, retried as its error class says."""
         ctx, symbol = self.ctx, self.symbol
         failures = throttles = 0
+        waited = 0.0
         while True:
             slot = None
             if paced:
@@ -330,6 +380,11 @@ class SymbolPipeline:
                 if throttles > ctx.retry.max_throttled:
                     raise SymbolFailed(f"rate limited {throttles} times: {e}") from None
                 wait = e.retry_after if e.retry_after is not None else ctx.retry.backoff(throttles)
+                if waited + wait > ctx.retry.max_throttle_wait_s:
+                    raise SymbolFailed(
+                        f"{e}; still refused after waiting {waited:.0f}s in total for rate limits "
+                        f"({throttles} refusals), giving up") from None
+                waited += wait
                 log.info("%s: throttled, waiting %.2fs: %s", symbol, wait, e)
                 self._sleep(wait)
             except TransientError as e:

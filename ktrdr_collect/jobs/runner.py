@@ -20,7 +20,7 @@ from ktrdr_collect import paths
 from ktrdr_collect.config import load_settings
 from ktrdr_collect.engine.cancellation import CancellationToken, PauseGate, ProcessingCancelledException
 from ktrdr_collect.engine.engine import ProcessingEngine
-from ktrdr_collect.engine.pipeline import SymbolResult
+from ktrdr_collect.engine.pipeline import RetryPolicy, SymbolResult
 from ktrdr_collect.engine.progress import FINISHED as SYMBOL_FINISHED
 from ktrdr_collect.engine.progress import BatchSnapshot, ProgressTracker, SymbolProgress, Totals
 from ktrdr_collect.errors import CollectError
@@ -196,7 +196,8 @@ class Runner:
             state["provider"], {**settings.provider_options(state["provider"]), **state.get("options", {})}
         )
         store = open_store(state.get("format", "csv"), Path(state["data_dir"]))
-        engine = ProcessingEngine(provider, store, workers=int(state.get("workers", 4)))
+        retry = RetryPolicy(max_throttle_wait_s=float(settings.values["max_rate_limit_wait"]))
+        engine = ProcessingEngine(provider, store, workers=int(state.get("workers", 4)), retry=retry)
         symbols = tracker_symbols(state, self.journal.candles())
         carried = Totals(state["requests"], state["throttled"], state["errors_count"],
                          sum(sp.candles for sp in symbols), state["elapsed_s"])

@@ -124,6 +124,9 @@ class Provider:
     """Requests per second the provider allows (None: no known limit)."""
     rate_windows: tuple[tuple[int, float], ...] | None = None
     """Finer limits as (count, seconds) sliding windows, e.g. ((60, 600.0),); default: from rate_limit."""
+    publish_delay_s: float = 0.0
+    """How long after a bar's period ends the provider may take to serve it. A range counts as
+    fetched only up to (now - one bar - this delay); see docs/storage.md."""
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = self.parse_options(self.with_env_secrets(options or {}))
@@ -168,9 +171,28 @@ class Provider:
         secret = {spec.name for spec in self.option_specs if spec.secret}
         return {k: v for k, v in self.options.items() if k not in secret}
 
+    def calendar_for(self, symbol: str) -> Calendar:
+        """The calendar of the exchange `symbol` trades on (requests are planned with it, and a
+        range is skipped as "no session" only when it says so). Default: the provider's one calendar."""
+        return self.calendar
+
+    legacy_daily_stamps: ClassVar[bool] = False
+    """True when files of an older version may hold daily/weekly bars not at 00:00Z (see legacy_day)."""
+
+    def legacy_day(self, symbol: str, timeframe: str, ts: int) -> int | None:
+        """For files written before daily and weekly bars were stamped at 00:00Z of their session
+        date: the day number a bar stamped `ts` in the provider's old convention belongs to, or
+        None when it cannot be told (the series is then fetched again). Default: no old convention."""
+        return None
+
     def max_bars_for(self, timeframe: str) -> int:
         """Most bars one request may return for this timeframe (segments are planned with it)."""
         return self.max_bars
+
+    def pacing_for(self, timeframe: str) -> tuple[float | None, tuple[tuple[int, float], ...] | None]:
+        """(requests per second, windows) the provider allows for this timeframe's requests; the
+        engine paces a job with it. Default: `rate_limit` and `rate_windows`, whatever the timeframe."""
+        return self.rate_limit, self.rate_windows
 
     def check_window(self, timeframe: str, start: int, end: int, now: int) -> None:
         """Refuse, with a clear ValueError, a window the provider cannot serve (checked before a job starts)."""

@@ -1,27 +1,31 @@
-"""`yahoo`: Yahoo Finance's v8 chart API (stocks, ETFs, indices; no key).
+"""`yahoo`: Yahoo Finance's v8 chart API (stocks, ETFs, indices, FX, futures; no key).
 
 `GET {base_url}/v8/finance/chart/{SYMBOL}?period1=s&period2=s&interval=1d&includePrePost=false`
-answers `chart.result[0]` with `timestamp` and `indicators.quote[0]` arrays (open, high, low,
-close, volume) that may hold nulls, or `chart.error` (404 unknown symbol, 422 window refused).
+answers `chart.result[0]` with `meta` (`exchangeTimezoneName`, `tradingPeriods` for intraday),
+`timestamp` and `indicators.quote[0]` arrays (open, high, low, close, volume) that may hold nulls,
+or `chart.error` (404 unknown symbol, 422 window refused). See docs/providers/yahoo.md.
 
-Bars follow the NYSE session (America/New_York, 09:30-16:00); 1d bars are stamped at the session
-open, 1w bars at Monday's open. Holidays come from the optional `exchange_calendars` package
-(`pip install 'ktrdr-collect[yahoo]'`); without it every weekday is taken as a trading day, which
-only costs a few requests that return nothing.
+Dates: Yahoo stamps a daily bar at the exchange's local open (local midnight for FX and futures),
+so its session date is the *local* date of that instant in `meta.exchangeTimezoneName`; we store
+it at 00:00:00Z of that date (weekly bars at 00:00:00Z of the week's Monday). Each symbol is planned
+with its own exchange's calendar (yahoo_exchanges), never New York's for a non-US symbol.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
+import logging
 import time
-from collections.abc import Callable, Mapping
-from datetime import date, datetime
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 from ktrdr_collect.errors import ProviderUnavailableError
+from ktrdr_collect.providers import http
 from ktrdr_collect.providers.base import (
     Bar,
     Interrupt,
@@ -29,60 +33,53 @@ from ktrdr_collect.providers.base import (
     PermanentError,
     Provider,
     ProviderError,
+    RateLimitedError,
     TransientError,
     UnknownSymbolError,
 )
-from ktrdr_collect.providers.http import BROWSER_USER_AGENT, HttpFailure, RequestCancelled, get_json
-from ktrdr_collect.storage.calendar import SessionCalendar, day_number, weekday_of
-from ktrdr_collect.storage.timeframes import DAY, format_ts
+from ktrdr_collect.providers.http import BROWSER_USER_AGENT, HttpFailure, RequestCancelled
+from ktrdr_collect.providers.yahoo_exchanges import exchange_of_symbol
+from ktrdr_collect.storage.calendar import Calendar, SessionCalendar, weekday_of
+from ktrdr_collect.storage.exchanges import Exchange, calendar_of
+from ktrdr_collect.storage.timeframes import DAY, WEEK, format_ts, timeframe_seconds
+
+log = logging.getLogger("ktrdr_collect.providers.yahoo")
 
 INTERVALS = {"1m": "1m", "5m": "5m", "15m": "15m", "30m": "30m", "1h": "60m", "1d": "1d", "1w": "1wk"}
-TZ, OPEN, CLOSE = "America/New_York", "09:30", "16:00"
 EARLIEST_DAILY = -1_577_923_200  # 1920-01-01T00:00:00Z: before Yahoo's oldest daily bars (^GSPC, 1927)
 HISTORY_DAYS = {"1m": 30, "5m": 60, "15m": 60, "30m": 60, "1h": 730}
 """How far back Yahoo serves each intraday timeframe."""
 REQUEST_DAYS_1M = 7
 """Yahoo refuses 1m requests spanning more than 8 days; fetch splits longer windows into 7-day calls."""
 BARS_PER_SESSION = 390
-HAS_EXCHANGE_CALENDARS = importlib.util.find_spec("exchange_calendars") is not None
 INSTALL_HINT = "pip install 'ktrdr-collect[yahoo]'"
+PUBLISH_DELAY_S = 20 * 60
+"""Yahoo shows many exchanges' prices 15-20 minutes late: a bar is only asked for 20 min after it ends."""
 _MARGIN_S = 3600
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_OLD_TZ = ZoneInfo("America/New_York")  # files written before 0.2 dated daily bars in New York
 
 
-@lru_cache(maxsize=1)
-def nyse_holidays(start_year: int = 1990) -> frozenset[date]:
-    """NYSE weekday closures from exchange_calendars (ProviderUnavailableError if not installed)."""
-    try:
-        xcals = importlib.import_module("exchange_calendars")
-    except ImportError:
-        raise ProviderUnavailableError(f"provider yahoo: holidays need exchange_calendars: {INSTALL_HINT}") from None
-    cal = xcals.get_calendar("XNYS", start=f"{max(start_year, 1990)}-01-01")
-    sessions = {ts.date() for ts in cal.sessions}
-    first, last = min(sessions), max(sessions)
-    days = (date.fromordinal(n) for n in range(first.toordinal(), last.toordinal() + 1))
-    return frozenset(d for d in days if d.weekday() < 5 and d not in sessions)
+def has_exchange_calendars() -> bool:
+    return importlib.util.find_spec("exchange_calendars") is not None
 
 
-def make_calendar(holidays: str) -> SessionCalendar:
-    if holidays not in ("auto", "on", "off"):
-        raise ProviderUnavailableError(f"provider yahoo: holidays must be auto, on or off, not '{holidays}'")
-    use = holidays == "on" or (holidays == "auto" and HAS_EXCHANGE_CALENDARS)
-    closed = nyse_holidays() if use else frozenset()
-    return SessionCalendar(tz=TZ, session_open=OPEN, session_close=CLOSE, holidays=closed, daily_at="open",
-                           first=EARLIEST_DAILY)
+@lru_cache(maxsize=64)
+def zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
 
 
-def classify(failure: HttpFailure) -> ProviderError | None:
-    """`{"chart": {"result": null, "error": {"code": "Not Found", "description": "..."}}}`."""
-    error = chart_error(failure.body)
-    if error is None:
-        return None
-    code, text = error
-    if failure.status == 404 or code == "Not Found":
-        return UnknownSymbolError(f"unknown symbol on yahoo: {text}")
-    if 400 <= failure.status < 500 and failure.status != 429:
-        return PermanentError(f"yahoo refused the request: {text} ({code}, HTTP {failure.status})")
-    return None
+def local_day(ts: int, tz: ZoneInfo) -> int:
+    """The day number of the local date of instant `ts` in `tz`."""
+    return datetime.fromtimestamp(ts, tz).date().toordinal() - _EPOCH_ORDINAL
+
+
+def local_midnight(day: int, tz: ZoneInfo) -> int:
+    """The instant local date `day` begins in `tz`."""
+    return int(datetime.combine(date.fromordinal(day + _EPOCH_ORDINAL), datetime.min.time(), tz).timestamp())
+
+
+# --- answers ------------------------------------------------------------------------------------
 
 
 def chart_error(body: Any) -> tuple[str, str] | None:
@@ -111,33 +108,106 @@ def _value(column: list[Any], i: int) -> float | None:
     return None if x is None else float(x)
 
 
-def parse_chart(body: Any) -> list[tuple[int, float, float, float, float, float]]:
-    """Bars from a chart response, skipping bars with a null price (volume null -> 0)."""
-    result = chart_result(body)
+def parse_bars(result: dict[str, Any]) -> list[Bar]:
+    """Bars from a chart result, skipping rows with a null price (halts); null volume -> 0."""
     stamps = result.get("timestamp") or []
     try:
         quote_ = result["indicators"]["quote"][0] or {}
     except (KeyError, IndexError, TypeError):
         quote_ = {}
     columns = [quote_.get(k) or [] for k in ("open", "high", "low", "close", "volume")]
-    bars = []
+    bars: list[Bar] = []
     try:
         for i, ts in enumerate(stamps):
             o, h, low, c, v = (_value(col, i) for col in columns)
-            if None in (o, h, low, c):
+            if o is None or h is None or low is None or c is None:
                 continue
             bars.append((int(ts), o, h, low, c, v or 0.0))
     except (TypeError, ValueError):
         raise TransientError("yahoo answered non-numeric quote values") from None
-    return bars  # type: ignore[return-value]
+    return bars
+
+
+def parse_chart(body: Any) -> list[Bar]:
+    """Bars from a chart response (as Yahoo stamps them)."""
+    return parse_bars(chart_result(body))
+
+
+def trading_periods(meta: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """The regular sessions `meta.tradingPeriods` lists (intraday answers), as (start, end) instants:
+    a list of per-day lists with includePrePost=false, or {"pre", "regular", "post"} with it."""
+    periods = meta.get("tradingPeriods")
+    if isinstance(periods, dict):
+        periods = periods.get("regular")
+    found: list[tuple[int, int]] = []
+    for day in periods if isinstance(periods, list) else []:
+        for p in day if isinstance(day, list) else [day]:
+            if isinstance(p, dict) and isinstance(p.get("start"), int) and isinstance(p.get("end"), int):
+                found.append((p["start"], p["end"]))
+    return sorted(found)
+
+
+@dataclass(frozen=True)
+class Chart:
+    bars: list[Bar]
+    tz: ZoneInfo
+    granularity: str
+    sessions: list[tuple[int, int]]
+
+
+def read_chart(body: Any, fallback_tz: str) -> Chart:
+    result = chart_result(body)
+    meta = result.get("meta") or {}
+    tz_name = meta.get("exchangeTimezoneName")
+    try:
+        tz = zone(tz_name) if isinstance(tz_name, str) and tz_name else zone(fallback_tz)
+    except (KeyError, ValueError):  # ZoneInfoNotFoundError is a KeyError
+        tz = zone(fallback_tz)
+    return Chart(parse_bars(result), tz, str(meta.get("dataGranularity") or ""), trading_periods(meta))
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def classify_for(client: str) -> http.Classifier:
+    def classify(failure: HttpFailure) -> ProviderError | None:
+        """`{"chart": {"result": null, "error": {"code": "Not Found", "description": "..."}}}`; 429."""
+        if failure.status == 429:
+            return refused(failure, client)
+        error = chart_error(failure.body)
+        if error is None:
+            return None
+        code, text = error
+        if failure.status == 404 or code == "Not Found":
+            return UnknownSymbolError(f"unknown symbol on yahoo: {text}")
+        if 400 <= failure.status < 500:
+            return PermanentError(f"yahoo refused the request: {text} ({code}, HTTP {failure.status})")
+        return None
+
+    return classify
+
+
+def refused(failure: HttpFailure, client: str) -> ProviderError:
+    """429 from Yahoo. Since 2025 its edge answers 429 to every client that is not a browser (TLS
+    fingerprint), so without the browser-grade client waiting never helps: fail at once and say
+    what to install. With it, a 429 is a real rate limit: wait (the engine bounds the total)."""
+    if client != "browser":
+        return PermanentError(
+            f"yahoo refused the request ({failure.summary()}): Yahoo blocks clients that are not browsers; "
+            f"install the browser-grade client: {INSTALL_HINT}")
+    retry_after = http.parse_retry_after(failure.headers.get("Retry-After"))
+    return RateLimitedError(f"yahoo is rate limiting this IP ({failure.summary()})", retry_after=retry_after)
+
+
+# --- the provider -------------------------------------------------------------------------------
 
 
 class YahooProvider(Provider):
     name = "yahoo"
     description = (
-        "Yahoo Finance v8 chart API: stocks, ETFs, indices (NYSE session calendar; "
-        + ("NYSE holidays from exchange_calendars)" if HAS_EXCHANGE_CALENDARS
-           else f"weekdays only, holidays need exchange_calendars: {INSTALL_HINT})")
+        "Yahoo Finance v8 chart API: stocks, ETFs, indices, FX, futures; each exchange's own calendar"
+        + (" with its holidays (exchange_calendars)" if has_exchange_calendars()
+           else f" (weekdays only: holidays need exchange_calendars, {INSTALL_HINT})")
     )
     timeframes = ("1m", "5m", "15m", "30m", "1h", "1d", "1w")
     needs_network = True
@@ -145,10 +215,15 @@ class YahooProvider(Provider):
         OptionSpec("base_url", str, "https://query2.finance.yahoo.com", "API root (or a local test server)"),
         OptionSpec("rate_limit", float, 2.0, "requests per second across all jobs on this machine (0: no pacing)"),
         OptionSpec("timeout_s", float, 30.0, "seconds before a request counts as failed (and is retried)"),
-        OptionSpec("holidays", str, "auto", "auto|on|off: skip NYSE holidays (needs exchange_calendars)"),
-        OptionSpec("user_agent", str, BROWSER_USER_AGENT, "User-Agent header (Yahoo refuses unknown clients)"),
+        OptionSpec("holidays", str, "auto", "auto|on|off: each exchange's holidays and early closes "
+                   "(needs exchange_calendars); off: its weekdays and regular hours only"),
+        OptionSpec("client", str, "auto", "auto|browser|stdlib: browser is curl_cffi with Chrome's TLS "
+                   "(Yahoo refuses other clients); auto: browser when installed"),
+        OptionSpec("user_agent", str, BROWSER_USER_AGENT, "User-Agent header"),
     )
     max_bars = 5000
+    publish_delay_s = PUBLISH_DELAY_S
+    legacy_daily_stamps = True
 
     def __init__(self, options: Mapping[str, Any] | None = None, clock: Callable[[], float] = time.time) -> None:
         super().__init__(options)
@@ -157,8 +232,23 @@ class YahooProvider(Provider):
             raise ProviderUnavailableError("provider yahoo: timeout_s must be > 0")
         self.base_url = o["base_url"].rstrip("/")
         self.rate_limit = o["rate_limit"] if o["rate_limit"] > 0 else None
-        self.calendar = make_calendar(o["holidays"])
+        self.use_exchange_calendars = use_exchange_calendars(o["holidays"])
+        self.client = choose_client(o["client"])
         self.clock = clock
+        self._classify = classify_for(self.client)
+
+    # planning
+
+    def exchange(self, symbol: str) -> Exchange:
+        return exchange_of_symbol(symbol)
+
+    @property
+    def calendar(self) -> Calendar:  # type: ignore[override]
+        """New York's (the calendar of a symbol without an exchange suffix)."""
+        return self.calendar_for("AAPL")
+
+    def calendar_for(self, symbol: str) -> Calendar:
+        return calendar_of(self.exchange(symbol), self.use_exchange_calendars, EARLIEST_DAILY)
 
     def max_bars_for(self, timeframe: str) -> int:
         if timeframe == "1m":
@@ -182,11 +272,13 @@ class YahooProvider(Provider):
                 f"{format_ts(oldest)[:16]}Z (try --days {days - 1} or --start earliest)"
             )
 
-    def _chart(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt | None) -> Any:
-        params = {"period1": start, "period2": end, "interval": INTERVALS[timeframe], "includePrePost": "false"}
+    # requests
+
+    def _chart(self, symbol: str, interval: str, start: int, end: int, interrupt: Interrupt | None) -> Any:
+        params = {"period1": start, "period2": end, "interval": interval, "includePrePost": "false"}
         url = f"{self.base_url}/v8/finance/chart/{quote(symbol.upper(), safe='')}"
-        return get_json(url, params, self.options["timeout_s"], interrupt,
-                        headers={"User-Agent": self.options["user_agent"]}, classify=classify)
+        return http.get_json(url, params, self.options["timeout_s"], interrupt, client=self.client,
+                             headers={"User-Agent": self.options["user_agent"]}, classify=self._classify)
 
     head_timestamp_is_request = True
 
@@ -196,16 +288,51 @@ class YahooProvider(Provider):
         result = chart_result(self._chart(symbol, "1d", now - 10 * DAY, now, interrupt))
         first = (result.get("meta") or {}).get("firstTradeDate")
         floor = self.earliest(timeframe)
-        return max(floor, int(first)) if isinstance(first, int | float) else floor
+        if not isinstance(first, int | float):
+            return floor
+        if timeframe in ("1d", "1w"):  # the session date of the first trade, in our stamps
+            day = local_day(int(first), zone(self.exchange(symbol).tz))
+            first = (day - (weekday_of(day) if timeframe == "1w" else 0)) * DAY
+        return max(floor, int(first))
 
-    def snap(self, timeframe: str, ts: int) -> int:
-        """Daily bars at the session open of their New York date, weekly ones at Monday's open."""
-        if timeframe not in ("1d", "1w"):
-            return ts
-        day = local_day(self.calendar, ts)
-        if timeframe == "1w":
-            day -= weekday_of(day)
-        return self.calendar.session(day)[0]
+    def fetch(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
+        try:
+            if timeframe in ("1d", "1w"):
+                bars = self._fetch_dated(symbol, timeframe, start, end, interrupt)
+            else:
+                bars = self._fetch_intraday(symbol, timeframe, start, end, interrupt)
+        except RequestCancelled:
+            return []
+        return sorted(dict((b[0], b) for b in bars).values())
+
+    def _fetch_dated(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
+        exchange = self.exchange(symbol)
+        period1, period2 = dated_request_window(timeframe, start, end, zone(exchange.tz))
+        chart = read_chart(self._chart(symbol, INTERVALS[timeframe], period1, period2, interrupt), exchange.tz)
+        stamped = (restamp(bar, session_stamp(timeframe, bar[0], chart.tz)) for bar in chart.bars)
+        return [bar for bar in stamped if start <= bar[0] < end]
+
+    def _fetch_intraday(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
+        bars: list[Bar] = []
+        for lo, hi in self.windows(timeframe, start, end):
+            bars.extend(self._intraday_window(symbol, timeframe, lo, hi, interrupt))
+        return bars
+
+    def _intraday_window(self, symbol: str, timeframe: str, lo: int, hi: int, interrupt: Interrupt) -> list[Bar]:
+        calendar = self.calendar_for(symbol)
+        step = timeframe_seconds(timeframe)
+        exchange = self.exchange(symbol)
+        chart = read_chart(self._chart(symbol, INTERVALS[timeframe], lo, hi, interrupt), exchange.tz)
+        if not granularity_ok(chart, INTERVALS[timeframe], step):
+            if timeframe != "30m":
+                raise PermanentError(f"yahoo answered {chart.granularity or 'other'} bars for {timeframe}")
+            # Yahoo has long answered interval=30m with 60m bars: build 30m bars from 15m ones
+            fine = read_chart(self._chart(symbol, "15m", lo, hi, interrupt), exchange.tz)
+            if not granularity_ok(fine, "15m", 900):
+                raise PermanentError("yahoo answered neither 30m nor 15m bars for a 30m request")
+            kept = in_session(fine, calendar, exchange, 900, lo, hi)
+            return aggregate(kept, step, sessions_of(fine, calendar, exchange, kept))
+        return in_session(chart, calendar, exchange, step, lo, hi)
 
     def windows(self, timeframe: str, start: int, end: int) -> list[tuple[int, int]]:
         if timeframe != "1m":
@@ -213,28 +340,120 @@ class YahooProvider(Provider):
         step = REQUEST_DAYS_1M * DAY
         return [(s, min(s + step, end)) for s in range(start, end, step)]
 
-    def fetch(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
-        bars: list[Bar] = []
-        try:
-            for lo, hi in self.windows(timeframe, start, end):
-                # a daily bar stamped at the open may be reported at midnight: ask from a day earlier
-                ask_from = lo - DAY if timeframe in ("1d", "1w") else lo
-                for bar in parse_chart(self._chart(symbol, timeframe, ask_from, hi, interrupt)):
-                    ts = self.snap(timeframe, bar[0])
-                    if lo <= ts < hi:
-                        bars.append((ts, *bar[1:]))
-        except RequestCancelled:
-            return []
-        return sorted(dict((b[0], b) for b in bars).values())
+    # files from before daily bars were dated by their exchange
+
+    def legacy_day(self, symbol: str, timeframe: str, ts: int) -> int | None:
+        """Up to 0.1 a daily bar was stored at 09:30 New York of the *New York* date of Yahoo's
+        stamp (the exchange's local open): one day early for Asia and Australia. Recover the date
+        the exchange traded: the day D whose local open falls on that New York date."""
+        exchange = self.exchange(symbol)
+        if exchange.key == "UNKNOWN" or timeframe not in ("1d", "1w"):
+            return None
+        ny_day = local_day(ts, _OLD_TZ)
+        step = 7 if timeframe == "1w" else 1
+        for day in (ny_day, ny_day + step):
+            old = local_day(yahoo_instant(exchange, day), _OLD_TZ)
+            if (old - weekday_of(old) if step == 7 else old) == ny_day:
+                return day
+        return None
 
 
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+def use_exchange_calendars(holidays: str) -> bool:
+    if holidays not in ("auto", "on", "off"):
+        raise ProviderUnavailableError(f"provider yahoo: holidays must be auto, on or off, not '{holidays}'")
+    if holidays == "on" and not has_exchange_calendars():
+        raise ProviderUnavailableError(f"provider yahoo: holidays need exchange_calendars: {INSTALL_HINT}")
+    return holidays == "on" or (holidays == "auto" and has_exchange_calendars())
 
 
-def local_day(calendar: SessionCalendar, ts: int) -> int:
-    """The day number of the trading date a daily bar at `ts` belongs to: its New York date, or
-    its UTC date when stamped at UTC midnight (some feeds do; that instant is the evening before
-    in New York)."""
-    if ts % DAY == 0:
-        return day_number(ts)
-    return datetime.fromtimestamp(ts, calendar.zone).date().toordinal() - _EPOCH_ORDINAL
+def choose_client(client: str) -> str:
+    if client not in ("auto", "browser", "stdlib"):
+        raise ProviderUnavailableError(f"provider yahoo: client must be auto, browser or stdlib, not '{client}'")
+    available = http.browser_client_available()
+    if client == "browser" and not available:
+        raise ProviderUnavailableError(f"provider yahoo: the browser client needs curl_cffi: {INSTALL_HINT}")
+    return "browser" if client == "browser" or (client == "auto" and available) else "stdlib"
+
+
+def yahoo_instant(exchange: Exchange, day: int) -> int:
+    """Where Yahoo stamps the daily bar of local date `day`: the local open (midnight for markets
+    that trade around the clock)."""
+    tz = zone(exchange.tz)
+    opens = datetime.combine(date.fromordinal(day + _EPOCH_ORDINAL), datetime.min.time(), tz)
+    hh, mm = (int(x) for x in exchange.open.split(":")[:2])
+    return int((opens + timedelta(hours=hh, minutes=mm)).timestamp())
+
+
+def session_stamp(timeframe: str, ts: int, tz: ZoneInfo) -> int:
+    """00:00Z of the local session date of `ts` (1d), or of that week's Monday (1w)."""
+    day = local_day(ts, tz)
+    if timeframe == "1w":
+        day -= weekday_of(day)
+    return day * DAY
+
+
+def restamp(bar: Bar, ts: int) -> Bar:
+    return (ts, *bar[1:])  # type: ignore[return-value]
+
+
+def dated_request_window(timeframe: str, start: int, end: int, tz: ZoneInfo) -> tuple[int, int]:
+    """period1/period2 for the session dates in [start, end) (00:00Z stamps). A day's bar lies
+    within its local date, so one day of margin on each side covers every time zone. Weekly
+    requests start at a Monday's local midnight: Yahoo anchors weekly buckets on period1."""
+    if timeframe == "1w":
+        monday = start // DAY - weekday_of(start // DAY)
+        return local_midnight(monday, tz), end + WEEK
+    return start - DAY, end + DAY
+
+
+def granularity_ok(chart: Chart, interval: str, step: int) -> bool:
+    """False when the bars are not `step` apart: Yahoo answers some intervals with coarser bars."""
+    if chart.granularity and chart.granularity != interval:
+        return False
+    stamps = [b[0] for b in chart.bars]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False) if b - a < 6 * 3600]
+    return not gaps or min(gaps) == step
+
+
+def sessions_of(chart: Chart, calendar: Calendar, exchange: Exchange, bars: Sequence[Bar]) -> list[tuple[int, int]]:
+    """The regular sessions the answer's bars fall in: Yahoo's own `tradingPeriods` (which know
+    early closes), else the exchange calendar's."""
+    if chart.sessions:
+        return chart.sessions
+    if exchange.always_open or not isinstance(calendar, SessionCalendar):
+        return []
+    tz = zone(exchange.tz)
+    days = sorted({local_day(b[0], tz) for b in bars})
+    return [calendar.session(d) for d in days if calendar.is_trading_day(d)]
+
+
+def in_session(chart: Chart, calendar: Calendar, exchange: Exchange, step: int, lo: int, hi: int) -> list[Bar]:
+    """Bars of [lo, hi) that open inside a regular session, on the session's grid. Drops the
+    closing print (a bar stamped at the close itself), post-market bars of early-close days and the
+    still-forming "live" row, the same way however the window was split into requests."""
+    bars = [b for b in chart.bars if lo <= b[0] < hi]
+    sessions = sessions_of(chart, calendar, exchange, bars)
+    if not sessions:
+        return [b for b in bars if b[0] % 60 == 0] if exchange.always_open else bars
+    kept = []
+    for bar in bars:
+        for opens, closes in sessions:
+            if opens <= bar[0] < closes and (bar[0] - opens) % step == 0:
+                kept.append(bar)
+                break
+    return kept
+
+
+def aggregate(bars: Sequence[Bar], step: int, sessions: Sequence[tuple[int, int]]) -> list[Bar]:
+    """Finer bars into `step` buckets anchored at their session's open (first open, highest high,
+    lowest low, last close, summed volume)."""
+    buckets: dict[int, list[Bar]] = {}
+    for bar in bars:
+        opens = next((o for o, c in sessions if o <= bar[0] < c), bar[0] - bar[0] % step)
+        buckets.setdefault(opens + (bar[0] - opens) // step * step, []).append(bar)
+    out: list[Bar] = []
+    for ts in sorted(buckets):
+        group = buckets[ts]
+        out.append((ts, group[0][1], max(b[2] for b in group), min(b[3] for b in group), group[-1][4],
+                    sum(b[5] for b in group)))
+    return out

@@ -160,6 +160,7 @@ class SessionCalendar(RunCalendar):
         holidays: frozenset[date] = frozenset(),
         daily_at: str = "midnight",
         first: int | None = None,
+        sessions: dict[int, tuple[int, int]] | None = None,
     ) -> None:
         if daily_at not in ("midnight", "open"):
             raise ValueError(f"daily_at must be 'midnight' or 'open', not {daily_at!r}")
@@ -177,20 +178,33 @@ class SessionCalendar(RunCalendar):
         self.first = first
         self._holiday_days = frozenset(h.toordinal() - _EPOCH_ORDINAL for h in holidays)
         self._sessions: dict[int, tuple[int, int]] = {}
+        # The exchange's own sessions (e.g. from exchange_calendars): inside their span a day trades
+        # only if listed, with the listed open and close (early closes); outside it, the weekday rule.
+        self._known = dict(sessions or {})
+        self._known_span = (min(self._known), max(self._known)) if self._known else (1, 0)
 
     def __repr__(self) -> str:
         return (
             f"SessionCalendar(tz={self.tz!r}, session_open={self.open_time.isoformat('minutes')!r}, "
             f"session_close={self.close_time.isoformat('minutes')!r}, weekdays={sorted(self.weekdays)}, "
-            f"holidays={len(self.holidays)}, daily_at={self.daily_at!r}, first={self.first!r})"
+            f"holidays={len(self.holidays)}, daily_at={self.daily_at!r}, first={self.first!r}, "
+            f"sessions={len(self._known)})"
         )
+
+    def _in_known_span(self, day: int) -> bool:
+        return self._known_span[0] <= day <= self._known_span[1]
 
     def is_trading_day(self, day: int) -> bool:
         """Whether the local date with day number ``day`` has a session."""
+        if self._in_known_span(day):
+            return day in self._known
         return weekday_of(day) in self.weekdays and day not in self._holiday_days
 
     def session(self, day: int) -> tuple[int, int]:
         """UTC ``(open, close)`` instants of the session on local date ``day`` (a day number)."""
+        known = self._known.get(day)
+        if known is not None:
+            return known
         cached = self._sessions.get(day)
         if cached is None:
             local = date.fromordinal(day + _EPOCH_ORDINAL)

@@ -245,6 +245,12 @@ class ParquetStore(CsvStore):
         remove_files([p.path for p in hit if p.path != written])
         self._compact(path)
 
+    def _replace_bars(self, path: Path, bars: Sequence[Bar]) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        old = list_parts(path)
+        written = write_part(path, bars) if bars else None
+        remove_files([p.path for p in old if p.path != written])
+
     @staticmethod
     def _leftovers(folder: Path) -> Iterator[Path]:
         """Temp files of writes that crashed (we hold the lock: no write is in progress)."""

@@ -158,4 +158,4 @@ def test_providers_command_lists_the_real_providers(home: Path) -> None:
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     assert rows["binance"]["network"] is True and rows["binance"]["credentials"] is False
     assert rows["csv"]["network"] is False and "4h" not in rows["yahoo"]["timeframes"]
-    assert "exchange_calendars" in rows["yahoo"]["description"] or "NYSE holidays" in rows["yahoo"]["description"]
+    assert "exchange_calendars" in rows["yahoo"]["description"]
