@@ -1,8 +1,17 @@
 """The little HTTP client HTTP providers share: GET a JSON document, classify what went wrong.
 
-Stdlib only (`urllib.request`), so the base install stays light. The request runs on a short-lived
-helper thread while the caller waits on the job's interrupt, so a cancelled job never waits for a
-slow server (the abandoned request ends by itself at its timeout).
+What to request (URL, headers, how to read an error response) is separate from how the bytes move,
+the transport, picked by `get_json(client=...)` (docs/providers/http.md):
+
+- "stdlib": `urllib.request`, one connection per request, so the base install stays light;
+- "browser": `curl_cffi` impersonating Chrome (TLS and HTTP/2 fingerprint, Chrome's headers), with
+  kept-alive connections. Yahoo refuses non-browser TLS clients since 2025. Needs the `yahoo` extra;
+  without it the stdlib transport is used (`browser_client_available()` tells which).
+
+Either way the request runs on a short-lived helper thread while the caller waits on the job's
+interrupt, so a cancelled job never waits for a slow server (the abandoned request ends by itself at
+its timeout), and both transports report failures the same way: HttpFailure for error responses,
+TransientError with the same messages for network trouble.
 """
 
 from __future__ import annotations
@@ -14,9 +23,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from functools import cache
+from types import ModuleType
 from typing import Any
 
 from ktrdr_collect import __version__
@@ -34,12 +46,36 @@ BROWSER_USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"
 )
 RATE_LIMIT_STATUSES = (418, 429)
+CLIENTS = ("stdlib", "browser")
+IMPERSONATE = "chrome"
+"""curl_cffi's alias for the newest Chrome it can impersonate."""
 _POLL_S = 0.05
 _BODY_SNIPPET = 200
+_MAX_IDLE_SESSIONS = 8
 
 
 class RequestCancelled(Exception):
     """The job was cancelled while the request was in flight (the provider returns no bars)."""
+
+
+class Headers(Mapping[str, str]):
+    """Response headers looked up in any case (HTTP/2 sends names in lower case); names kept as received,
+    the last value wins when a name repeats."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items = {name.lower(): (name, value) for name, value in items}
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()][1]
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({dict(self.items())!r})"
 
 
 @dataclass(frozen=True)
@@ -59,6 +95,10 @@ class HttpFailure:
 
 Classifier = Callable[[HttpFailure], ProviderError | None]
 """A provider's reading of an error response; None falls back to the generic classification."""
+
+Transport = Callable[[str, float, Mapping[str, str]], bytes | HttpFailure]
+"""How bytes move: GET (full URL, timeout in seconds, the caller's headers) -> the whole body of a 2xx
+answer, or the error response; network trouble raises TransientError."""
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -113,13 +153,13 @@ def _read_error(url: str, err: urllib.error.HTTPError) -> HttpFailure:
     except (OSError, http.client.HTTPException):
         raw = b""
     body, text = _decode(raw)
-    headers = {k: v for k, v in (err.headers or {}).items()}
-    return HttpFailure(url, err.code, headers, body, text)
+    return HttpFailure(url, err.code, Headers((err.headers or {}).items()), body, text)
 
 
-def _request(url: str, timeout: float, headers: Mapping[str, str]) -> bytes | HttpFailure:
-    """One GET: the whole body, or the error response; network trouble raises TransientError."""
-    request = urllib.request.Request(url, headers={"Accept": "application/json", **headers})
+def _stdlib_get(url: str, timeout: float, headers: Mapping[str, str]) -> bytes | HttpFailure:
+    """The stdlib transport: one GET on a fresh connection, as ktrdr-collect unless `headers` say otherwise."""
+    sent = {"Accept": "application/json", "User-Agent": USER_AGENT, **headers}
+    request = urllib.request.Request(url, headers=sent)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.read()
@@ -138,6 +178,144 @@ def _request(url: str, timeout: float, headers: Mapping[str, str]) -> bytes | Ht
         raise TransientError(f"connection dropped: {type(e).__name__}: {e}") from None
     except OSError as e:
         raise TransientError(f"network error: {e}") from None
+
+
+# --- the browser transport (curl_cffi, imported on first use) -------------------------------------
+
+# libcurl error codes (stable across versions), read as the stdlib transport reads the same trouble.
+_CURL_TIMED_OUT = 28
+_CURL_PARTIAL_BODY = 18
+_CURL_CANNOT_CONNECT = frozenset({5, 6, 7, 35, 60})  # proxy or host not resolved, refused, TLS handshake, cert
+_CURL_DROPPED = frozenset({8, 16, 52, 55, 56, 92})  # weird reply, HTTP/2, empty reply, send, recv, HTTP/2 stream
+
+
+@cache
+def _curl_cffi() -> ModuleType | None:
+    """`curl_cffi` with its `requests` API loaded, or None when it is not installed or does not load."""
+    try:
+        import curl_cffi
+        import curl_cffi.requests  # noqa: F401 - loads curl_cffi.requests
+    except (ImportError, OSError):  # OSError: a wheel built for another system
+        return None
+    return curl_cffi
+
+
+def browser_client_available() -> bool:
+    """Whether `client="browser"` really uses curl_cffi (imports it on the first call, ~80 ms)."""
+    return _curl_cffi() is not None
+
+
+def _loaded_curl_cffi() -> ModuleType:
+    curl_cffi = _curl_cffi()
+    if curl_cffi is None:
+        raise RuntimeError("the browser transport needs curl_cffi")
+    return curl_cffi
+
+
+def _new_session() -> Any:
+    """A Chrome-impersonating session owning one libcurl handle, usable from any thread (one at a time)."""
+    return _loaded_curl_cffi().requests.Session(impersonate=IMPERSONATE, use_thread_local_curl=False)
+
+
+class _SessionPool:
+    """Idle browser sessions, each a libcurl handle with its kept-alive connections.
+
+    A request borrows a session on whatever thread it runs and gives it back when done. Helper threads
+    are short-lived, so per-thread sessions would never reuse a connection; one shared session would
+    make every request wait for the one before it (an abandoned one up to its timeout).
+    """
+
+    def __init__(self, max_idle: int = _MAX_IDLE_SESSIONS) -> None:
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        self._max_idle = max_idle
+
+    @contextmanager
+    def session(self) -> Iterator[Any]:
+        session = self._take()
+        try:
+            yield session
+        finally:
+            self._give_back(session)
+
+    def _take(self) -> Any:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()  # the most recently used: its connection is the least likely stale
+        return _new_session()
+
+    def _give_back(self, session: Any) -> None:
+        with self._lock:
+            if len(self._idle) < self._max_idle:
+                self._idle.append(session)
+                return
+        session.close()
+
+    def close_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for session in idle:
+            session.close()
+
+
+_POOL = _SessionPool()
+
+
+def close_idle_connections() -> None:
+    """Close the browser transport's idle sessions and their kept-alive connections (requests in flight
+    keep theirs; the next request opens new ones)."""
+    _POOL.close_idle()
+
+
+def _curl_text(error: BaseException) -> str:
+    """curl's own words, without curl_cffi's wrapping ("Failed to perform, curl: (7) ... See https://...")."""
+    text = str(error)
+    _, found, rest = text.partition(") ")
+    text = rest if found and text.startswith("Failed to perform") else text
+    return text.split(" See https://curl.se/", 1)[0].rstrip(".")
+
+
+def _curl_failure(error: Any, url: str, timeout: float) -> TransientError:
+    """The TransientError the stdlib transport gives for the same trouble."""
+    code = int(getattr(error, "code", 0) or 0)
+    if code == _CURL_TIMED_OUT:
+        return TransientError(f"timed out after {timeout:g}s: {url}")
+    if code == _CURL_PARTIAL_BODY:
+        partial = getattr(getattr(error, "response", None), "content", None) or b""
+        return TransientError(f"connection dropped mid-response ({len(partial)} bytes read)")
+    if code in _CURL_CANNOT_CONNECT:
+        return TransientError(f"cannot connect: {_curl_text(error)}")
+    if code in _CURL_DROPPED:
+        return TransientError(f"connection dropped: curl error {code}: {_curl_text(error)}")
+    return TransientError(f"network error: {_curl_text(error)}")
+
+
+def _response_failure(url: str, response: Any) -> HttpFailure:
+    body, text = _decode(response.content)
+    return HttpFailure(url, response.status_code, Headers(response.headers.items()), body, text)
+
+
+def _browser_get(url: str, timeout: float, headers: Mapping[str, str]) -> bytes | HttpFailure:
+    """The browser transport: one GET as Chrome (its User-Agent unless `headers` say otherwise) on a
+    kept-alive connection."""
+    curl_error = _loaded_curl_cffi().CurlError
+    with _POOL.session() as session:
+        try:
+            response = session.get(url, headers=dict(headers), timeout=timeout)
+        except curl_error as e:
+            raise _curl_failure(e, url, timeout) from None
+    if 200 <= response.status_code < 300:
+        return response.content
+    return _response_failure(url, response)
+
+
+def transport_for(client: str) -> Transport:
+    """The transport `client` names; "browser" without curl_cffi is the stdlib one."""
+    if client not in CLIENTS:
+        raise ValueError(f"unknown HTTP client {client!r} (choose from: {', '.join(CLIENTS)})")
+    if client == "browser" and browser_client_available():
+        return _browser_get
+    return _stdlib_get
 
 
 def _interruptible(fn: Callable[[], Any], interrupt: Interrupt | None) -> Any:
@@ -174,17 +352,21 @@ def get_json(
     *,
     headers: Mapping[str, str] | None = None,
     classify: Classifier | None = None,
+    client: str = "stdlib",
 ) -> Any:
     """GET `url` with `params` and return the decoded JSON body.
 
-    Raises RateLimitedError (429/418, with Retry-After), TransientError (5xx, timeouts, refused or
-    dropped connections, truncated or malformed bodies), PermanentError (other 4xx), whatever
-    `classify` makes of an error response, and RequestCancelled if `interrupt` fires first.
+    `client` picks the transport: "stdlib" (urllib) or "browser" (curl_cffi as Chrome, falling back
+    to stdlib when curl_cffi is missing). Raises RateLimitedError (429/418, with Retry-After),
+    TransientError (5xx, timeouts, refused or dropped connections, truncated or malformed bodies),
+    PermanentError (other 4xx), whatever `classify` makes of an error response, RequestCancelled if
+    `interrupt` fires first, and ValueError for an unknown `client`.
     """
+    transport = transport_for(client)
     full = build_url(url, params)
-    sent = {"User-Agent": USER_AGENT, **(headers or {})}
+    sent = dict(headers or {})
     mark_sent(interrupt)
-    result = _interruptible(lambda: _request(full, timeout, sent), interrupt)
+    result = _interruptible(lambda: transport(full, timeout, sent), interrupt)
     if isinstance(result, HttpFailure):
         raise classify_failure(result, classify)
     body, text = _decode(result)
