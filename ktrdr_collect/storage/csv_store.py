@@ -19,6 +19,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
@@ -38,15 +39,27 @@ _TAIL_CHUNK = 4096
 
 
 def format_number(x: float) -> str:
-    """Shortest text that round-trips the float; integral values lose their ``.0``."""
-    text = repr(float(x))
+    """Shortest text that round-trips the float, as a plain decimal (never exponent notation:
+    ``5e-05`` is written ``0.00005``, ``1e+16`` ``10000000000000000``); integral values lose their ``.0``."""
+    return plain_decimal(repr(float(x)))
+
+
+def plain_decimal(text: str) -> str:
+    """A float's repr as a plain decimal with the same digits (``5.012e-05`` -> ``0.00005012``),
+    without a trailing ``.0``."""
+    if "e" in text:
+        text = format(Decimal(text), "f")  # exact: the digits stay, the exponent is spelled out
     return text[:-2] if text.endswith(".0") else text
 
 
 def format_row(bar: Bar) -> str:
-    """One CSV line; the same text as format_number on each value, in one pass (hot path)."""
+    """One CSV line; the same text as format_number on each value, in one pass (hot path: only a
+    value whose repr has an exponent, below 1e-4 or from 1e16, takes the slow path)."""
     ts, o, h, low, c, v = bar
     text = f"{format_ts(ts)},{float(o)!r},{float(h)!r},{float(low)!r},{float(c)!r},{float(v)!r}\n"
+    if "e" in text:  # an exponent (format_ts never writes an "e"): the slow path, field by field
+        stamp, *values = text[:-1].split(",")
+        return ",".join([stamp, *map(plain_decimal, values)]) + "\n"
     if ".0," in text:
         text = text.replace(".0,", ",")
     if text.endswith(".0\n"):

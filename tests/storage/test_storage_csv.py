@@ -34,7 +34,7 @@ def test_layout_and_exact_bytes(tmp_path: Path) -> None:
     assert store.path(*KEY) == path
     assert path.read_bytes() == (
         b"timestamp,open,high,low,close,volume\n"
-        b"2024-01-02T14:30:00Z,12345.6789,12346,0.30000000000000004,1e-08,1200\n"
+        b"2024-01-02T14:30:00Z,12345.6789,12346,0.30000000000000004,0.00000001,1200\n"
         b"2024-01-02T14:31:00Z,1.5,2,1,1.25,0.5\n"
     )
     assert store.read(*KEY) == bars
@@ -253,3 +253,47 @@ def test_rejects_unsafe_names(tmp_path: Path) -> None:
         store.path("../x", "1m", "AAPL")
     with pytest.raises(ValueError):
         store.path("demo", "2m", "AAPL")
+
+
+# --- plain decimals, never exponent notation (CONTRACT.md) ---------------------------------------
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (5e-05, "0.00005"), (0.00005012, "0.00005012"), (1e-08, "0.00000001"), (-1.2e-07, "-0.00000012"),
+    (1.2345678901234568e-05, "0.000012345678901234568"), (1e16, "10000000000000000"),
+    (1.5e16, "15000000000000000"), (123456789012345678.0, "123456789012345680"),
+])
+def test_format_number_writes_plain_decimals(value: float, text: str) -> None:
+    assert csv_store.format_number(value) == text
+    assert float(text) == value
+
+
+def test_format_number_round_trips_every_magnitude() -> None:
+    values = [m * 10.0 ** e for e in range(-12, 22) for m in (1.0, 1.5, 3.0000000000000004, 9.87654321)]
+    for value in values:
+        text = csv_store.format_number(value)
+        assert "e" not in text and float(text) == value, (value, text)
+        assert text == csv_store.format_number(float(text))  # stable: writing what was read changes nothing
+
+
+def test_format_row_with_tiny_prices_is_plain_and_parses_back() -> None:
+    bar: Bar = (T0, 5e-05, 5.1e-05, 4.9e-05, 0.00005012, 1e16)
+    line = csv_store.format_row(bar)
+    assert line == "2024-01-02T14:30:00Z,0.00005,0.000051,0.000049,0.00005012,10000000000000000\n"
+    assert csv_store.parse_row(line.rstrip("\n")) == bar
+    ordinary: Bar = (T0, 100.0, 101.5, 99.25, 100.125, 3.0)
+    assert csv_store.format_row(ordinary) == "2024-01-02T14:30:00Z,100,101.5,99.25,100.125,3\n"
+    assert csv_store.format_row(ordinary) == ",".join(
+        ["2024-01-02T14:30:00Z", *map(csv_store.format_number, ordinary[1:])]) + "\n"
+
+
+def test_store_keeps_satoshi_prices_plain_through_append_and_merge(tmp_path: Path) -> None:
+    store = CsvStore(tmp_path)
+    tiny = [(T0 + i * 60, (5000 + i) / 1e8, (5003 + i) / 1e8, (4998 + i) / 1e8, (5001 + i) / 1e8, (i + 1) / 1e8)
+            for i in range(4)]
+    store.write(*KEY, tiny[2:], (T0 + 120, T0 + 240))
+    store.write(*KEY, tiny[:2], (T0, T0 + 120))  # lands before: the file is rewritten (merge path)
+    text = store.path(*KEY).read_text()
+    assert not [line for line in text.splitlines()[1:] if "e" in line]
+    assert "2024-01-02T14:30:00Z,0.00005,0.00005003,0.00004998,0.00005001,0.00000001\n" in text
+    assert store.read(*KEY) == tiny
