@@ -5,12 +5,18 @@ answers rows of 12 fields: open time (ms), open, high, low, close, volume (strin
 quote volume, trades, taker buy base, taker buy quote, ignore. Symbols are validated lazily: an
 unknown one fails on its first klines request (code -1121), so a run with nothing missing makes
 no request at all.
+
+A kline is stamped at the open of its period (UTC; weeks open on Monday 00:00Z), so a pair's first
+kline can open before its first trade: ETHBTC, listed on Friday 2017-07-14, has a weekly kline
+opening on Monday 2017-07-10. The floor is therefore the open of the period holding EARLIEST, per
+timeframe, never EARLIEST itself, and the first kline Binance reports is never moved.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ktrdr_collect.errors import ProviderUnavailableError
@@ -21,14 +27,19 @@ from ktrdr_collect.providers.base import (
     PermanentError,
     Provider,
     ProviderError,
+    RateLimitedError,
     TransientError,
     UnknownSymbolError,
 )
 from ktrdr_collect.providers.http import HttpFailure, RequestCancelled, get_json
 from ktrdr_collect.storage.calendar import AlwaysOpenCalendar
-from ktrdr_collect.storage.timeframes import TIMEFRAMES
+from ktrdr_collect.storage.timeframes import TIMEFRAMES, WEEK, timeframe_seconds
 
-EARLIEST = 1_499_990_400  # 2017-07-14T00:00:00Z, Binance's first klines
+EARLIEST = 1_499_990_400  # 2017-07-14T00:00:00Z (a Friday), Binance's first trading day
+MONDAY = 345_600  # 1970-01-05T00:00:00Z: weekly klines open on Mondays 00:00Z
+WAF_STATUS = 403
+WAF_MESSAGE = ("binance WAF refused the request (HTTP 403): backing off; too many requests from this IP? "
+               "(if it never clears, the IP is blocked: lower rate_limit or use another base_url)")
 MAX_LIMIT = 1000
 INVALID_SYMBOL = -1121
 BAD_SYMBOL_CODES = frozenset({INVALID_SYMBOL, -1100})  # -1100: illegal characters in the symbol
@@ -40,8 +51,72 @@ def market_id(symbol: str) -> str:
     return symbol.upper().translate(_SEPARATORS)
 
 
+def period_start(ts: int, timeframe: str) -> int:
+    """Open time of the `timeframe` kline whose period holds `ts` (weeks open on Monday 00:00Z)."""
+    step = timeframe_seconds(timeframe)
+    phase = MONDAY if step == WEEK else 0
+    return ts - (ts - phase) % step
+
+
+def listing_floor(timeframe: str) -> int:
+    """The first kline Binance can have: the one whose period holds EARLIEST (1w: Monday 2017-07-10)."""
+    return period_start(EARLIEST, timeframe)
+
+
+class ListingCalendar:
+    """24/7 klines (an AlwaysOpenCalendar per timeframe) from each timeframe's listing floor.
+
+    The floor starts at `listing_floor` and is lowered, never raised, when Binance reports an
+    earlier first kline (`head_timestamp`), so no kline Binance has is planned away.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._floors = {tf: listing_floor(tf) for tf in TIMEFRAMES}
+        self._calendars = {tf: AlwaysOpenCalendar(first=first) for tf, first in self._floors.items()}
+
+    def _for(self, timeframe: str) -> AlwaysOpenCalendar:
+        try:
+            return self._calendars[timeframe]
+        except KeyError:
+            raise ValueError(f"binance has no {timeframe!r} klines") from None
+
+    def floor(self, timeframe: str) -> int:
+        self._for(timeframe)  # validates the name
+        return self._floors[timeframe]
+
+    def lower_floor(self, timeframe: str, ts: int) -> None:
+        """Binance reported a kline opening at `ts`: plan from there if that is earlier."""
+        with self._lock:
+            if ts < self.floor(timeframe):
+                self._floors[timeframe] = ts
+                self._calendars[timeframe] = AlwaysOpenCalendar(first=ts)
+
+    def bar_times(self, timeframe: str, start: int, end: int) -> Iterator[int]:
+        return self._for(timeframe).bar_times(timeframe, start, end)
+
+    def count(self, timeframe: str, start: int, end: int) -> int:
+        return self._for(timeframe).count(timeframe, start, end)
+
+    def split(self, timeframe: str, start: int, end: int, max_bars: int) -> list[tuple[int, int]]:
+        return self._for(timeframe).split(timeframe, start, end, max_bars)
+
+    def first_bar(self, timeframe: str, start: int) -> int | None:
+        return self._for(timeframe).first_bar(timeframe, start)
+
+    def __repr__(self) -> str:
+        return f"ListingCalendar(floors={self._floors!r})"
+
+
 def classify(failure: HttpFailure) -> ProviderError | None:
-    """Binance error bodies: `{"code": -1121, "msg": "Invalid symbol."}`."""
+    """Binance's reading of an error response.
+
+    403 is its WAF (body: a CloudFront HTML page, or nothing): a rate-limit violation or a security
+    block, so back off without a Retry-After. Other bodies are `{"code": -1121, "msg": "Invalid
+    symbol."}`; 418 and 429 (with Retry-After) fall through to the generic rate-limit reading.
+    """
+    if failure.status == WAF_STATUS:
+        return RateLimitedError(WAF_MESSAGE, retry_after=None)
     body = failure.body
     if not isinstance(body, dict) or "code" not in body:
         return None
@@ -101,11 +176,12 @@ class BinanceProvider(Provider):
         self.base_url = o["base_url"].rstrip("/")
         self.max_bars = o["max_bars"]
         self.rate_limit = o["rate_limit"] if o["rate_limit"] > 0 else None
-        self.calendar = AlwaysOpenCalendar(first=EARLIEST)
+        self.calendar = ListingCalendar()
         self.clock = clock
 
     def earliest(self, timeframe: str) -> int:
-        return EARLIEST
+        """The open of the first kline Binance can have for `timeframe` (1w: Monday 2017-07-10)."""
+        return self.calendar.floor(timeframe)
 
     def _klines(self, symbol: str, timeframe: str, start: int, end: int, limit: int,
                 interrupt: Interrupt | None) -> Any:
@@ -117,12 +193,15 @@ class BinanceProvider(Provider):
     head_timestamp_is_request = True
 
     def head_timestamp(self, symbol: str, timeframe: str, interrupt: Interrupt | None = None) -> int:
-        """The first kline the symbol has (one request: klines from the epoch, limit 1)."""
+        """The open time of the symbol's first kline, as Binance reports it (one request: klines from
+        the epoch, limit 1). It may open before the first trade (a listing week's Monday)."""
         body = self._klines(symbol, timeframe, 0, int(self.clock()), 1, interrupt)
         bars = parse_klines(body, int(self.clock() * 1000) + 10**15)  # a forming bar still marks the start
         if not bars:
             raise UnknownSymbolError(f"binance has no {timeframe} klines for {symbol}")
-        return max(EARLIEST, bars[0][0])
+        first = bars[0][0]
+        self.calendar.lower_floor(timeframe, first)
+        return first
 
     def fetch(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
         try:

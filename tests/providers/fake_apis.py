@@ -9,7 +9,7 @@ import struct
 import threading
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -178,20 +178,36 @@ def price_bar(name: str, ts: int) -> tuple[float, float, float, float, float]:
 
 BINANCE_LISTED = {"BTCUSDT": 1_502_942_400, "ETHUSDT": 1_502_942_400, "SOLUSDT": 1_597_125_600}
 BINANCE_CAL = AlwaysOpenCalendar()
+BinancePrices = tuple[float, float, float, float, float]
+BinanceKline = tuple[int, float, float, float, float, float]
 
 
-def binance_bars(market: str, tf: str, start: int, end: int) -> list[tuple[int, float, float, float, float, float]]:
+def binance_klines(listed: int, prices: Callable[[int], BinancePrices], tf: str, start: int,
+                   end: int) -> list[BinanceKline]:
+    """Klines of a pair first traded at `listed`, for open times in [start, end). Like Binance's,
+    the first opens at the start of the period holding `listed` (a mid-week listing's Monday)."""
+    first = max(start, listed - timeframe_seconds(tf) + 1)
+    return [(ts, *prices(ts)) for ts in BINANCE_CAL.bar_times(tf, first, end)]
+
+
+def binance_bars(market: str, tf: str, start: int, end: int) -> list[BinanceKline]:
     """What the fake Binance has for open times in [start, end)."""
-    first = max(start, BINANCE_LISTED[market])
-    return [(ts, *price_bar(market, ts)) for ts in BINANCE_CAL.bar_times(tf, first, end)]
+    return binance_klines(BINANCE_LISTED[market], lambda ts: price_bar(market, ts), tf, start, end)
 
 
 def binance_route(h: Handler, r: Request) -> None:
+    binance_klines_route(h, r, BINANCE_LISTED, binance_bars)
+
+
+def binance_klines_route(h: Handler, r: Request, markets: Container[str],
+                         bars_of: Callable[[str, str, int, int], list[BinanceKline]]) -> None:
+    """Answer `GET /api/v3/klines` like Binance: open times >= startTime and <= endTime, `limit` rows
+    (default 500, at most 1000), prices as 8-decimal strings, close time = next open - 1 ms."""
     if r.path != "/api/v3/klines":
         h.send_json(404, {"code": -1, "msg": "not found"})
         return
     market = r.params.get("symbol", "")
-    if market not in BINANCE_LISTED:
+    if market not in markets:
         h.send_json(400, {"code": -1121, "msg": "Invalid symbol."})
         return
     tf = r.params.get("interval", "")
@@ -202,7 +218,7 @@ def binance_route(h: Handler, r: Request) -> None:
         return
     start_ms, end_ms = int(r.params.get("startTime", 0)), int(r.params.get("endTime", 4_102_444_800_000))
     limit = min(int(r.params.get("limit", 500)), 1000)
-    bars = binance_bars(market, tf, -(-start_ms // 1000), end_ms // 1000 + 1)[:limit]
+    bars = bars_of(market, tf, -(-start_ms // 1000), end_ms // 1000 + 1)[:limit]
     rows = [[ts * 1000, f"{o:.8f}", f"{hi:.8f}", f"{lo:.8f}", f"{c:.8f}", f"{v:.8f}", (ts + step) * 1000 - 1,
              "0.0", 10, "0.0", "0.0", "0"] for ts, o, hi, lo, c, v in bars]
     h.send_json(200, rows)

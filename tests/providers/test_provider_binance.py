@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ from ktrdr_collect.providers.base import (
     TransientError,
     UnknownSymbolError,
 )
-from ktrdr_collect.providers.binance import EARLIEST, BinanceProvider, market_id
+from ktrdr_collect.providers.binance import EARLIEST, BinanceProvider, classify, market_id, period_start
+from ktrdr_collect.providers.http import HttpFailure
 from ktrdr_collect.storage.csv_store import CsvStore
 from tests.providers.fake_apis import (
     BINANCE_LISTED,
@@ -29,6 +31,14 @@ from tests.providers.fake_apis import (
     garbage,
     slow,
     status,
+)
+from tests.providers.fake_binance_listing import (
+    FRIDAY_2017_07_14,
+    MONDAY_2017_07_03,
+    MONDAY_2017_07_10,
+    binance_waf_403,
+    listing_bars,
+    serve_listing,
 )
 
 JAN1 = 1_704_067_200  # 2024-01-01T00:00:00Z, a Monday
@@ -182,3 +192,95 @@ def test_cli_start_collects_three_pairs(home: Path, binance_api: Running) -> Non
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and json.loads(again.stdout.splitlines()[-1])["requests"] == 0
     assert len(binance_api.api.requests) == 3
+
+
+# --- the listing week, tiny prices and the WAF (issue 10) ----------------------------------------
+
+WEEK = 7 * 86400
+AUG_7_2017 = 1_502_064_000  # a Monday
+
+
+@pytest.fixture
+def listing_api() -> Iterator[Running]:
+    yield from serve_listing()
+
+
+def test_earliest_is_the_open_of_the_kline_holding_the_launch() -> None:
+    p = BinanceProvider({})
+    assert p.earliest("1w") == MONDAY_2017_07_10  # the Monday before Friday 2017-07-14
+    assert p.earliest("1d") == p.earliest("4h") == p.earliest("1m") == EARLIEST == FRIDAY_2017_07_14
+    assert period_start(FRIDAY_2017_07_14 + 5 * 3600 + 7, "4h") == FRIDAY_2017_07_14 + 4 * 3600
+    assert period_start(MONDAY_2017_07_10 + WEEK - 1, "1w") == MONDAY_2017_07_10
+    assert p.calendar.first_bar("1w", 0) == MONDAY_2017_07_10
+
+
+def test_head_timestamp_is_binances_first_kline_even_before_the_launch(listing_api: Running) -> None:
+    p = provider(listing_api)
+    assert p.head_timestamp("TINY/BTC", "1w") == MONDAY_2017_07_10
+    assert p.head_timestamp("TINY/BTC", "1d") == FRIDAY_2017_07_14  # opens 4 hours before the first trade
+    assert p.head_timestamp("EARLY/BTC", "1w") == MONDAY_2017_07_03  # the documented example: not clamped
+    assert p.earliest("1w") == MONDAY_2017_07_03  # and planned from there on
+
+
+def test_a_window_ending_in_the_launch_week_still_asks_for_its_weekly_kline(
+        listing_api: Running, tmp_path: Path) -> None:
+    store = CsvStore(tmp_path / "data")
+    start, end = MONDAY_2017_07_03 - 86400, FRIDAY_2017_07_14  # only the 07-03 and 07-10 klines open here
+    results = ProcessingEngine(provider(listing_api), store, workers=2, retry=FAST).process_batch(
+        ["TINY/BTC", "EARLY/BTC"], "1w", start, end)
+    assert [r.status for r in results] == ["completed"] * 2
+    assert [b[0] for b in store.read("binance", "1w", "TINY/BTC")] == [MONDAY_2017_07_10]
+    assert [b[0] for b in store.read("binance", "1w", "EARLY/BTC")] == [MONDAY_2017_07_03, MONDAY_2017_07_10]
+
+
+def test_engine_start_earliest_stores_the_listing_week_kline(listing_api: Running, tmp_path: Path) -> None:
+    store = CsvStore(tmp_path / "data")
+    results = ProcessingEngine(provider(listing_api), store, workers=2, retry=FAST).process_batch(
+        ["TINY/BTC", "EARLY/BTC"], "1w", "earliest", AUG_7_2017)
+    assert [r.status for r in results] == ["completed"] * 2
+    tiny = store.read("binance", "1w", "TINY/BTC")
+    assert tiny == listing_bars("TINYBTC", "1w", 0, AUG_7_2017)
+    assert [b[0] for b in tiny] == [MONDAY_2017_07_10 + i * WEEK for i in range(4)]
+    early = store.read("binance", "1w", "EARLY/BTC")
+    assert [b[0] for b in early] == [MONDAY_2017_07_03 + i * WEEK for i in range(5)]
+
+
+def test_cli_start_earliest_weekly_keeps_the_listing_week_in_plain_decimals(
+        home: Path, listing_api: Running) -> None:
+    args = ["start", "TINY/BTC", "-p", "binance", "-o", f"base_url={listing_api.url}", "-o", "rate_limit=0",
+            "-t", "1w", "--start", "earliest", "--end", "2017-08-07", "--json"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    final = json.loads(r.stdout.splitlines()[-1])
+    assert (final["status"], final["candles"]) == ("completed", 4)
+    lines = (home / "data/binance/1w/TINY_BTC.csv").read_text().splitlines()
+    assert lines[1].startswith("2017-07-10T00:00:00Z,0.0000")  # the Monday before Friday's listing
+    assert not [line for line in lines[1:] if "e" in line]  # never 5.012e-05
+    stored = CsvStore(home / "data").read("binance", "1w", "TINY/BTC")
+    assert stored == listing_bars("TINYBTC", "1w", 0, AUG_7_2017)  # exact round trip of 0.00005012
+
+
+def test_waf_403_html_is_a_rate_limit_without_retry_after(listing_api: Running) -> None:
+    listing_api.queue(binance_waf_403)
+    with pytest.raises(RateLimitedError, match=r"binance WAF refused the request \(HTTP 403\)") as info:
+        provider(listing_api).fetch("TINYBTC", "1d", FRIDAY_2017_07_14, AUG_7_2017, CancellationToken())
+    assert info.value.retry_after is None
+    assert "too many requests" in str(info.value) and "<HTML>" not in str(info.value)
+
+
+def test_waf_403_with_a_json_body_is_a_rate_limit_too() -> None:
+    failure = HttpFailure("u", 403, {}, {"code": -1003, "msg": "WAF"}, '{"code": -1003, "msg": "WAF"}')
+    error = classify(failure)
+    assert isinstance(error, RateLimitedError) and error.retry_after is None
+
+
+def test_engine_backs_off_after_a_waf_403_then_collects(listing_api: Running, tmp_path: Path) -> None:
+    listing_api.queue(binance_waf_403, binance_waf_403)
+    store = CsvStore(tmp_path / "data")
+    engine = ProcessingEngine(provider(listing_api), store, workers=1, retry=FAST)
+    tracker = engine.new_tracker(["TINY/BTC"])
+    results = engine.process_batch(["TINY/BTC"], "1d", FRIDAY_2017_07_14, AUG_7_2017, tracker=tracker)
+    assert results[0].status == "completed", results[0].error
+    assert store.read("binance", "1d", "TINY/BTC") == listing_bars("TINYBTC", "1d", FRIDAY_2017_07_14, AUG_7_2017)
+    snap = tracker.snapshot()
+    assert (snap.throttled, snap.requests) == (2, 3)
