@@ -12,6 +12,7 @@ BENCHMARKS = (
     "startup",
     "shared_pacing",
     "yahoo_requests",
+    "yahoo_exchanges",
     "eta_accuracy",
     "ib_pacing",
 )

@@ -219,7 +219,7 @@ class YahooProvider(Provider):
                    "(needs exchange_calendars); off: its weekdays and regular hours only"),
         OptionSpec("client", str, "auto", "auto|browser|stdlib: browser is curl_cffi with Chrome's TLS "
                    "(Yahoo refuses other clients); auto: browser when installed"),
-        OptionSpec("user_agent", str, BROWSER_USER_AGENT, "User-Agent header"),
+        OptionSpec("user_agent", str, BROWSER_USER_AGENT, "User-Agent header (the browser client sends Chrome's own)"),
     )
     max_bars = 5000
     publish_delay_s = PUBLISH_DELAY_S
@@ -236,6 +236,10 @@ class YahooProvider(Provider):
         self.client = choose_client(o["client"])
         self.clock = clock
         self._classify = classify_for(self.client)
+        # the browser client sends the impersonated Chrome's own User-Agent, matching its TLS and
+        # client hints; ours would contradict them (yfinance PR #2452)
+        agent = o["user_agent"]
+        self._headers = {} if self.client == "browser" and agent == BROWSER_USER_AGENT else {"User-Agent": agent}
 
     # planning
 
@@ -278,7 +282,7 @@ class YahooProvider(Provider):
         params = {"period1": start, "period2": end, "interval": interval, "includePrePost": "false"}
         url = f"{self.base_url}/v8/finance/chart/{quote(symbol.upper(), safe='')}"
         return http.get_json(url, params, self.options["timeout_s"], interrupt, client=self.client,
-                             headers={"User-Agent": self.options["user_agent"]}, classify=self._classify)
+                             headers=self._headers, classify=self._classify)
 
     head_timestamp_is_request = True
 
