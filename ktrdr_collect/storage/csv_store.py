@@ -366,8 +366,39 @@ class CsvStore:
                 self._store_bars(path, bars)
             if on_stored is not None:
                 on_stored()
-            doc = {"version": COVERAGE_VERSION, "ranges": [[s, e] for s, e in ranges]}
-            atomic_write(self.coverage_path(provider, timeframe, symbol), json.dumps(doc) + "\n", durable=False)
+            self._save_coverage(provider, timeframe, symbol, ranges)
+
+    def replace(self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar],
+                ranges: Sequence[Interval]) -> None:
+        """Replace the whole series and its fetched ranges (caller holds the lock or it is taken
+        here). The record is emptied first, so a crash in between only costs a refetch."""
+        check_bars(bars, (bars[0][0], bars[-1][0] + 1) if bars else (0, 0))
+        with self.lock(provider, timeframe, symbol):
+            self._save_coverage(provider, timeframe, symbol, [], durable=True)
+            self._replace_bars(self.path(provider, timeframe, symbol), bars)
+            self._save_coverage(provider, timeframe, symbol, merge_intervals(list(ranges)))
+
+    def set_aside(self, provider: str, timeframe: str, symbol: str, tag: str) -> Path | None:
+        """Move the data file out of the way (kept beside it as ``<name>.<tag>``) and forget its
+        fetched ranges, so the next job fetches the series again. Returns where it went."""
+        with self.lock(provider, timeframe, symbol):
+            path = self.path(provider, timeframe, symbol)
+            self._save_coverage(provider, timeframe, symbol, [], durable=True)
+            if not path.exists():
+                return None
+            target = path.with_name(f"{path.name}.{tag}")
+            os.replace(path, target)
+            fsync_dir(path.parent)
+            return target
+
+    def _save_coverage(self, provider: str, timeframe: str, symbol: str, ranges: Sequence[Interval],
+                       durable: bool = False) -> None:
+        doc = {"version": COVERAGE_VERSION, "ranges": [[s, e] for s, e in ranges]}
+        atomic_write(self.coverage_path(provider, timeframe, symbol), json.dumps(doc) + "\n", durable=durable)
+
+    def _replace_bars(self, path: Path, bars: Sequence[Bar]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, HEADER + "".join(map(format_row, bars)))
 
     def _store_bars(self, path: Path, bars: Sequence[Bar]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
