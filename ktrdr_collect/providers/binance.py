@@ -165,6 +165,8 @@ class BinanceProvider(Provider):
         OptionSpec("max_bars", int, MAX_LIMIT, "bars per request, 1..1000"),
         OptionSpec("timeout_s", float, 30.0, "seconds before a request counts as failed (and is retried)"),
     )
+    publish_delay_s = 5.0
+    """A closed kline is served at once; 5 s covers clock skew between us and Binance."""
 
     def __init__(self, options: Mapping[str, Any] | None = None, clock: Callable[[], float] = time.time) -> None:
         super().__init__(options)

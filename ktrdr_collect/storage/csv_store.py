@@ -387,6 +387,9 @@ class CsvStore:
             if not path.exists():
                 return None
             target = path.with_name(f"{path.name}.{tag}")
+            n = 1
+            while target.exists():  # never overwrite an earlier copy
+                target, n = path.with_name(f"{path.name}.{tag}.{n}"), n + 1
             os.replace(path, target)
             fsync_dir(path.parent)
             return target
