@@ -7,8 +7,8 @@ ceil(calendar.count("1h", window) / max_bars_for("1h")).
 Real: `ProcessingEngine(YahooProvider(base_url=<local server>, rate_limit=0), CsvStore(tmp))
 .process_batch(5 symbols, "1h", 2015-01-01, 2020-01-01)` called directly (not through the CLI, so
 `check_window`'s 730-day limit for 1h is bypassed by the explicit window far in the past) against a
-local HTTP server answering in the Yahoo v8 chart format (the route of tests/providers/fake_apis.py,
-with nulls in every 13th close and 11th volume, extended to any symbol); requests are counted both
+local HTTP server answering in the Yahoo v8 chart format (tests/providers/fake_yahoo.py, New York
+listings); requests are counted both
 by the engine (Σ SymbolResult.requests) and by the server; the stored rows are checked against
 the bars the server has. A 1d 20-year run is shown too. Aim: requests <= 1.05 x minimum.
 """
@@ -27,19 +27,14 @@ AIM = 1.05
 CONFIGS = [("1h", "2015-01-01", "2020-01-01", "5y"), ("1d", "2000-01-01", "2020-01-01", "20y")]
 
 
-def fake_yahoo():  # noqa: ANN201 - a context manager yielding fake_apis.Running
+def fake_yahoo(symbols: list[str]):  # noqa: ANN201 - (serve() context manager, fake_yahoo module)
     root = str(Path(__file__).resolve().parents[1])
     if root not in sys.path:
         sys.path.insert(0, root)
-    from tests.providers import fake_apis
+    from tests.providers import fake_apis, fake_yahoo
 
-    def route(h, r) -> None:  # noqa: ANN001
-        prefix = "/v8/finance/chart/"
-        symbol = r.path[len(prefix):] if r.path.startswith(prefix) else ""
-        fake_apis.YAHOO_SYMBOLS.setdefault(symbol, 345_479_400)  # any symbol: listed since 1980
-        fake_apis.yahoo_route(h, r)
-
-    return (lambda: contextlib.contextmanager(fake_apis.serve)(route)), fake_apis
+    market = fake_yahoo.YahooMarket({s: fake_yahoo.Listing(s, "America/New_York") for s in symbols}, time.time)
+    return (lambda: contextlib.contextmanager(fake_apis.serve)(market.route)), market
 
 
 def run(quick: bool = False) -> list[Row]:
@@ -51,10 +46,11 @@ def run(quick: bool = False) -> list[Row]:
     n = 3 if quick else 5
     syms = [f"YQ{i}" for i in range(n)]
     rows = []
-    server, fake_apis = fake_yahoo()
+    server, market = fake_yahoo(syms)
+    from tests.providers.fake_yahoo import expected_daily, expected_intraday
     for tf, start, end, label in CONFIGS:
         with fresh_home() as home, server() as api:
-            provider = YahooProvider({"base_url": api.url, "rate_limit": 0, "holidays": "off"})
+            provider = YahooProvider({"base_url": api.url, "rate_limit": 0, "holidays": "off", "client": "stdlib"})
             s, e = to_epoch(start), min(to_epoch(end), int(time.time()) - timeframe_seconds(tf))
             max_bars = provider.max_bars_for(tf)
             bars = provider.calendar.count(tf, s, e)
@@ -68,7 +64,9 @@ def run(quick: bool = False) -> list[Row]:
             served = len(api.api.paths("/v8/finance/chart/"))
             problems = [f"{r.symbol} {r.status}: {r.error}" for r in results if not r.ok]
             for sym in syms:
-                expect = len(fake_apis.yahoo_bars(sym, tf, s, to_epoch(end)))
+                listing = market.listings[sym]
+                expect = len(expected_daily(listing, s, to_epoch(end)) if tf == "1d"
+                             else expected_intraday(listing, timeframe_seconds(tf), s, to_epoch(end)))
                 path = home / "data" / "yahoo" / tf / f"{sym}.csv"
                 got = sum(1 for _ in path.open()) - 1 if path.exists() else 0
                 if got != expect:

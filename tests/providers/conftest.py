@@ -6,14 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.providers.fake_apis import Running, binance_route, serve, yahoo_route
+from tests.providers.fake_apis import Running, binance_route, serve
 
 
 @pytest.fixture
 def binance_api() -> Iterator[Running]:
     yield from serve(binance_route)
-
-
-@pytest.fixture
-def yahoo_api() -> Iterator[Running]:
-    yield from serve(yahoo_route)

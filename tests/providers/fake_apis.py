@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ktrdr_collect.storage.calendar import AlwaysOpenCalendar, SessionCalendar
+from ktrdr_collect.storage.calendar import AlwaysOpenCalendar
 from ktrdr_collect.storage.timeframes import timeframe_seconds
 
 Action = Callable[["Handler"], None]
@@ -222,57 +222,3 @@ def binance_klines_route(h: Handler, r: Request, markets: Container[str],
     rows = [[ts * 1000, f"{o:.8f}", f"{hi:.8f}", f"{lo:.8f}", f"{c:.8f}", f"{v:.8f}", (ts + step) * 1000 - 1,
              "0.0", 10, "0.0", "0.0", "0"] for ts, o, hi, lo, c, v in bars]
     h.send_json(200, rows)
-
-
-YAHOO_SYMBOLS = {"AAPL": 345_479_400, "MSFT": 511_108_200, "^GSPC": -1_325_583_000}
-YAHOO_CAL = SessionCalendar(tz="America/New_York", session_open="09:30", session_close="16:00", daily_at="open")
-YAHOO_TF = {"1m": "1m", "5m": "5m", "15m": "15m", "30m": "30m", "60m": "1h", "1d": "1d", "1wk": "1w"}
-
-
-def yahoo_raw(symbol: str, tf: str, start: int, end: int) -> list[tuple[int, Any, Any, Any, Any, Any]]:
-    """The rows the fake Yahoo sends, nulls included (every 13th bar has no close, every 11th no volume)."""
-    rows = []
-    for ts in YAHOO_CAL.bar_times(tf, start, end):
-        o, hi, lo, c, v = price_bar(symbol, ts)
-        n = zlib.crc32(f"{symbol}{ts}".encode())
-        rows.append((ts, o, hi, lo, None if n % 13 == 0 else c, None if n % 11 == 0 else v))
-    return rows
-
-
-def yahoo_bars(symbol: str, tf: str, start: int, end: int) -> list[tuple[int, float, float, float, float, float]]:
-    """What a correct client keeps: bars without a null price, null volume as 0."""
-    return [(ts, o, hi, lo, c, v or 0.0) for ts, o, hi, lo, c, v in yahoo_raw(symbol, tf, start, end) if c is not None]
-
-
-def yahoo_error(h: Handler, code: int, name: str, description: str) -> None:
-    h.send_json(code, {"chart": {"result": None, "error": {"code": name, "description": description}}})
-
-
-def yahoo_route(h: Handler, r: Request) -> None:
-    prefix = "/v8/finance/chart/"
-    symbol = r.path[len(prefix):] if r.path.startswith(prefix) else ""
-    if symbol not in YAHOO_SYMBOLS:
-        yahoo_error(h, 404, "Not Found", "No data found, symbol may be delisted")
-        return
-    interval = r.params.get("interval", "")
-    if interval not in YAHOO_TF:
-        yahoo_error(h, 400, "Bad Request", f"Invalid input - interval={interval} is not supported.")
-        return
-    p1, p2 = int(r.params["period1"]), int(r.params["period2"])
-    if interval == "1m" and p2 - p1 > 8 * 86400:
-        yahoo_error(h, 422, "Unprocessable Entity", f"1m data not available for startTime={p1} and endTime={p2}. "
-                    "Only 8 days worth of 1m granularity data are allowed to be fetched per request.")
-        return
-    rows = yahoo_raw(symbol, YAHOO_TF[interval], p1, p2)
-    result: dict[str, Any] = {
-        "meta": {"currency": "USD", "symbol": symbol, "exchangeName": "NMS", "instrumentType": "EQUITY",
-                 "firstTradeDate": YAHOO_SYMBOLS[symbol], "gmtoffset": -18000, "timezone": "EST",
-                 "exchangeTimezoneName": "America/New_York", "dataGranularity": interval},
-        "indicators": {"quote": [{}]},
-    }
-    if rows:
-        result["timestamp"] = [row[0] for row in rows]
-        result["indicators"] = {"quote": [{k: [row[i] for row in rows] for i, k in
-                                           enumerate(("open", "high", "low", "close", "volume"), start=1)}],
-                                "adjclose": [{"adjclose": [row[4] for row in rows]}]}
-    h.send_json(200, {"chart": {"result": [result], "error": None}})

@@ -173,6 +173,15 @@ class YahooMarket:
             return
         interval = r.params.get("interval", "")
         p1, p2 = int(r.params["period1"]), int(r.params["period2"])
+        if interval not in INTERVAL_S:
+            h.send_json(400, {"chart": {"result": None, "error": {
+                "code": "Bad Request", "description": f"Invalid input - interval={interval} is not supported."}}})
+            return
+        if interval == "1m" and p2 - p1 > 8 * DAY:
+            h.send_json(422, {"chart": {"result": None, "error": {
+                "code": "Unprocessable Entity", "description": f"1m data not available for startTime={p1} and "
+                f"endTime={p2}. Only 8 days worth of 1m granularity data are allowed to be fetched per request."}}})
+            return
         rows = [row for row in self.rows(listing, interval, p1, p2)]
         result: dict[str, Any] = {"meta": self.meta(listing, interval, p1, p2), "indicators": {"quote": [{}]}}
         if rows:

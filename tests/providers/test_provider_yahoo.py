@@ -17,7 +17,7 @@ from ktrdr_collect.engine.engine import ProcessingEngine
 from ktrdr_collect.engine.pipeline import RetryPolicy
 from ktrdr_collect.errors import ProviderUnavailableError
 from ktrdr_collect.providers import http
-from ktrdr_collect.providers.base import PermanentError, RateLimitedError, UnknownSymbolError
+from ktrdr_collect.providers.base import PermanentError, RateLimitedError, TransientError, UnknownSymbolError
 from ktrdr_collect.providers.yahoo import YahooProvider, parse_chart
 from ktrdr_collect.storage.calendar import SessionCalendar
 from ktrdr_collect.storage.csv_store import CsvStore
@@ -248,6 +248,28 @@ def test_a_symbol_never_waits_on_rate_limits_longer_than_the_bound(yahoo: Runnin
     [result] = engine.process_batch(["AAPL"], "1d", "2024-01-01", "2024-02-01")
     assert result.status == "failed"
     assert "giving up" in (result.error or "") and len(yahoo.api.requests) == 6  # 5 waits of 0.02 s fit
+
+
+def test_one_minute_windows_are_split_into_calls_yahoo_accepts(yahoo: Running, clock: Clock) -> None:
+    clock.now = parse_ts("2024-12-20T23:00:00Z")
+    bars = fetch(yahoo, clock, "AAPL", "1m", "2024-12-02", "2024-12-18")
+    spans = [int(r.params["period2"]) - int(r.params["period1"]) for r in yahoo.api.requests]
+    assert len(spans) == 3 and max(spans) <= 7 * DAY
+    assert bars == expected_intraday(LISTINGS["AAPL"], 60, parse_ts("2024-12-02"), parse_ts("2024-12-18"))
+
+
+def test_422_is_permanent_with_its_description(yahoo: Running, clock: Clock) -> None:
+    p = provider(yahoo, clock)
+    p.windows = lambda tf, start, end: [(start, end)]  # type: ignore[method-assign]
+    with pytest.raises(PermanentError, match=r"Only 8 days worth of 1m .*HTTP 422"):
+        p.fetch("AAPL", "1m", parse_ts("2024-12-02"), parse_ts("2024-12-12"), CancellationToken())
+
+
+@pytest.mark.parametrize("code", [500, 502, 503])
+def test_server_trouble_is_transient(yahoo: Running, clock: Clock, code: int) -> None:
+    yahoo.queue(status(code, text="oops"))
+    with pytest.raises(TransientError, match=f"HTTP {code}"):
+        fetch(yahoo, clock, "AAPL", "1d", "2024-01-01", "2024-02-01")
 
 
 def test_client_option_is_checked(yahoo: Running, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
