@@ -129,9 +129,9 @@ def exchange_sessions(code: str) -> dict[int, tuple[int, int]] | None:
         if cal is None:
             return None
         schedule = cal.schedule
-    days = [d.date().toordinal() - _EPOCH_ORDINAL for d in schedule.index.tolist()]
-    opens = [int(x.timestamp()) for x in schedule["open"].tolist()]
-    closes = [int(x.timestamp()) for x in schedule["close"].tolist()]
+        days = [d.date().toordinal() - _EPOCH_ORDINAL for d in schedule.index.tolist()]
+        opens = [int(x.timestamp()) for x in schedule["open"].tolist()]
+        closes = [int(x.timestamp()) for x in schedule["close"].tolist()]
     return dict(zip(days, zip(opens, closes, strict=True), strict=True))
 
 
