@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import threading
 import warnings
 from dataclasses import dataclass
 from datetime import date
@@ -30,6 +31,7 @@ SUN_TO_THU = frozenset({6, 0, 1, 2, 3})
 SUN_TO_FRI = frozenset({6, 0, 1, 2, 3, 4})
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _XCALS_START = "1990-01-01"
+_LOADING = threading.Lock()  # one load at a time: warnings filters are process-wide
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def exchange_sessions(code: str) -> dict[int, tuple[int, int]] | None:
     except ImportError:
         return None
     cal = None
-    with warnings.catch_warnings():  # the package's own pandas deprecation warnings
+    with _LOADING, warnings.catch_warnings():  # the package's own pandas deprecation warnings
         warnings.simplefilter("ignore")
         for kwargs in ({"start": _XCALS_START}, {}):
             try:
