@@ -23,9 +23,10 @@ from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from ktrdr_collect.errors import ProviderUnavailableError
 from ktrdr_collect.providers.base import (
@@ -36,7 +37,7 @@ from ktrdr_collect.providers.base import (
     Provider,
     UnknownSymbolError,
 )
-from ktrdr_collect.storage.calendar import AlwaysOpenCalendar
+from ktrdr_collect.storage.calendar import AlwaysOpenCalendar, weekday_of
 from ktrdr_collect.storage.paths import file_stem
 from ktrdr_collect.storage.timeframes import DAY, TIMEFRAMES, format_ts, timeframe_seconds
 
@@ -45,6 +46,9 @@ PRICE_COLUMNS = ("open", "high", "low", "close")
 CACHE_FILES = 64
 """Parsed files kept in memory (a job reads each symbol's file once per gap)."""
 UNLIMITED_BARS = 1_000_000_000
+
+
+EPOCH_DATE = date(1970, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,23 @@ def check_timeframe(parsed: ParsedFile, timeframe: str, where: str) -> None:
                                  f"finer than {timeframe}: pick the timeframe the file holds with -t")
 
 
+def to_session_dates(parsed: ParsedFile, timeframe: str, tz: ZoneInfo, where: str) -> ParsedFile:
+    """Daily and weekly bars at 00:00Z of their date in `tz` (weekly: of the week's Monday), as
+    every provider stores them; an archive stamped at an exchange's open becomes session dates."""
+    if timeframe not in ("1d", "1w") or all(ts % DAY == 0 for ts in parsed.times):
+        return parsed
+    moved: dict[int, Bar] = {}
+    for bar in parsed.bars:
+        day = (datetime.fromtimestamp(bar[0], tz).date() - EPOCH_DATE).days
+        if timeframe == "1w":
+            day -= weekday_of(day)
+        if day * DAY in moved:
+            raise PermanentError(f"{where}: two {timeframe} bars fall on {format_ts(day * DAY)[:10]} in {tz.key} "
+                                 "(set -o tz= to the time zone of the file's dates)")
+        moved[day * DAY] = (day * DAY, *bar[1:])  # type: ignore[assignment]
+    return ParsedFile.of([moved[ts] for ts in sorted(moved)], parsed.dates_only)
+
+
 class Folder:
     """Case-insensitive file lookup in one folder, listed once."""
 
@@ -183,6 +204,8 @@ class CsvArchiveProvider(Provider):
     option_specs = (
         OptionSpec("path", str, "", "the folder holding the CSV files (required)"),
         OptionSpec("source", str, "", "in <path>/<provider>/<tf>/ layouts: which provider folder to read"),
+        OptionSpec("tz", str, "UTC", "time zone of the dates of daily/weekly bars not stamped at 00:00Z "
+                   "(e.g. America/New_York for files stamped at the New York open)"),
     )
     max_bars = UNLIMITED_BARS
     rate_limit = None
@@ -197,6 +220,10 @@ class CsvArchiveProvider(Provider):
             raise ProviderUnavailableError(f"provider csv: path {root} is not a folder")
         self.options["path"] = str(root)  # the runner may run elsewhere: store it absolute
         self.root = root
+        try:
+            self.tz = ZoneInfo(self.options["tz"])
+        except (KeyError, ValueError):
+            raise ProviderUnavailableError(f"provider csv: unknown time zone '{self.options['tz']}'") from None
         self.calendar = AlwaysOpenCalendar()
         self._folders: dict[Path, Folder] = {}
         self._providers: list[Path] | None = None
@@ -269,6 +296,7 @@ class CsvArchiveProvider(Provider):
                 return self._cache[key]
         parsed = parse_file(path)
         check_timeframe(parsed, timeframe, path.name)
+        parsed = to_session_dates(parsed, timeframe, self.tz, path.name)
         with self._lock:
             self._cache[key] = parsed
             while len(self._cache) > CACHE_FILES:

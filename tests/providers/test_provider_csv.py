@@ -212,3 +212,32 @@ def test_cli_without_path_is_one_error_line(home: Path) -> None:
     r = CliRunner().invoke(app, ["start", "AAPL", "-p", "csv"])
     assert r.exit_code == 1
     assert r.stderr.strip() == "Error: provider csv needs the archive folder: -o path=FOLDER"
+
+
+OLD_YAHOO_DAILY = """timestamp,open,high,low,close,volume
+2024-07-01T13:30:00Z,1,2,0.5,1.5,10
+2024-11-04T14:30:00Z,2,3,1.5,2.5,20
+"""
+SYDNEY_DAILY = """timestamp,open,high,low,close,volume
+2024-07-01T00:00:00Z,1,2,0.5,1.5,10
+2024-11-03T23:00:00Z,2,3,1.5,2.5,20
+"""
+
+
+def test_daily_bars_stamped_at_an_open_are_stored_at_their_session_date(tmp_path: Path) -> None:
+    write(tmp_path / "yahoo" / "1d" / "AAPL.csv", OLD_YAHOO_DAILY)
+    p = CsvArchiveProvider({"path": str(tmp_path), "tz": "America/New_York"})
+    assert [b[0] for b in fetch_all(p, "AAPL", "1d")] == [T("2024-07-01"), T("2024-11-04")]
+    write(tmp_path / "BHP.AX_1d.csv", SYDNEY_DAILY)  # 10:00 Sydney is the evening before in UTC
+    p = CsvArchiveProvider({"path": str(tmp_path), "tz": "Australia/Sydney"})
+    assert [b[0] for b in fetch_all(p, "BHP.AX", "1d")] == [T("2024-07-01"), T("2024-11-04")]
+    assert fetch_all(p, "BHP.AX", "1d")[1][1:] == (2.0, 3.0, 1.5, 2.5, 20.0)
+
+
+def test_two_daily_bars_on_one_date_are_refused_naming_the_time_zone(tmp_path: Path) -> None:
+    write(tmp_path / "X_1d.csv", "timestamp,open,high,low,close,volume\n"
+          "2024-07-01T00:30:00Z,1,2,0.5,1.5,10\n2024-07-01T23:45:00Z,1,2,0.5,1.5,10\n")
+    with pytest.raises(PermanentError, match=r"two 1d bars fall on 2024-07-01 in UTC \(set -o tz="):
+        fetch_all(CsvArchiveProvider({"path": str(tmp_path)}), "X", "1d")
+    with pytest.raises(ProviderUnavailableError, match="unknown time zone 'Mars/Base'"):
+        CsvArchiveProvider({"path": str(tmp_path), "tz": "Mars/Base"})
