@@ -6,9 +6,12 @@ the IB thread, so listing providers or running tests never needs it; tests injec
 
 One segment of a job is one `reqHistoricalData(contract, endDateTime, "N D", barSize, whatToShow,
 useRTH, formatDate=2)` with the largest duration IB's step-size table allows for the bar size
-(ib_plan). Pacing: the engine's machine-wide pacer keeps IB's 60 requests per 10 minutes
-(`rate_windows`); the per-contract rules (no identical request within 15 s, fewer than 6 per
-contract in 2 s) are kept here (ib_limits), and BID_ASK requests count twice.
+(ib_plan). Pacing per bar size (ib_limits): for bars of 30 s or less (or any bar size with
+`pacing=strict`) IB's hard rules, documented for small bars: the engine's machine-wide pacer keeps
+60 requests per 10 minutes (`rate_windows`), the per-contract rules (no identical request within
+15 s, fewer than 6 per contract in 2 s) are kept here, and BID_ASK requests count twice. For bars
+of a minute and more (`pacing=auto`, the default) IB only throttles softly: a lighter machine-wide
+pace (`SOFT_RATE`, its own shared log) and no per-contract rules (`pacing_for`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
-from ktrdr_collect import paths
 from ktrdr_collect.errors import ProviderUnavailableError
 from ktrdr_collect.providers.base import (
     Bar,
@@ -34,16 +36,28 @@ from ktrdr_collect.providers.base import (
     UnknownSymbolError,
 )
 from ktrdr_collect.providers.ib_contracts import MONDAY, ContractSpec, NoData, bar_time, classify, parse_symbol, to_bar
-from ktrdr_collect.providers.ib_limits import ContractLimiter, limiter_for
+from ktrdr_collect.providers.ib_limits import (
+    PACING_MODES,
+    SOFT_RATE,
+    STRICT_WINDOW,
+    ContractLimiter,
+    hard_rules_apply,
+    limiter_for,
+)
 from ktrdr_collect.providers.ib_plan import BAR_SIZES, IbCalendar, Request, max_bars
 from ktrdr_collect.providers.ib_session import Answer, CallCancelled, ConnectArgs, IbSession
-from ktrdr_collect.providers.pacing import SharedPacer
+from ktrdr_collect.providers.pacing import SharedPacer, pacer_for
 from ktrdr_collect.storage.timeframes import TIMEFRAMES, WEEK, timeframe_seconds
 
 INSTALL_HINT = "pip install 'ktrdr-collect[ib]'"
 WHAT_TO_SHOW = ("TRADES", "MIDPOINT", "BID", "ASK", "BID_ASK", "ADJUSTED_LAST")
-WINDOW = (60, 600.0)
-"""IB: at most 60 historical data requests in any 10 minutes."""
+WINDOW = STRICT_WINDOW
+"""IB's hard rule: at most 60 historical data requests in any 10 minutes."""
+PUBLISH_DELAY_S = 0.0
+"""How long after a bar's period ends IB may take to serve it: none. IB builds historical bars from
+its live feed (a request ending now even returns the bar still forming), so a bar is there once its
+period has ended; one IB is late with is not lost (the request reaching the edge records only up to
+its last bar, docs/storage.md)."""
 MAX_WAIT_IN_PLACE_S = 10.0
 """Longest wait for a per-contract rule inside a request. The engine has already stamped the
 request in the 10-minute window; waiting longer than that window's margin (2% of 600 s = 12 s)
@@ -86,7 +100,8 @@ def default_contract_factory(spec: ContractSpec) -> Any:
 
 class IbProvider(Provider):
     name = "ib"
-    description = "Interactive Brokers via TWS / IB Gateway (ib_async): stocks, forex, futures; 60 requests/10 min"
+    description = ("Interactive Brokers via TWS / IB Gateway (ib_async): stocks, forex, futures; "
+                   "IB's pacing per bar size")
     timeframes = TIMEFRAMES
     needs_network = True
     option_specs = (
@@ -100,7 +115,10 @@ class IbProvider(Provider):
         OptionSpec("exchange", str, "SMART", "exchange for stocks"),
         OptionSpec("currency", str, "USD", "currency for stocks"),
         OptionSpec("weekends", bool, False, "markets with bars on Saturday/Sunday (else no request asks for them)"),
+        OptionSpec("pacing", str, "auto", "auto: IB's hard pacing rules for bars of 30 s or less, a lighter pace for "
+                   "1 min and more (IB only throttles those softly); strict: the hard rules for every bar size"),
     )
+    publish_delay_s = PUBLISH_DELAY_S
 
     def __init__(
         self,
@@ -122,9 +140,13 @@ class IbProvider(Provider):
             raise ProviderUnavailableError("provider ib: timeout_s must be > 0")
         if not 0 <= o["client_id"] < 2**31:
             raise ProviderUnavailableError("provider ib: client_id must be >= 0")
+        self.pacing_mode = o["pacing"].strip().lower()
+        if self.pacing_mode not in PACING_MODES:
+            raise ProviderUnavailableError(f"provider ib: pacing must be one of {', '.join(PACING_MODES)}")
         self.what_to_show = what
         self.calendar = IbCalendar(weekends=o["weekends"])
         count, span = WINDOW
+        # the hard rules' window, also the default for a caller that does not say the timeframe.
         # BID_ASK counts twice: the log gets a second stamp per request (see _count_twice), so the
         # engine books it only while the window has room for two
         self.rate_windows = ((count - 1, span),) if what == "BID_ASK" else (WINDOW,)
@@ -137,17 +159,40 @@ class IbProvider(Provider):
                                  ConnectArgs(o["host"], o["port"], client_id, o["timeout_s"]), monotonic)
         self._contracts: dict[str, tuple[Any, str]] = {}
         self._contracts_lock = threading.Lock()
-        self._pacer: SharedPacer | None = None
+        self._pacers: dict[bool, SharedPacer] = {}
+        self._pacers_lock = threading.Lock()
         self._limiter: ContractLimiter | None = None
 
     # -- pacing ------------------------------------------------------------------------------
+    def hard_rules(self, timeframe: str) -> bool:
+        """Whether IB's hard pacing rules bind this timeframe's requests: bars of 30 s or less, or
+        every bar size with `pacing=strict` (a timeframe without an IB bar size counts as small)."""
+        return hard_rules_apply(BAR_SIZES.get(timeframe), self.pacing_mode)
+
+    def pacing_for(self, timeframe: str) -> tuple[float | None, tuple[tuple[int, float], ...] | None]:
+        """The hard rules' 60 per 10 minutes, or the soft pace (`SOFT_RATE` a second)."""
+        return self._pacing(self.hard_rules(timeframe))
+
+    def _pacing(self, hard: bool) -> tuple[float | None, tuple[tuple[int, float], ...] | None]:
+        return (self.rate_limit, self.rate_windows) if hard else (SOFT_RATE, None)
+
+    def pacer_of(self, timeframe: str) -> SharedPacer:
+        """The machine-wide log this timeframe's requests are paced with (the file the engine's
+        pacer for that timeframe uses)."""
+        return self._shared_pacer(self.hard_rules(timeframe))
+
     @property
     def pacer(self) -> SharedPacer:
-        """The machine-wide 60/10 min log (the same file the engine's pacer uses)."""
-        if self._pacer is None:
-            self._pacer = SharedPacer(paths.shared_dir() / "pacing" / f"{self.name}.json", self.rate_windows,
-                                      clock=self.clock)
-        return self._pacer
+        """The hard rules' machine-wide 60/10 min log."""
+        return self._shared_pacer(True)
+
+    def _shared_pacer(self, hard: bool) -> SharedPacer:
+        with self._pacers_lock:
+            if hard not in self._pacers:
+                pacer = pacer_for(self.name, *self._pacing(hard), default=self._pacing(True), clock=self.clock)
+                assert pacer is not None  # both pacings have a limit
+                self._pacers[hard] = pacer
+            return self._pacers[hard]
 
     @property
     def limiter(self) -> ContractLimiter:
@@ -155,10 +200,10 @@ class IbProvider(Provider):
             self._limiter = limiter_for(self.clock)
         return self._limiter
 
-    def _window_slot(self, interrupt: Interrupt) -> None:
-        """A slot in the 10-minute window for a request the engine did not pace (head timestamp,
-        a window wider than one segment)."""
-        if self.pacer.wait_turn(lambda seconds: not self._sleep(seconds, interrupt)) is None:
+    def _window_slot(self, timeframe: str, interrupt: Interrupt) -> None:
+        """A slot in the timeframe's shared log for a request the engine did not pace (a window
+        wider than one segment)."""
+        if self.pacer_of(timeframe).wait_turn(lambda seconds: not self._sleep(seconds, interrupt)) is None:
             raise CallCancelled
 
     def _count_twice(self) -> None:
@@ -166,8 +211,11 @@ class IbProvider(Provider):
         the first one only when there was room for two)."""
         SharedPacer(self.pacer.path, [(2**31, WINDOW[1])], clock=self.clock).reserve()
 
-    def _contract_rules(self, key: str, request: str, interrupt: Interrupt,
+    def _contract_rules(self, timeframe: str, key: str, request: str, interrupt: Interrupt,
                         max_wait: float = MAX_WAIT_IN_PLACE_S) -> None:
+        """The hard rules' per-contract limits (none for bars IB only throttles softly)."""
+        if not self.hard_rules(timeframe):
+            return
         delay = self.limiter.book(key, request, max_wait=max_wait)
         if delay > max_wait:
             raise RateLimitedError(f"IB forbids an identical request within 15 s ({request})", retry_after=delay)
@@ -231,7 +279,7 @@ class IbProvider(Provider):
         contract, key = self.contract(symbol, interrupt)
         what = key.rsplit(":", 1)[1]
         what = "BID" if what == "BID_ASK" else what
-        self._contract_rules(key, f"{key}:head:{self.options['use_rth']}", interrupt, max_wait=float("inf"))
+        self._contract_rules(timeframe, key, f"{key}:head:{self.options['use_rth']}", interrupt, max_wait=float("inf"))
         answer = self.session.call(
             lambda ib: ib.reqHeadTimeStamp(contract, whatToShow=what, useRTH=self.options["use_rth"], formatDate=2),
             interrupt)
@@ -261,7 +309,7 @@ class IbProvider(Provider):
             bars: list[Bar] = []
             for i, request in enumerate(plan):
                 if i > 0:  # the engine paced one request per segment; the others pay their own slot
-                    self._window_slot(interrupt)
+                    self._window_slot(timeframe, interrupt)
                 bars += self._request(symbol, contract, key, timeframe, request, interrupt)
         except CallCancelled:
             return []
@@ -273,7 +321,7 @@ class IbProvider(Provider):
         what = key.rsplit(":", 1)[1]
         end_dt = datetime.fromtimestamp(request.end, UTC)
         use_rth = self.options["use_rth"]
-        self._contract_rules(key, f"{key}:{request.end}:{request.duration}:{timeframe}:{use_rth}", interrupt)
+        self._contract_rules(timeframe, key, f"{key}:{request.end}:{request.duration}:{timeframe}:{use_rth}", interrupt)
         timeout = self.options["timeout_s"]
         answer = self.session.call(
             lambda ib: ib.reqHistoricalData(

@@ -82,9 +82,15 @@ MONDAY = 4 * DAY  # 1970-01-05T00:00:00Z
 
 
 def bar_time(value: Any, timeframe: str) -> int:
-    """An ib_async BarData.date -> epoch seconds: daily bars (a `date`) at 00:00 UTC of their
-    date, weekly ones at 00:00 UTC of their week's Monday, intraday (an aware datetime, formatDate=2)
-    as given."""
+    """An ib_async BarData.date -> epoch seconds, stamped as docs/storage.md (Timestamps) says.
+
+    Intraday bars come as aware datetimes (formatDate=2: epoch seconds, which ib_async turns into
+    UTC datetimes): their open instant, as given. Daily and weekly bars come as a `date` even with
+    formatDate=2 (IB sends `yyyyMMdd` for bars of a day and more; ib_async parses those into a
+    date): the exchange's session date, so `1d` is 00:00Z of that date, and `1w` 00:00Z of the
+    Monday of its session week. A week dated on its Sunday (a week whose first session opens on
+    Sunday: forex, CME, Sunday-to-Thursday exchanges) is the week of the Monday after it.
+    """
     if isinstance(value, datetime):
         ts = int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp())
     elif isinstance(value, date):
@@ -94,8 +100,14 @@ def bar_time(value: Any, timeframe: str) -> int:
     if timeframe == "1d":
         return ts - ts % DAY
     if timeframe == "1w":
-        return ts - (ts - MONDAY) % WEEK
+        return week_of(ts - ts % DAY)
     return ts
+
+
+def week_of(day: int) -> int:
+    """00:00Z of the Monday of the session week holding the day starting at `day` (a Sunday
+    belongs to the week of the next day)."""
+    return day + DAY - (day + DAY - MONDAY) % WEEK
 
 
 def to_bar(raw: Any, timeframe: str) -> Bar:
@@ -116,6 +128,10 @@ CONNECTION_LOST = frozenset({1100, 1300, 502, 504, 2110})
 """Connectivity lost / not connected: reconnect before the next request."""
 FARM_DOWN = frozenset({2103, 2105, 366, 1102})
 PERMANENT = frozenset({321, 354, 10089, 10090, 10168, 10187, 10285, 10314})
+VALIDATION = 321
+ENDS_REQUEST = frozenset({VALIDATION})
+"""Errors after which IB will not answer the request, though ib_async reports them as warnings and
+keeps waiting for the answer until the timeout: the session ends such a request at once."""
 INFO = frozenset({165, 10167, 2104, 2106, 2107, 2108, 2119, 2158})
 
 ErrorEvent = tuple[int, int, str]

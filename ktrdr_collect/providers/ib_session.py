@@ -4,10 +4,14 @@ ib_async is asyncio-based: an `IB` object lives on the event loop of the thread 
 and its blocking methods run that loop. The engine calls providers from several worker threads,
 so every IB call is handed to one dedicated thread ("ktrdr-ib") that owns the `IB` object, its
 loop and the connection; callers wait for the answer while watching the job's cancellation.
-Calls are serial: with IB's 60 requests per 10 minutes, that costs nothing.
+Calls are serial: a job has one request open at IB at a time (IB allows 50), and under the soft
+pace of bars of a minute and more a job goes as fast as IB answers.
 
 While a call runs, the thread collects what `errorEvent` reports (reqId, errorCode, errorString,
-contract), so the caller can tell "no data" from a pacing violation or a timeout.
+contract), so the caller can tell "no data" from a pacing violation or a timeout. An error after
+which IB never answers the request but which ib_async only logs as a warning (321, "Error
+validating request") ends the pending request at once (`end_request`), so the call returns with
+the error instead of waiting out the timeout.
 """
 
 from __future__ import annotations
@@ -22,10 +26,29 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ktrdr_collect.providers.base import Interrupt, TransientError
-from ktrdr_collect.providers.ib_contracts import ErrorEvent, lost_connection
+from ktrdr_collect.providers.ib_contracts import ENDS_REQUEST, ErrorEvent, lost_connection
 
 T = TypeVar("T")
 _POLL_S = 0.05
+
+
+def end_request(ib: Any, req_id: int) -> bool:
+    """Settle ib_async's pending request `req_id` now with what it has received (usually nothing),
+    as ib_async does itself for an error it does not take for a warning. Returns False when there
+    is no such request (or an ib_async this does not know: the request then waits for its timeout)."""
+    wrapper = getattr(ib, "wrapper", None)
+    registry = getattr(wrapper, "requests", None)
+    if hasattr(registry, "find_by_reqid"):  # ib_async with a RequestRegistry
+        request = registry.find_by_reqid(req_id)
+        if request is None:
+            return False
+        registry.set_result(request.key)
+        return True
+    futures = getattr(wrapper, "_futures", None)  # ib_async 1.x / 2.x: futures by reqId
+    if isinstance(futures, dict) and req_id in futures and hasattr(wrapper, "_endReq"):
+        wrapper._endReq(req_id)
+        return True
+    return False
 
 
 class CallCancelled(Exception):
@@ -99,6 +122,8 @@ class IbSession:
 
     def _on_error(self, reqId: int, errorCode: int, errorString: str, contract: Any = None) -> None:  # noqa: N803
         self._errors.append((reqId, errorCode, errorString))
+        if errorCode in ENDS_REQUEST and self._ib is not None:
+            end_request(self._ib, reqId)
 
     def _connected(self) -> Any:
         if self._ib is None:

@@ -147,11 +147,39 @@ class SharedPacer:
         self._update(lambda stamps, now: _remove(stamps, slot))
 
 
-def pacer_for(provider_name: str, rate: float | None, windows: Sequence[Window] | None = None,
-              folder: Path | None = None) -> SharedPacer | None:
-    folder = folder or paths.shared_dir() / "pacing"
+Pacing = tuple[float | None, Sequence[Window] | None]
+"""(requests per second, windows) as a provider declares them (`Provider.pacing_for`)."""
+
+
+def _windows_of(pacing: Pacing) -> list[Window]:
+    rate, windows = pacing
     if windows is not None:
-        return SharedPacer(folder / f"{provider_name}.json", windows)
+        return list(windows)
+    return windows_for_rate(rate) if rate else []
+
+
+def same_pacing(a: Pacing, b: Pacing) -> bool:
+    return a[0] == b[0] and (None if a[1] is None else list(a[1])) == (None if b[1] is None else list(b[1]))
+
+
+def log_name(provider_name: str, pacing: Pacing, default: Pacing | None = None) -> str:
+    """The shared log's name: the provider's name for its default pacing; a pacing that differs
+    from it (IB's soft pacing for bars of a minute or more) is another budget with its own log,
+    named by its windows (`ib-2per1s`), so every job with that pacing shares it machine-wide."""
+    if default is None or same_pacing(pacing, default):
+        return provider_name
+    return provider_name + "".join(f"-{n}per{span:g}s" for n, span in _windows_of(pacing))
+
+
+def pacer_for(provider_name: str, rate: float | None, windows: Sequence[Window] | None = None,
+              folder: Path | None = None, default: Pacing | None = None,
+              clock: Callable[[], float] = time.time) -> SharedPacer | None:
+    """The machine-wide pacer for this pacing (None: no limit). `default` is the provider's own
+    (`rate_limit`, `rate_windows`): another pacing gets its own log (see `log_name`)."""
+    folder = folder or paths.shared_dir() / "pacing"
+    path = folder / f"{log_name(provider_name, (rate, windows), default)}.json"
+    if windows is not None:
+        return SharedPacer(path, windows, clock=clock)
     if not rate:
         return None
-    return SharedPacer(folder / f"{provider_name}.json", windows_for_rate(rate), spacing=1.0 / rate)
+    return SharedPacer(path, windows_for_rate(rate), clock=clock, spacing=1.0 / rate)

@@ -1,14 +1,17 @@
 """The ib provider against a fake `IB` that behaves like ib_async's (no gateway, no ib_async needed).
 
 The fake enforces IB's own rules as an oracle: the step-size table (a duration too long for the
-bar size is refused with error 321) and the pacing rules (60 requests in any 10 minutes, BID_ASK
-counted twice; no identical request within 15 s; fewer than 6 per contract within 2 s), answering
-a violation with error 162 like IB, and recording it.
+bar size is refused with error 321, which ib_async takes for a warning: the request then waits for
+its timeout unless someone ends it) and the pacing rules as IB documents them. For bars of 30 s or
+less (or every bar size, with `hard_everywhere`): 60 requests in any 10 minutes, BID_ASK counted
+twice; no identical request within 15 s; fewer than 6 per contract within 2 s; a violation is
+answered with error 162 like IB, and recorded. For every bar size: at most 50 open requests.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -29,6 +32,7 @@ from ktrdr_collect.providers import ib as ib_module
 from ktrdr_collect.providers.base import Interrupt, PermanentError, RateLimitedError, TransientError, UnknownSymbolError
 from ktrdr_collect.providers.ib import IbProvider
 from ktrdr_collect.providers.ib_contracts import ContractSpec, NoData, classify, parse_symbol
+from ktrdr_collect.providers.ib_session import end_request
 from ktrdr_collect.providers.registry import create_provider, provider_class
 from ktrdr_collect.storage.csv_store import CsvStore
 from ktrdr_collect.storage.timeframes import DAY, WEEK, parse_ts
@@ -95,13 +99,14 @@ class BarData:
 STEP_DAYS = {"1 min": 1, "5 mins": 7, "15 mins": 7, "30 mins": 30, "1 hour": 30, "4 hours": 30,
              "1 day": 365, "1 week": 365}
 """IB's step-size table as the fake enforces it: the most days one request may span per bar size."""
-BAR_SECONDS = {"1 min": 60, "5 mins": 300, "15 mins": 900, "30 mins": 1800, "1 hour": 3600, "4 hours": 14400,
-               "1 day": DAY, "1 week": WEEK}
+BAR_SECONDS = {"5 secs": 5, "30 secs": 30, "1 min": 60, "5 mins": 300, "15 mins": 900, "30 mins": 1800,
+               "1 hour": 3600, "4 hours": 14400, "1 day": DAY, "1 week": WEEK}
 CONIDS = {"AAPL": 265598, "MSFT": 272093, "BRK B": 72063691, "NEWCO": 4242, "EUR": 12087792, "ES": 551601561}
 HEADS = {"NEWCO": datetime(2020, 3, 10, 14, 30, tzinfo=UTC)}
 DEFAULT_HEAD = datetime(1980, 12, 12, 14, 30, tzinfo=UTC)
 NO_DATA = "Historical Market Data Service error message:HMDS query returned no data: AAPL@SMART Trades"
 PACING = "Historical Market Data Service error message:Historical data request pacing violation"
+INVALID = "Error validating request.-'bW' : cause - The API interface is currently in Read-Only mode."
 
 
 def price(symbol: str, ts: int) -> float:
@@ -153,12 +158,39 @@ def expected_bars(symbol: str, tf: str, start: int, end: int) -> list[tuple[int,
     return out
 
 
+class Pending:
+    """A request ib_async is waiting for: `ended` is set when someone settles it early."""
+
+    def __init__(self, req_id: int) -> None:
+        self.req_id = req_id
+        self.ended = threading.Event()
+
+
+class FakeWrapper:
+    """ib_async 2.x's Wrapper, as far as pending requests go: futures by reqId, `_endReq` settles one."""
+
+    def __init__(self) -> None:
+        self._futures: dict[int, Pending] = {}
+
+    def _endReq(self, key: int, result: Any = None, success: bool = True) -> None:  # noqa: N802
+        pending = self._futures.pop(key, None)
+        if pending is not None:
+            pending.ended.set()
+
+
 class FakeIB:
     """The ib_async.IB methods the provider uses, answering from `market_bars`. `script` lists what
-    the next reqHistoricalData calls do: ok, pacing, nodata, timeout, silent, drop, farm."""
+    the next reqHistoricalData calls do: ok, pacing, nodata, timeout, silent, drop, farm, invalid
+    (error 321, "Error validating request")."""
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, hard_everywhere: bool = False) -> None:
         self.clock = clock or Clock()
+        self.hard_everywhere = hard_everywhere
+        self.books = FakeWrapper()
+        self.wrapper: Any = self.books  # what the session may reach into
+        self.pending: list[Pending] = []
+        self.timed_out: list[int] = []
+        self.open = self.max_open = 0
         self.errorEvent = Event()
         self.RequestTimeout = 0.0
         self.connected = False
@@ -204,9 +236,12 @@ class FakeIB:
             out.append(c)
         return out
 
-    def _paced(self, contract: Any, what: str, request: str) -> bool:
-        """IB's pacing rules, checked on the shared clock; False (and error 162) on a violation."""
+    def _paced(self, contract: Any, what: str, request: str, bar_size: str | None) -> bool:
+        """IB's hard pacing rules, checked on the shared clock for bars of 30 s or less (or every
+        bar size with `hard_everywhere`); False (and error 162) on a violation."""
         now = self.clock()
+        if not (self.hard_everywhere or (bar_size is not None and BAR_SECONDS[bar_size] <= 30)):
+            return True
         weight = 2 if what == "BID_ASK" else 1
         ckey = f"{contract.conId}:{contract.exchange}:{what}"
         problems = []
@@ -226,7 +261,7 @@ class FakeIB:
     def reqHeadTimeStamp(self, contract: Any, whatToShow: str, useRTH: bool, formatDate: int = 1) -> Any:  # noqa: N802, N803
         self._require_connection()
         self.heads.append((contract.symbol, whatToShow))
-        if not self._paced(contract, whatToShow, f"head:{contract.conId}:{whatToShow}:{useRTH}"):
+        if not self._paced(contract, whatToShow, f"head:{contract.conId}:{whatToShow}:{useRTH}", None):
             return []
         assert formatDate == 2
         return HEADS.get(contract.symbol, DEFAULT_HEAD)
@@ -238,28 +273,44 @@ class FakeIB:
     ) -> list[BarData]:
         self._require_connection()
         req_id = self._next_id()
+        pending = Pending(req_id)
+        self.pending.append(pending)
+        self.books._futures[req_id] = pending
+        self.open += 1
+        self.max_open = max(self.max_open, self.open)
+        try:
+            return self._historical(pending, contract, endDateTime, durationStr, barSizeSetting, whatToShow, useRTH,
+                                    formatDate, timeout)
+        finally:
+            self.open -= 1
+            self.books._futures.pop(req_id, None)
+
+    def _historical(self, pending: Pending, contract: Any, endDateTime: Any, durationStr: str,  # noqa: N803
+                    barSizeSetting: str, whatToShow: str, useRTH: bool, formatDate: int,  # noqa: N803
+                    timeout: float) -> list[BarData]:
         end = int(endDateTime.timestamp())
         n, unit = durationStr.split()
         self.requests.append({"symbol": contract.symbol, "end": end, "duration": durationStr,
                               "bar_size": barSizeSetting, "what": whatToShow, "rth": useRTH,
                               "format": formatDate, "timeout": timeout, "at": self.clock()})
-        if unit != "D" or int(n) > STEP_DAYS[barSizeSetting]:
-            self.errorEvent.emit(req_id, 321, f"Error validating request: duration {durationStr} "
-                                 f"too long for {barSizeSetting}", contract)
-            return []
-        key = f"{contract.conId}:{end}:{durationStr}:{barSizeSetting}:{whatToShow}:{useRTH}"
         behaviour = self.script.pop(0) if self.script else "ok"
+        if unit != "D" or int(n) > STEP_DAYS[barSizeSetting]:
+            return self._invalid(pending, f"Error validating request: duration {durationStr} too long for "
+                                 f"{barSizeSetting}", contract, timeout)
+        if behaviour == "invalid":
+            return self._invalid(pending, INVALID, contract, timeout)
+        key = f"{contract.conId}:{end}:{durationStr}:{barSizeSetting}:{whatToShow}:{useRTH}"
         if behaviour == "drop":
             self.connected = False
             self.errorEvent.emit(-1, 1100, "Connectivity between IB and Trader Workstation has been lost.", None)
             raise ConnectionError("Socket disconnect")
-        if not self._paced(contract, whatToShow, key):
+        if not self._paced(contract, whatToShow, key, barSizeSetting):
             return []
         if behaviour == "pacing":
-            self.errorEvent.emit(req_id, 162, PACING, contract)
+            self.errorEvent.emit(pending.req_id, 162, PACING, contract)
             return []
         if behaviour == "nodata":
-            self.errorEvent.emit(req_id, 162, NO_DATA, contract)
+            self.errorEvent.emit(pending.req_id, 162, NO_DATA, contract)
             return []
         if behaviour == "timeout":  # ib_async cancels the request and returns an empty list
             self.clock.advance(timeout)
@@ -267,14 +318,24 @@ class FakeIB:
         if behaviour == "silent":
             return []
         if behaviour == "farm":
-            self.errorEvent.emit(req_id, 2105, "HMDS data farm connection is broken:ushmds", None)
+            self.errorEvent.emit(pending.req_id, 2105, "HMDS data farm connection is broken:ushmds", None)
             return []
         return market_bars(contract, barSizeSetting, end - int(n) * DAY, end)
 
+    def _invalid(self, pending: Pending, text: str, contract: Any, timeout: float) -> list[BarData]:
+        """Error 321 as ib_async handles it: a warning, so the request stays pending; IB never
+        answers it, so it waits out its timeout unless an errorEvent handler ended it."""
+        self.errorEvent.emit(pending.req_id, 321, text, contract)
+        if not pending.ended.is_set():
+            self.clock.advance(timeout)
+            self.timed_out.append(pending.req_id)
+        return []
+
 
 def make(fake: FakeIB | None = None, clock: Clock | None = None, **options: Any) -> tuple[IbProvider, FakeIB]:
+    """A provider on a fake IB; with `pacing=strict`, an IB that enforces its hard rules on every bar size."""
     clock = clock or (fake.clock if fake else Clock())
-    fake = fake or FakeIB(clock)
+    fake = fake or FakeIB(clock, hard_everywhere=str(options.get("pacing", "")).lower() == "strict")
     provider = IbProvider(options, ib_factory=lambda: fake, clock=clock, monotonic=clock, sleep=clock.sleep)
     return provider, fake
 
@@ -319,7 +380,7 @@ def test_symbols_map_to_stock_forex_and_future_contracts() -> None:
 def test_options_defaults_and_validation(home: Path) -> None:
     provider, _ = make()
     o = provider.options
-    assert (o["host"], o["port"], o["use_rth"], o["what_to_show"]) == ("127.0.0.1", 4002, True, "")
+    assert (o["host"], o["port"], o["use_rth"], o["what_to_show"], o["pacing"]) == ("127.0.0.1", 4002, True, "", "auto")
     assert provider.session.connect_args.client_id == 1000 + os.getpid() % 30_000
     assert provider.rate_windows == ((60, 600.0),)
     assert make(what_to_show="bid_ask")[0].rate_windows == ((59, 600.0),)
@@ -329,6 +390,9 @@ def test_options_defaults_and_validation(home: Path) -> None:
         make(base_url="x")
     with pytest.raises(ProviderUnavailableError, match="timeout_s must be > 0"):
         make(timeout_s=0)
+    assert make(pacing=" Strict ")[0].pacing_mode == "strict"
+    with pytest.raises(ProviderUnavailableError, match="pacing must be one of auto, strict"):
+        make(pacing="fast")
 
 
 def test_missing_ib_async_is_one_clear_error(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -380,20 +444,40 @@ def test_forex_defaults_to_bid_and_volume_minus_one_becomes_zero(ib: Any) -> Non
 
 
 def test_daily_and_weekly_bars_get_utc_midnight_stamps(ib: Any) -> None:
-    provider, _ = ib()
+    provider, fake = ib()
     daily = fetch(provider, "AAPL", "1d", T0, T0 + 14 * DAY)
     assert [b[0] for b in daily] == [T0 + d * DAY for d in (0, 1, 2, 3, 4, 7, 8, 9, 10, 11)]
+    assert {r["format"] for r in fake.requests} == {2}  # formatDate=2: IB still dates daily bars yyyyMMdd
     weekly = fetch(provider, "AAPL", "1w", T0, T0 + 28 * DAY)
     assert [b[0] for b in weekly] == [T0 + w * WEEK for w in range(4)]  # dated Fridays, stored on Mondays
 
 
-def test_a_window_wider_than_one_request_is_split_and_paced(ib: Any) -> None:
-    provider, fake = ib()
+@pytest.mark.parametrize(("value", "tf", "stamp"), [
+    (date(2024, 1, 2), "1d", "2024-01-02"),  # a session date, whatever the exchange's zone
+    (date(2024, 1, 1), "1d", "2024-01-01"),  # forex: Monday's session opens Sunday 22:00Z, dated Monday
+    (date(2024, 1, 7), "1d", "2024-01-07"),  # a Sunday session (Sunday-to-Thursday exchanges) stays Sunday
+    (datetime(2024, 1, 2, tzinfo=UTC), "1d", "2024-01-02"),
+    (date(2024, 1, 5), "1w", "2024-01-01"),  # a week dated on its Friday: its Monday
+    (date(2024, 1, 1), "1w", "2024-01-01"),
+    (date(2024, 1, 6), "1w", "2024-01-01"),  # Saturday: the week it ends
+    (date(2024, 1, 7), "1w", "2024-01-08"),  # Sunday: the first session of the next week (forex, CME)
+    (datetime(2024, 1, 2, 14, 30, tzinfo=UTC), "1h", "2024-01-02T14:30:00Z"),  # intraday: the open instant
+    (datetime(2024, 1, 2, 23, 30, tzinfo=UTC), "30m", "2024-01-02T23:30:00Z"),
+])
+def test_bar_stamps_follow_the_contract(value: date, tf: str, stamp: str) -> None:
+    assert ib_module.bar_time(value, tf) == parse_ts(stamp)
+
+
+@pytest.mark.parametrize("pacing", ["auto", "strict"])
+def test_a_window_wider_than_one_request_is_split_and_paced(ib: Any, pacing: str) -> None:
+    provider, fake = ib(pacing=pacing)
     bars = fetch(provider, "AAPL", "1h", T0, T0 + 90 * DAY)  # one call, as if planned elsewhere
     assert bars == expected_bars("AAPL", "1h", T0, T0 + 90 * DAY)
     assert [r["duration"] for r in fake.requests] == ["30 D", "30 D", "30 D"]
-    stamps = provider.pacer._update(lambda stamps, now: len(stamps))
+    assert not fake.violations
+    stamps = provider.pacer_of("1h")._update(lambda stamps, now: len(stamps))
     assert stamps == 2  # the engine paces the first request; the provider booked the other two
+    assert (provider.pacer_of("1h") is provider.pacer) == (pacing == "strict")  # soft: its own log
 
 
 # -- errors ------------------------------------------------------------------------------------------
@@ -428,6 +512,59 @@ def test_failed_requests_raise_classified_errors(ib: Any, behaviour: str, error:
         fetch(provider, "AAPL", "1h", T0, T0 + DAY)
 
 
+def test_error_321_fails_the_request_at_once_with_ibs_message(ib: Any) -> None:
+    """ib_async logs 321 as a warning and would wait for the timeout; the session ends the request."""
+    provider, fake = ib()
+    fake.script = ["invalid"]
+    with pytest.raises(PermanentError, match=r"error 321: Error validating request\.-'bW' : cause - The API"):
+        fetch(provider, "AAPL", "1h", T0, T0 + DAY)
+    (pending,) = fake.pending
+    assert pending.ended.is_set() and fake.timed_out == [] and fake.wrapper._futures == {}
+
+
+def test_error_321_without_a_way_to_end_the_request_still_fails_after_the_timeout(ib: Any) -> None:
+    provider, fake = ib(timeout_s=5)
+    fake.wrapper = object()  # an ib_async whose request book the session does not know
+    fake.script = ["invalid"]
+    with pytest.raises(PermanentError, match="error 321"):
+        fetch(provider, "AAPL", "1h", T0, T0 + DAY)
+    assert fake.timed_out == [1]
+
+
+class _Registry:
+    """ib_async's newer RequestRegistry, as far as end_request uses it."""
+
+    def __init__(self, req_id: int) -> None:
+        self.live = {req_id: type("Req", (), {"key": ("ReqIdKey", req_id)})()}
+        self.settled: list[Any] = []
+
+    def find_by_reqid(self, req_id: int) -> Any:
+        return self.live.get(req_id)
+
+    def set_result(self, key: Any) -> None:
+        self.live.pop(key[1], None)
+        self.settled.append(key)
+
+
+def test_end_request_knows_both_ib_async_request_books() -> None:
+    old = FakeWrapper()
+    old._futures[7] = Pending(7)
+    assert end_request(type("IB", (), {"wrapper": old})(), 7) and old._futures == {}
+    assert not end_request(type("IB", (), {"wrapper": old})(), 7)  # settled already
+    new = _Registry(9)
+    ib_new = type("IB", (), {"wrapper": type("W", (), {"requests": new})()})()
+    assert end_request(ib_new, 9) and new.settled == [("ReqIdKey", 9)]
+    assert not end_request(ib_new, 10) and not end_request(object(), 9)
+
+
+def test_an_invalid_request_fails_its_symbol_without_retries(home: Path, ib: Any) -> None:
+    fake = FakeIB(Clock(real=True))
+    fake.script = ["invalid"]
+    (result,), _, _ = engine_run(home, ib, ["AAPL"], "1h", "2024-01-01", "2024-01-20", fake=fake)
+    assert result.status == "failed" and "error 321" in (result.error or "")
+    assert len(fake.requests) == 1 and fake.timed_out == []
+
+
 def test_no_data_is_an_empty_range_but_silence_after_the_timeout_is_not(ib: Any) -> None:
     provider, fake = ib(timeout_s=5)
     fake.script = ["nodata", "silent", "timeout"]
@@ -438,7 +575,7 @@ def test_no_data_is_an_empty_range_but_silence_after_the_timeout_is_not(ib: Any)
 
 
 def test_a_dropped_connection_reconnects_on_the_next_request(ib: Any) -> None:
-    provider, fake = ib()
+    provider, fake = ib(pacing="strict")
     fake.script = ["drop"]
     with pytest.raises(TransientError):
         fetch(provider, "AAPL", "1h", T0, T0 + DAY)
@@ -448,6 +585,16 @@ def test_a_dropped_connection_reconnects_on_the_next_request(ib: Any) -> None:
     fake.clock.advance(e.value.retry_after)
     assert fetch(provider, "AAPL", "1h", T0, T0 + DAY) == expected_bars("AAPL", "1h", T0, T0 + DAY)
     assert len(fake.connects) == 2
+
+
+def test_soft_pacing_retries_an_identical_request_at_once(ib: Any) -> None:
+    """For bars of a minute and more IB documents no 15-second rule: the retry is not held back."""
+    provider, fake = ib()
+    fake.script = ["drop"]
+    with pytest.raises(TransientError):
+        fetch(provider, "AAPL", "1h", T0, T0 + DAY)
+    assert fetch(provider, "AAPL", "1h", T0, T0 + DAY) == expected_bars("AAPL", "1h", T0, T0 + DAY)
+    assert provider.clock.slept == [] and not fake.violations and len(fake.connects) == 2
 
 
 def test_a_gateway_that_is_not_running_is_transient(ib: Any) -> None:
@@ -466,8 +613,8 @@ def test_unknown_contract_is_an_unknown_symbol(ib: Any) -> None:
     assert fake.requests == []
 
 
-def test_head_timestamp_is_floored_to_the_bar_and_retried_after_a_pacing_violation(ib: Any) -> None:
-    provider, fake = ib()
+def test_head_timestamp_is_floored_to_the_bar_and_waits_for_the_identical_request_rule(ib: Any) -> None:
+    provider, fake = ib(pacing="strict")
     assert provider.head_timestamp("NEWCO", "1d") == parse_ts("2020-03-10")
     assert provider.head_timestamp("NEWCO", "4h") == parse_ts("2020-03-10T12:00:00Z")
     assert provider.head_timestamp("NEWCO", "1w") == parse_ts("2020-03-09")
@@ -477,8 +624,15 @@ def test_head_timestamp_is_floored_to_the_bar_and_retried_after_a_pacing_violati
     assert provider.clock.slept and max(provider.clock.slept) > 15  # waited for the identical-request rule
 
 
-def test_cancelled_while_waiting_for_a_pacing_rule_returns_nothing(ib: Any) -> None:
+def test_head_timestamps_of_minute_and_larger_bars_do_not_wait(ib: Any) -> None:
     provider, fake = ib()
+    assert [provider.head_timestamp("NEWCO", tf) for tf in ("1d", "1d", "1h")] == [
+        parse_ts("2020-03-10"), parse_ts("2020-03-10"), parse_ts("2020-03-10T14:00:00Z")]
+    assert provider.clock.slept == [] and not fake.violations
+
+
+def test_cancelled_while_waiting_for_a_pacing_rule_returns_nothing(ib: Any) -> None:
+    provider, fake = ib(pacing="strict")
     token = CancellationToken()
     for i in range(5):
         provider.fetch("AAPL", "1h", T0 + i * DAY, T0 + (i + 1) * DAY, token)
@@ -515,9 +669,9 @@ def test_pipeline_end_to_end(home: Path, ib: Any) -> None:
 
 
 def test_pipeline_retries_a_timeout_and_stores_no_data_as_fetched(home: Path, ib: Any) -> None:
-    fake = FakeIB(Clock(real=True))
+    fake = FakeIB(Clock(real=True), hard_everywhere=True)
     fake.script = ["timeout", "ok", "nodata", "pacing"]
-    provider, _ = ib(fake, fake.clock, timeout_s=6)
+    provider, _ = ib(fake, fake.clock, timeout_s=6, pacing="strict")
     s, e = parse_ts("2021-06-01"), parse_ts("2024-06-01")
     segments = provider.calendar.split("1d", s, e, provider.max_bars_for("1d"))
     engine = ProcessingEngine(provider, CsvStore(home / "data"), workers=1,
@@ -532,7 +686,7 @@ def test_pipeline_retries_a_timeout_and_stores_no_data_as_fetched(home: Path, ib
     assert stored == expected_bars("MSFT", "1d", s, segments[0][1])
     later = Clock(real=True)
     later.advance(fake.clock.offset + 16)  # past IB's 15 s for identical requests (the refused one is asked again)
-    provider2, fake2 = ib(FakeIB(later))
+    provider2, fake2 = ib(FakeIB(later, hard_everywhere=True), pacing="strict")
     (again,) = ProcessingEngine(provider2, CsvStore(home / "data"), workers=1).process_batch(
         ["MSFT"], "1d", start=s, end=e)
     assert again.ok and again.requests == 2  # only the last two segments: the empty one counts as fetched
