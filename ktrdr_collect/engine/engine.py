@@ -6,7 +6,6 @@ import logging
 import queue
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from datetime import datetime
@@ -93,7 +92,6 @@ class ProcessingEngine:
         self._injected_pacer = pacer
         self._pacers: dict[str, SharedPacer | None] = {}
         self._pacers_lock = threading.Lock()
-        self._untimed: weakref.WeakSet[ProgressTracker] = weakref.WeakSet()
 
     def pacer_of(self, timeframe: str) -> SharedPacer | None:
         """The machine-wide pacer for this timeframe's requests: the injected one, else the one of
@@ -121,19 +119,9 @@ class ProcessingEngine:
         return pacer.rate if pacer is not None else None
 
     def new_tracker(self, symbols: Iterable[Any], timeframe: str | None = None, **kwargs: Any) -> ProgressTracker:
-        """A tracker whose ETA is capped by the pacing of `timeframe`; without one, by the
-        provider's default pacing until `process_batch` learns the timeframe."""
-        tracker = ProgressTracker(symbols, clock=self.clock, rate_limit=self.rate_limit_for(timeframe), **kwargs)
-        if timeframe is None:
-            self._untimed.add(tracker)
-        return tracker
-
-    def _fit_tracker(self, tracker: ProgressTracker, timeframe: str) -> None:
-        """A tracker `new_tracker` made without a timeframe (the job runner's) gets the cap of the
-        job's timeframe: an IB 1h job is not paced like a 30-second one."""
-        if tracker in self._untimed:
-            self._untimed.discard(tracker)
-            tracker._rate.limit = self.rate_limit_for(timeframe)
+        """A tracker whose ETA is capped by the pacing of `timeframe` (without one: the provider's
+        default pacing)."""
+        return ProgressTracker(symbols, clock=self.clock, rate_limit=self.rate_limit_for(timeframe), **kwargs)
 
     def process_batch(
         self,
@@ -166,10 +154,7 @@ class ProcessingEngine:
             start_ts = None
         else:
             start_ts = to_epoch(start)
-        if tracker is None:
-            tracker = self.new_tracker(symbols, timeframe)
-        else:
-            self._fit_tracker(tracker, timeframe)
+        tracker = tracker or self.new_tracker(symbols, timeframe)
         ctx = BatchContext(
             provider=self.provider, store=self.store, timeframe=timeframe, start=start_ts, end=end_ts,
             tracker=tracker, token=token, gate=gate or PauseGate(), pacer=self.pacer_of(timeframe), retry=self.retry,

@@ -201,7 +201,7 @@ class Runner:
         symbols = tracker_symbols(state, self.journal.candles())
         carried = Totals(state["requests"], state["throttled"], state["errors_count"],
                          sum(sp.candles for sp in symbols), state["elapsed_s"])
-        self.tracker = engine.new_tracker(symbols, carried=carried)
+        self.tracker = engine.new_tracker(symbols, state["timeframe"], carried=carried)
         state["runs"] = int(state.get("runs") or 0) + 1
         state["started_at"] = state.get("started_at") or iso_now()
         self.set_status(model.RUNNING)

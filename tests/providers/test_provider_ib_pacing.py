@@ -251,11 +251,10 @@ def test_eta_at_start_is_the_pacing_bound(ib: Any, home: Path, pacing: str, boun
     assert eta is not None and 1.0 <= eta / bound <= 1.05
 
 
-def test_a_tracker_made_without_the_timeframe_gets_its_cap_when_the_job_runs(ib: Any, home: Path) -> None:  # noqa: F811
-    """The job runner makes its tracker before it calls process_batch: the 1h job still gets the soft cap."""
+def test_a_trackers_eta_cap_is_the_pacing_of_its_timeframe(ib: Any, home: Path) -> None:  # noqa: F811
+    """The job runner makes its tracker for the job's timeframe: a 1h job's ETA has the soft cap."""
     provider, _ = ib(clock=Clock(real=True))
     engine = _engine(provider, home)
-    tracker = engine.new_tracker(["AAPL"])
-    assert tracker._rate.limit == engine.rate_limit_for() == engine.pacer.rate  # the hard rules until it knows
-    engine.process_batch(["AAPL"], "1h", start="2024-01-01", end="2024-01-20", tracker=tracker)
-    assert tracker._rate.limit == engine.rate_limit_for("1h") == engine.pacer_of("1h").rate
+    assert engine.new_tracker(["AAPL"])._rate.limit == engine.rate_limit_for() == engine.pacer.rate
+    soft = engine.new_tracker(["AAPL"], "1h")._rate.limit
+    assert soft == engine.rate_limit_for("1h") == engine.pacer_of("1h").rate and soft > engine.pacer.rate
