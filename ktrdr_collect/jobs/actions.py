@@ -12,6 +12,7 @@ from ktrdr_collect.jobs import control, model
 from ktrdr_collect.jobs.folders import LOG_FILE, iso_now, load_status, reader_view
 from ktrdr_collect.jobs.lock import JobLock, is_locked
 from ktrdr_collect.jobs.statefile import read_state, write_state
+from ktrdr_collect.text import clean
 
 ACK_TIMEOUT_S = 15.0
 POLL_S = 0.01
@@ -23,7 +24,7 @@ class NoAcknowledgementError(CollectError):
 
 def append_log(job_id: str, message: str) -> None:
     stamp = iso_now()
-    line = f"{stamp} INFO    {message}\n".encode()
+    line = f"{stamp} INFO    {clean(message)}\n".encode()
     fd = paths.open_private(paths.job_dir(job_id) / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         os.write(fd, line)

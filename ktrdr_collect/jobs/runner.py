@@ -32,6 +32,7 @@ from ktrdr_collect.jobs.lock import JobLock
 from ktrdr_collect.jobs.statefile import read_state, write_state
 from ktrdr_collect.providers.registry import create_provider
 from ktrdr_collect.storage.open import open_store
+from ktrdr_collect.text import CleanFormatter
 
 log = logging.getLogger("ktrdr_collect.job")
 CONTROL_POLL_S = 0.05
@@ -42,7 +43,7 @@ MIN_WRITE_INTERVAL_S = 0.075
 def setup_logging(folder: Path) -> logging.Handler:
     os.close(paths.open_private(folder / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
     handler = logging.FileHandler(folder / LOG_FILE, encoding="utf-8")
-    formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    formatter = CleanFormatter("%(asctime)s.%(msecs)03dZ %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
     root = logging.getLogger("ktrdr_collect")
