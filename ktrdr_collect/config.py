@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ktrdr_collect import paths
-from ktrdr_collect.errors import InvalidInputError
+from ktrdr_collect import files, paths
+from ktrdr_collect.errors import CollectError, InvalidInputError
 from ktrdr_collect.storage.open import FORMATS
 from ktrdr_collect.storage.timeframes import TIMEFRAMES
 
@@ -158,11 +158,12 @@ def write_config(data: dict[str, Any], path: Path | None = None) -> Path:
 
     path = path or paths.config_path()
     paths.ensure_private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = paths.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    with os.fdopen(fd, "wb") as f:
-        tomli_w.dump(data, f)
-    os.replace(tmp, path)
+    try:  # the old file stays as it was on any error (full disk, a link at its name)
+        files.atomic_write(path, tomli_w.dumps(data).encode(), mode=files.PRIVATE_FILE_MODE, durable=True)
+    except CollectError:
+        raise
+    except OSError as e:
+        raise CollectError(f"cannot write config {path}: {e.strerror or e}") from None
     return path
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ktrdr_collect import files
+
 APP_NAME = "ktrdr-collect"
 HOME_ENV = "KTRDR_COLLECT_HOME"
 
@@ -54,5 +56,5 @@ def ensure_private_dir(path: Path) -> Path:
 
 
 def open_private(path: Path, flags: int) -> int:
-    """os.open with owner-only permissions for a newly created file."""
-    return os.open(path, flags, 0o600)
+    """Open a job file (created owner-only, 0600), never through a symbolic link (files.open_nofollow)."""
+    return files.open_nofollow(path, flags, files.PRIVATE_FILE_MODE)

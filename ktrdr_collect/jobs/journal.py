@@ -4,12 +4,13 @@ fetched: after a crash the job's counts are rebuilt from it, so nothing stored g
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import defaultdict
 from pathlib import Path
 
-from ktrdr_collect import paths
+from ktrdr_collect import files, paths
 
 JOURNAL_FILE = "stored"
 
@@ -20,9 +21,18 @@ class StoredJournal:
         self._fd: int | None = None
 
     def record(self, symbol: str, covered: tuple[int, int], bars: int) -> None:
+        """Append one line, whole or not at all: a failed write (a full disk) is cut off again, so
+        the next line never lands on a torn one."""
         if self._fd is None:
             self._fd = paths.open_private(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        os.write(self._fd, (json.dumps([symbol, covered[0], covered[1], bars]) + "\n").encode())
+        line = (json.dumps([symbol, covered[0], covered[1], bars]) + "\n").encode()
+        size = os.fstat(self._fd).st_size
+        try:
+            files.write_all(self._fd, line)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, size)
+            raise
 
     def close(self) -> None:
         if self._fd is not None:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-from ktrdr_collect import paths
+from ktrdr_collect import files
 from ktrdr_collect.errors import StateFileError
 from ktrdr_collect.jobs.model import SCHEMA
 
@@ -15,17 +14,10 @@ STATE_FILE = "state.json"
 
 
 def write_json_atomic(path: Path, data: dict[str, Any], durable: bool = False) -> None:
-    """Temp file in the same folder, then os.replace: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Readers see the old file or the new one; a full disk or a link at `path` leaves the old file
+    untouched and raises OSError (files.atomic_write)."""
     payload = json.dumps(data, sort_keys=True, indent=1).encode()
-    fd = paths.open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    try:
-        os.write(fd, payload)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    files.atomic_write(path, payload, mode=files.PRIVATE_FILE_MODE, durable=durable)
 
 
 def read_state(folder: Path) -> dict[str, Any]:

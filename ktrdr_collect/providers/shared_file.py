@@ -1,5 +1,9 @@
 """Small JSON files shared by every process on the machine (pacing logs, rate-limit windows),
-read and rewritten under an exclusive flock."""
+read and rewritten under an exclusive flock.
+
+The lock is a file of its own (`<name>.lock`), so the data file can be replaced atomically
+(files.atomic_write): a full disk leaves the previous content, never a torn file.
+"""
 
 from __future__ import annotations
 
@@ -11,35 +15,44 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ktrdr_collect import paths
+from ktrdr_collect import files, paths
+
+LOCK_SUFFIX = ".lock"
 
 
 class SharedJson:
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
     def load(self) -> Any:
-        """The parsed content, or None if the file is empty or not JSON (a fresh start)."""
-        raw = b""
-        while chunk := os.pread(self.fd, 65536, len(raw)):
-            raw += chunk
+        """The parsed content, or None if the file is missing, empty or not JSON (a fresh start)."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
         try:
             return json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
 
     def save(self, data: Any) -> None:
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, json.dumps(data, sort_keys=True).encode(), 0)
+        payload = json.dumps(data, sort_keys=True).encode()
+        files.atomic_write(self.path, payload, mode=files.PRIVATE_FILE_MODE, durable=False)
+
+
+def _area(path: Path) -> Path:
+    """Where the tool's own folders start for `path`: the home if it is inside, else its folder."""
+    home = paths.home()
+    return home if path.is_relative_to(home) else path.parent
 
 
 @contextlib.contextmanager
 def locked_json(path: Path) -> Iterator[SharedJson]:
-    """Open (creating it owner-only) and lock `path` for the duration of the block."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = paths.open_private(path, os.O_RDWR | os.O_CREAT)
+    """Lock `path` (creating its folder and lock file owner-only) for the duration of the block."""
+    files.make_dirs(path.parent, files.PRIVATE_DIR_MODE, root=_area(path))
+    fd = paths.open_private(path.with_name(path.name + LOCK_SUFFIX), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield SharedJson(fd)
+        yield SharedJson(path)
     finally:
         os.close(fd)

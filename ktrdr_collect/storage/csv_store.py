@@ -23,6 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
+from ktrdr_collect import files
 from ktrdr_collect.storage.gaps import Interval, merge_intervals
 from ktrdr_collect.storage.paths import file_stem
 from ktrdr_collect.storage.timeframes import format_ts, parse_ts, timeframe_seconds
@@ -121,37 +122,6 @@ def check_bars(bars: Sequence[Bar], covered: Interval) -> None:
 # --- low level file helpers ---------------------------------------------------------------------
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or a new file in ``folder`` durable (best effort)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, text: str, durable: bool = True) -> None:
-    """Replace ``path`` with ``text`` via a temp file in the same folder (caller holds the lock).
-
-    ``durable=False`` skips both fsyncs: after a power loss the file may be the old one or even
-    damaged. Right for coverage records, where either only costs a refetch (a damaged record
-    reads as "nothing fetched"); data files are durable before coverage claims them."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-        if durable:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if durable:
-        fsync_dir(path.parent)
-
-
 def read_tail(f: IO[bytes], size: int) -> tuple[int, str | None]:
     """``(good_size, last_line)``: the offset just past the last ``\\n`` and the last complete
     non-blank line before it, reading only the end of the file."""
@@ -187,10 +157,11 @@ def last_ts_of(line: str | None) -> int | None:
 
 class _PathLock:
     """A per-file lock: re-entrant for the owning thread, exclusive against other threads (RLock)
-    and other processes (fcntl.flock on the lock file)."""
+    and other processes (fcntl.flock on the lock file, never opened through a link)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, root: Path) -> None:
         self.path = path
+        self.root = root
         self.rlock = threading.RLock()
         self.depth = 0
         self.fd: int | None = None
@@ -199,8 +170,8 @@ class _PathLock:
         self.rlock.acquire()
         try:
             if self.depth == 0:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                files.make_dirs(self.path.parent, files.DATA_DIR_MODE, root=self.root)
+                fd = files.open_nofollow(self.path, os.O_RDWR | os.O_CREAT, files.DATA_FILE_MODE)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX)
                 except BaseException:
@@ -236,12 +207,13 @@ def _reset_registry_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_registry_after_fork)
 
 
-def path_lock(path: Path) -> _PathLock:
+def path_lock(path: Path, root: Path) -> _PathLock:
+    """The lock for `path`; its folders are made below `root` (the data dir) when first taken."""
     key = os.path.abspath(path)
     with _registry_guard:
         lock = _registry.get(key)
         if lock is None:
-            lock = _registry[key] = _PathLock(Path(key))
+            lock = _registry[key] = _PathLock(Path(key), Path(os.path.abspath(root)))
         return lock
 
 
@@ -283,7 +255,7 @@ class CsvStore:
     def lock(self, provider: str, timeframe: str, symbol: str) -> Iterator[None]:
         """Exclusive, blocking lock for one data file (between threads and processes; re-entrant
         within one thread, so ``write`` may be called while holding it)."""
-        lock = path_lock(self.lock_path(provider, timeframe, symbol))
+        lock = path_lock(self.lock_path(provider, timeframe, symbol), self.root)
         lock.acquire()
         try:
             yield
@@ -388,51 +360,62 @@ class CsvStore:
                 return None
             target = path.with_name(f"{path.name}.{tag}")
             n = 1
-            while target.exists():  # never overwrite an earlier copy
+            while os.path.lexists(target):  # never overwrite an earlier copy (nor a link)
                 target, n = path.with_name(f"{path.name}.{tag}.{n}"), n + 1
             os.replace(path, target)
-            fsync_dir(path.parent)
+            files.fsync_dir(path.parent)
             return target
 
     def _save_coverage(self, provider: str, timeframe: str, symbol: str, ranges: Sequence[Interval],
                        durable: bool = False) -> None:
+        """``durable=False``: a power loss may leave the old record, which only costs a refetch."""
         doc = {"version": COVERAGE_VERSION, "ranges": [[s, e] for s, e in ranges]}
-        atomic_write(self.coverage_path(provider, timeframe, symbol), json.dumps(doc) + "\n", durable=durable)
+        files.atomic_write(self.coverage_path(provider, timeframe, symbol), (json.dumps(doc) + "\n").encode(),
+                           mode=files.DATA_FILE_MODE, durable=durable)
+
+    def _make_folder(self, path: Path) -> None:
+        """The data file's folder, below the data dir, never through a link."""
+        files.make_dirs(path.parent, files.DATA_DIR_MODE, root=self.root)
 
     def _replace_bars(self, path: Path, bars: Sequence[Bar]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, HEADER + "".join(map(format_row, bars)))
+        self._make_folder(path)
+        write_csv(path, bars)
 
     def _store_bars(self, path: Path, bars: Sequence[Bar]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        self._make_folder(path)
+        fd = files.open_nofollow(path, os.O_RDWR | os.O_CREAT, files.DATA_FILE_MODE)
         with os.fdopen(fd, "r+b") as f:
             size = f.seek(0, os.SEEK_END)
             good_size, last_line = read_tail(f, size)
             last = last_ts_of(last_line)
             if last is None or last < bars[0][0]:
-                append_rows(f, size, good_size, bars)
+                try:
+                    append_rows(f, size, good_size, bars)
+                except OSError:
+                    if good_size == 0:  # not even the header fitted: no file rather than an empty one
+                        files.remove_quietly(path)
+                    raise
                 if size == 0:
-                    fsync_dir(path.parent)
+                    files.fsync_dir(path.parent)
                 return
         merge_rewrite(path, bars)
 
 
 def append_rows(f: IO[bytes], size: int, good_size: int, bars: Sequence[Bar]) -> None:
-    """Append after the last complete line, dropping a torn one; write the header if needed."""
-    if good_size != size:
-        f.truncate(good_size)
-    f.seek(good_size)
+    """Append after the last complete line, dropping a torn one; write the header if needed. On any
+    error (a full disk) the file is cut back to its complete lines: never half a segment."""
     text = "".join(map(format_row, bars))
     if good_size == 0:
         text = HEADER + text
+    fd = f.fileno()
     try:
-        f.write(text.encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
-    except OSError:  # e.g. a full disk: leave the file as it was, not with half a segment
+        if good_size != size:
+            os.ftruncate(fd, good_size)
+        files.write_all(fd, text.encode("utf-8"), offset=good_size)
+        os.fsync(fd)
+    except OSError:
         with contextlib.suppress(OSError):
-            f.truncate(good_size)
+            os.ftruncate(fd, good_size)
         raise
 
 
@@ -441,8 +424,13 @@ def merge_rewrite(path: Path, bars: Sequence[Bar]) -> None:
     with open(path, encoding="utf-8", newline="") as f:
         merged = {bar[0]: bar for bar in parse_lines(iter(f), None, None)}
     merged.update((bar[0], bar) for bar in bars)
-    rows = "".join(format_row(merged[ts]) for ts in sorted(merged))
-    atomic_write(path, HEADER + rows)
+    write_csv(path, [merged[ts] for ts in sorted(merged)])
+
+
+def write_csv(path: Path, bars: Sequence[Bar]) -> None:
+    """Replace the data file with ``bars``, durably (files.atomic_write: the old file survives any error)."""
+    text = HEADER + "".join(map(format_row, bars))
+    files.atomic_write(path, text.encode("utf-8"), mode=files.DATA_FILE_MODE, durable=True)
 
 
 def coverage_from_doc(doc: object) -> list[Interval] | None:

@@ -16,10 +16,15 @@ that overlaps parts is merged with just those parts. Beyond ``max_parts`` parts,
 adjacent parts with the fewest rows is merged into one (log-structured: each bar is rewritten
 O(log n) times overall).
 
-Crash safety: a part is written to a ``.``-prefixed temp file (ignored by pyarrow), fsynced and
-renamed into place before the parts it replaces are deleted and before coverage is recorded (the
-coverage record, lock and write ordering are CsvStore's). A crash leaves at most a temp file and/or
-parts whose range lies inside a newer part's; readers skip both and the next write deletes them.
+Crash safety: a part is written to a hidden temp file (``.``-prefixed: pyarrow ignores it) and
+fsynced first. A new part that replaces none is then renamed into place. A merge, which replaces
+parts, is a commit: the record ``_commit.json`` (ignored by pyarrow too) naming the new part, its
+temp file and the parts it replaces is written durably; then the old parts are hidden
+(``.<name>.superseded``), the new part renamed in, the hidden parts and the record deleted. A
+crash before the record leaves the old parts; after it, the next writer (or the next job's look
+at the coverage) completes the commit, and our readers see the new part meanwhile. pyarrow never
+sees an old part and the new one together. The coverage record, lock and write ordering are
+CsvStore's.
 
 Only imported when pyarrow is installed (``open_store`` checks first).
 """
@@ -27,8 +32,9 @@ Only imported when pyarrow is installed (``open_store`` checks first).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
@@ -36,12 +42,15 @@ from typing import NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ktrdr_collect.storage.csv_store import Bar, CsvStore, fsync_dir
+from ktrdr_collect import files
+from ktrdr_collect.storage.csv_store import Bar, CsvStore
+from ktrdr_collect.storage.gaps import Interval
 from ktrdr_collect.storage.paths import file_stem
 
 SUFFIX = ".parquet"
 PART_PREFIX = "part-"
-TMP_SUFFIX = ".tmp"
+COMMIT_FILE = "_commit.json"
+SUPERSEDED_SUFFIX = ".superseded"
 MAX_PARTS = 32
 VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
 TIME_UNIT = "ms"  # Parquet has no seconds unit; ms is what any reader (pandas, polars, duckdb) sees
@@ -111,6 +120,77 @@ def split_live(parts: list[Part]) -> tuple[list[Part], list[Part]]:
     return live, stale
 
 
+class Commit(NamedTuple):
+    """A merge in progress: ``old`` parts are replaced by ``new``, which waits in ``tmp`` until
+    it is renamed into place (``new``/``tmp`` are None when the old parts are just removed)."""
+
+    new: str | None
+    tmp: str | None
+    old: tuple[str, ...]
+
+    def to_json(self) -> bytes:
+        return json.dumps({"new": self.new, "tmp": self.tmp, "old": list(self.old)}).encode()
+
+    def revealed(self, folder: Path) -> bool:
+        """The new part is in place (or there is none): the old parts are all hidden."""
+        return self.tmp is None or not os.path.lexists(folder / self.tmp)
+
+
+def parse_commit(raw: bytes) -> Commit | None:
+    """A commit record, or None if it is not one we wrote (names are checked: it names files to
+    rename and delete, so nothing outside the dataset folder can be named)."""
+    try:
+        doc = json.loads(raw)
+        new, tmp, old = doc["new"], doc["tmp"], doc["old"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return None
+    if not isinstance(old, list) or not all(isinstance(n, str) and parse_part_name(n) for n in old):
+        return None
+    if (new is None) != (tmp is None):
+        return None
+    if new is not None and not (isinstance(new, str) and parse_part_name(new) and isinstance(tmp, str)
+                                and files.is_temp_name(tmp) and "/" not in tmp and "\\" not in tmp):
+        return None
+    return Commit(new, tmp, tuple(old))
+
+
+def read_commit(folder: Path) -> Commit | None:
+    try:
+        return parse_commit((folder / COMMIT_FILE).read_bytes())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def hidden_name(name: str) -> str:
+    """Where a replaced part waits, invisible to pyarrow, until the commit deletes it."""
+    return f".{name}{SUPERSEDED_SUFFIX}"
+
+
+def committed_view(folder: Path, parts: list[Part], commit: Commit | None) -> list[Part]:
+    """The parts as committed: during a commit (or after a crash inside one) its old parts are
+    replaced by its new part, wherever that is yet."""
+    if commit is None:
+        return parts
+    revealed = commit.revealed(folder)
+    gone = set(commit.old) - ({commit.new} if revealed else set())
+    view = [p for p in parts if p.path.name not in gone]
+    if not revealed and commit.new is not None and commit.tmp is not None:
+        first, last = parse_part_name(commit.new)  # type: ignore[misc]
+        view.append(Part(first, last, folder / commit.tmp))
+    return sorted(view)
+
+
+def committed_parts(folder: Path) -> list[Part]:
+    """What a reader without the lock sees: the listing and the commit record taken together."""
+    for _ in range(10):
+        before = read_commit(folder)
+        parts = list_parts(folder)
+        after = read_commit(folder)
+        if before == after:
+            break
+    return committed_view(folder, parts, after)
+
+
 # --- conversions --------------------------------------------------------------------------------
 
 
@@ -140,28 +220,35 @@ def merge_bars(old: Sequence[Sequence[Bar]], new: Sequence[Bar]) -> list[Bar]:
     return [merged[ts] for ts in sorted(merged)]
 
 
-def write_part(folder: Path, bars: Sequence[Bar]) -> Path:
-    """Write ``bars`` (sorted, unique, not empty) as one part, durably (temp file, fsync, rename)."""
-    path = folder / part_name(bars[0][0], bars[-1][0])
-    tmp = folder / f".{path.name}{TMP_SUFFIX}"
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(bars_to_table(bars), f, compression="zstd")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(folder)
-    return path
+def part_bytes(bars: Sequence[Bar]) -> bytes:
+    """``bars`` as the bytes of one Parquet file."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(bars_to_table(bars), sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
 
 
 def remove_files(paths: Sequence[Path]) -> None:
     for path in paths:
+        files.remove_quietly(path)
+
+
+def hide(folder: Path, names: Sequence[str]) -> None:
+    """Rename visible parts to their hidden names (those already hidden are skipped)."""
+    for name in names:
         with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            os.rename(folder / name, folder / hidden_name(name))
+
+
+def finish_commit(folder: Path, commit: Commit) -> None:
+    """Complete a commit (again, after a crash: every step can be repeated): hide the old parts,
+    rename the new one in, then delete the hidden parts and the record."""
+    if not commit.revealed(folder) or commit.tmp is None:
+        hide(folder, commit.old)
+        if commit.tmp is not None and commit.new is not None:
+            os.replace(folder / commit.tmp, folder / commit.new)
+        files.fsync_dir(folder)
+    remove_files([folder / hidden_name(name) for name in commit.old])
+    files.remove_quietly(folder / COMMIT_FILE)
 
 
 # --- the store ----------------------------------------------------------------------------------
@@ -191,7 +278,7 @@ class ParquetStore(CsvStore):
     # reading (without the lock: a concurrent merge may delete a part we listed, so list again)
 
     def _live_parts(self, provider: str, timeframe: str, symbol: str) -> list[Part]:
-        return split_live(list_parts(self.path(provider, timeframe, symbol)))[0]
+        return split_live(committed_parts(self.path(provider, timeframe, symbol)))[0]
 
     def read(
         self, provider: str, timeframe: str, symbol: str, start: int | None = None, end: int | None = None
@@ -226,37 +313,92 @@ class ParquetStore(CsvStore):
         parts = self._live_parts(provider, timeframe, symbol)
         return max(p.last for p in parts) if parts else None
 
+    def coverage(self, provider: str, timeframe: str, symbol: str) -> list[Interval]:
+        """As CsvStore's; first, what a crashed write left in the dataset is tidied up (every job
+        looks at the coverage of each of its series, so the next one repairs it)."""
+        self._tidy(provider, timeframe, symbol)
+        return super().coverage(provider, timeframe, symbol)
+
     # writing (CsvStore.write calls this under the lock)
 
     def _store_bars(self, path: Path, bars: Sequence[Bar]) -> None:
-        if path.exists() and not path.is_dir():
-            raise FileExistsError(f"{path} is a file, expected a Parquet dataset folder")
-        if not path.is_dir():
-            path.mkdir(parents=True, exist_ok=True)
-            fsync_dir(path.parent)
-        remove_files(list(self._leftovers(path)))
-        live, stale = split_live(list_parts(path))
-        remove_files([p.path for p in stale])
+        self._open_dataset(path)
+        live = list_parts(path)
         first, last = bars[0][0], bars[-1][0]
         hit = [p for p in live if p.first <= last and first <= p.last]
         if hit:
             bars = merge_bars([read_part(p.path) for p in hit], bars)
-        written = write_part(path, bars)
-        remove_files([p.path for p in hit if p.path != written])
+        self._commit(path, bars, hit)
         self._compact(path)
 
     def _replace_bars(self, path: Path, bars: Sequence[Bar]) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        old = list_parts(path)
-        written = write_part(path, bars) if bars else None
-        remove_files([p.path for p in old if p.path != written])
+        self._open_dataset(path)
+        self._commit(path, bars, list_parts(path))
+
+    def _open_dataset(self, path: Path) -> None:
+        """Make the dataset folder (never through a link) and finish what a crash left in it."""
+        if os.path.isfile(path) and not files.is_symlink(path):
+            raise FileExistsError(f"{path} is a file, expected a Parquet dataset folder")
+        created = not os.path.lexists(path)
+        files.make_dirs(path, files.DATA_DIR_MODE, root=self.root)
+        if created:
+            files.fsync_dir(path.parent)
+        self._recover(path)
 
     @staticmethod
-    def _leftovers(folder: Path) -> Iterator[Path]:
-        """Temp files of writes that crashed (we hold the lock: no write is in progress)."""
-        for name in os.listdir(folder):
-            if name.startswith(".") and name.endswith(TMP_SUFFIX):
-                yield folder / name
+    def _commit(folder: Path, bars: Sequence[Bar], old: Sequence[Part]) -> None:
+        """Replace the parts ``old`` by one part of ``bars`` (none if empty); see the module doc."""
+        new = part_name(bars[0][0], bars[-1][0]) if bars else None
+        tmp = None
+        if new is not None:
+            tmp = files.write_temp(folder / new, part_bytes(bars), mode=files.DATA_FILE_MODE, durable=True)
+        if not old:  # nothing replaced: one rename is the commit
+            if tmp is not None and new is not None:
+                ParquetStore._reveal(tmp, folder / new)
+            return
+        commit = Commit(new, tmp.name if tmp else None, tuple(p.path.name for p in old))
+        try:
+            files.atomic_write(folder / COMMIT_FILE, commit.to_json(), mode=files.DATA_FILE_MODE, durable=True)
+        except BaseException:
+            if tmp is not None:
+                files.remove_quietly(tmp)
+            raise
+        finish_commit(folder, commit)
+
+    @staticmethod
+    def _reveal(tmp: Path, path: Path) -> None:
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            files.remove_quietly(tmp)
+            raise
+        files.fsync_dir(path.parent)
+
+    @staticmethod
+    def _recover(folder: Path) -> None:
+        """Under the lock (no write is in progress): finish a crashed commit, then delete temp files,
+        hidden parts and parts lying inside another (left by versions before the commit record)."""
+        raw = None
+        with contextlib.suppress(FileNotFoundError):
+            raw = (folder / COMMIT_FILE).read_bytes()
+        if raw is not None:
+            commit = parse_commit(raw)
+            if commit is not None:
+                finish_commit(folder, commit)
+            else:  # not ours to follow: put hidden parts back, the checks below sort them out
+                restore_hidden(folder)
+                files.remove_quietly(folder / COMMIT_FILE)
+        remove_files([folder / name for name in os.listdir(folder) if is_leftover(name)])
+        remove_files([p.path for p in split_live(list_parts(folder))[1]])
+
+    def _tidy(self, provider: str, timeframe: str, symbol: str) -> None:
+        """Recover a dataset that needs it, if we may (a read-only data dir is left as it is)."""
+        folder = self.path(provider, timeframe, symbol)
+        if not needs_recovery(folder):
+            return
+        with contextlib.suppress(OSError), self.lock(provider, timeframe, symbol):
+            if os.path.isdir(folder) and not files.is_symlink(folder):
+                self._recover(folder)
 
     def _compact(self, folder: Path) -> None:
         """While there are more than ``max_parts`` parts, merge the run of ``max_parts // 2 + 1``
@@ -268,6 +410,30 @@ class ParquetStore(CsvStore):
             sums = [sum(rows[i : i + width]) for i in range(len(parts) - width + 1)]
             i = sums.index(min(sums))
             run = parts[i : i + width]
-            written = write_part(folder, merge_bars([read_part(p.path) for p in run], []))
-            remove_files([p.path for p in run if p.path != written])
+            self._commit(folder, merge_bars([read_part(p.path) for p in run], []), run)
             parts = list_parts(folder)
+
+
+def is_leftover(name: str) -> bool:
+    """A temp file of a write that crashed, or a hidden part of a finished commit."""
+    return files.is_temp_name(name) or (name.startswith(".") and name.endswith(SUPERSEDED_SUFFIX))
+
+
+def restore_hidden(folder: Path) -> None:
+    """Hidden parts back under their names, where no part has that name."""
+    for name in os.listdir(folder):
+        if name.startswith(".") and name.endswith(SUPERSEDED_SUFFIX):
+            visible = name[1 : -len(SUPERSEDED_SUFFIX)]
+            if parse_part_name(visible) and not os.path.lexists(folder / visible):
+                os.rename(folder / name, folder / visible)
+
+
+def needs_recovery(folder: Path) -> bool:
+    """A commit record, a leftover file, or a part inside another: a crash left something behind."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return False
+    if COMMIT_FILE in names or any(is_leftover(name) for name in names):
+        return True
+    return bool(split_live(list_parts(folder))[1])

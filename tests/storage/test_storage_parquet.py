@@ -3,6 +3,9 @@ engine and the CLI end to end."""
 
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -155,14 +158,15 @@ def test_crash_leftovers_are_ignored_then_cleaned_up(tmp_path: Path, monkeypatch
     monkeypatch.setattr(parquet_store, "remove_files", lambda paths: None)
     store.write(*KEY, bars[5:25], (T0 + 5 * 60, T0 + 25 * 60))
     monkeypatch.undo()
-    assert len(part_names(store)) == 4  # tmp + two stale parts + the merged one
+    assert len(part_names(store)) == 4  # tmp + two hidden replaced parts + the merged one
+    assert_pandas_reads(store.path(*KEY), bars)  # pyarrow sees none of the leftovers
     fresh = ParquetStore(tmp_path)
     assert fresh.read(*KEY) == bars
     assert fresh.first_ts(*KEY) == T0 and fresh.last_ts(*KEY) == bars[-1][0]
-    fresh.write(*KEY, [], (T0, T0 + 30 * 60))  # no bars: the data is not touched
-    assert len(part_names(store)) == 4
+    fresh.write(*KEY, [], (T0, T0 + 30 * 60))  # no bars, but its look at the coverage cleans up
+    assert part_names(store) == ["part-20240102T143000Z-20240102T145900Z.parquet"]
     extra = make_bars(T0 + 30 * 60, 5)
-    fresh.write(*KEY, extra, span(extra))  # the next write, under the lock, cleans up
+    fresh.write(*KEY, extra, span(extra))
     assert part_names(store) == [
         "part-20240102T143000Z-20240102T145900Z.parquet", "part-20240102T150000Z-20240102T150400Z.parquet"
     ]
@@ -257,3 +261,125 @@ def test_cli_start_format_parquet_is_readable_by_pandas(home: Path) -> None:
     assert not (home / "data" / "demo" / "1d" / "AAPL.csv").exists()
     again = CliRunner().invoke(app, ["start", "AAPL", "--format", "parquet", *window])
     assert again.exit_code == 0 and "data already up to date" in again.stdout
+
+
+# -- a merge is a commit: killed at every step, readers never see old and new parts together -------
+
+SCENARIO_SRC = """
+from ktrdr_collect.storage.parquet_store import ParquetStore
+
+T0, KEY = 1704205800, ("demo", "1m", "BTC/USDT")
+
+
+def make_bars(start, n, add=0.0):
+    return [(start + 60 * i, 100.0 + i + add, 100.5 + i + add, 99.75 + i + add, 100.125 + i + add, 1000.0 + i)
+            for i in range(n)]
+
+
+def write(store, bars):
+    store.write(*KEY, bars, (bars[0][0], bars[-1][0] + 60))
+
+
+def prepare_scenario(root):
+    store = ParquetStore(root, max_parts=3)
+    for start, n in ((0, 10), (20, 10), (32, 4)):
+        write(store, make_bars(T0 + 60 * start, n))
+
+
+def run_scenario(root, scenario):
+    # merge: a segment over two parts; replace: the whole series (as restamping does);
+    # compact: a fourth part beyond max_parts=3, so the smallest run is merged
+    store = ParquetStore(root, max_parts=3)
+    if scenario == "merge":
+        write(store, make_bars(T0 + 60 * 5, 20, add=1000.0))
+    elif scenario == "replace":
+        bars = make_bars(T0 + 60 * 2, 36, add=1000.0)
+        store.replace(*KEY, bars, [(bars[0][0], bars[-1][0] + 60)])
+    else:
+        write(store, make_bars(T0 + 60 * 38, 2))
+"""
+CRASH_CHILD = SCENARIO_SRC + """
+import os, signal, sys
+from pathlib import Path
+
+calls, kill_at = 0, int(sys.argv[3])
+
+
+def killing(fn):
+    def call(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return fn(*args, **kwargs)
+    return call
+
+
+for name in ("replace", "rename", "unlink"):  # every change a reader can see
+    setattr(os, name, killing(getattr(os, name)))
+run_scenario(Path(sys.argv[1]), sys.argv[2])
+print(calls)
+"""
+SCENARIOS = ("merge", "replace", "compact")
+_scenarios: dict[str, object] = {}
+exec(SCENARIO_SRC, _scenarios)  # the parent prepares and completes the writes the children make
+
+
+def run_child(root: Path, scenario: str, kill_at: int) -> subprocess.Popen[str]:
+    """The write, in a process that SIGKILLs itself at its `kill_at`-th rename or unlink (0: never)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.Popen([sys.executable, "-c", CRASH_CHILD, str(root), scenario, str(kill_at)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+def pyarrow_rows(path: Path) -> list[Bar]:
+    df = pd.read_parquet(path)
+    if "timestamp" not in df.columns:
+        return []  # no visible part at all
+    stamps = [int(t.timestamp()) for t in df["timestamp"]]
+    values = df[["open", "high", "low", "close", "volume"]].itertuples(index=False)
+    return [(ts, *map(float, row)) for ts, row in zip(stamps, values, strict=True)]  # type: ignore[misc]
+
+
+def assert_seen_after_crash(root: Path, before: list[Bar], after: list[Bar]) -> None:
+    dataset = ParquetStore(root).path(*KEY)
+    seen = pyarrow_rows(dataset)  # pyarrow: never a row twice, never a row that was not stored
+    assert len({bar[0] for bar in seen}) == len(seen), root.name
+    assert set(seen) <= set(before) | set(after), root.name
+    assert ParquetStore(root).read(*KEY) in (before, after), root.name  # ours: old parts or new
+
+
+def assert_repaired(root: Path, scenario: str, before: list[Bar], after: list[Bar]) -> None:
+    dataset = ParquetStore(root).path(*KEY)
+    ParquetStore(root).coverage(*KEY)  # the next job's first look repairs what the crash left
+    assert [n for n in os.listdir(dataset) if n.startswith((".", "_"))] == [], root.name
+    recovered = ParquetStore(root).read(*KEY)
+    assert recovered in (before, after) and pyarrow_rows(dataset) == recovered, root.name
+    _scenarios["run_scenario"](root, scenario)  # type: ignore[operator]  # the job runs again
+    assert ParquetStore(root).read(*KEY) == after and pyarrow_rows(dataset) == after, root.name
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_a_write_killed_at_any_step_leaves_old_or_new_parts_never_both(tmp_path: Path, scenario: str) -> None:
+    base = tmp_path / "base"
+    _scenarios["prepare_scenario"](base)  # type: ignore[operator]
+    before = ParquetStore(base).read(*KEY)
+    shutil.copytree(base, tmp_path / "uninterrupted")
+    counting = run_child(tmp_path / "uninterrupted", scenario, 0)
+    out, err = counting.communicate(timeout=60)
+    assert counting.returncode == 0, err
+    steps = int(out)
+    after = ParquetStore(tmp_path / "uninterrupted").read(*KEY)
+    assert steps >= 3 and after != before
+    roots = [tmp_path / f"killed-at-{k}" for k in range(1, steps + 1)]
+    children = []
+    for k, root in enumerate(roots, start=1):
+        shutil.copytree(base, root)
+        children.append(run_child(root, scenario, k))
+    for child in children:
+        _, err = child.communicate(timeout=60)
+        assert child.returncode == -signal.SIGKILL, err
+    for root in roots:
+        assert_seen_after_crash(root, before, after)
+    for root in roots:
+        assert_repaired(root, scenario, before, after)
