@@ -8,13 +8,12 @@ from typing import Any
 
 import typer
 
-from ktrdr_collect import paths
 from ktrdr_collect.cli import fmt
 from ktrdr_collect.cli.public import public
 from ktrdr_collect.cli.tables import print_table
 from ktrdr_collect.errors import StateFileError
 from ktrdr_collect.jobs import model
-from ktrdr_collect.jobs.folders import LOG_FILE, load_status, resolve
+from ktrdr_collect.jobs.folders import LOG_FILE, job_folder, load_status, resolve
 
 
 def print_json(data: Any) -> None:
@@ -45,7 +44,7 @@ def active_statuses() -> tuple[list[dict[str, Any]], list[StateFileError]]:
     from ktrdr_collect.jobs.history import History
 
     with History() as history:
-        found = sorted(history.live, key=lambda s: s["created_at"], reverse=True)
+        found = sorted(history.live, key=lambda s: s["id"], reverse=True)  # ids follow the creation sequence
         return found, history.broken
 
 
@@ -99,7 +98,7 @@ def logs(
 ) -> int:
     """The job's log: state changes, per-symbol results, retries, errors."""
     job_id = resolve(job)
-    path = paths.job_dir(job_id) / LOG_FILE
+    path = job_folder(job_id) / LOG_FILE  # refused if another user's
     offset = 0
     while True:
         try:

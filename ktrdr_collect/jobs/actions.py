@@ -1,25 +1,52 @@
-"""pause, resume, cancel and wait: what commands do to a job owned by another process."""
+"""pause, resume, cancel and wait: what commands do to a job owned by another process.
+
+A command sent to a runner is done when the runner acknowledges its id in state.json (see
+jobs.control); until then the sender keeps its line in the control file. It never reports a
+command as done that was not acted on: a runner that dies first, one that is stopped (SIGSTOP),
+and one that stays silent are each reported as such.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ktrdr_collect import paths
 from ktrdr_collect.errors import CollectError, InvalidJobStateError
 from ktrdr_collect.jobs import control, model
-from ktrdr_collect.jobs.folders import LOG_FILE, iso_now, load_status, reader_view
-from ktrdr_collect.jobs.lock import JobLock, is_locked
+from ktrdr_collect.jobs.folders import LOG_FILE, iso_now, job_folder, load_status, reader_view
+from ktrdr_collect.jobs.lock import JobLock, holder_pid, is_locked
 from ktrdr_collect.jobs.statefile import read_state, write_state
 from ktrdr_collect.text import clean
 
 ACK_TIMEOUT_S = 15.0
 POLL_S = 0.01
+RESEND_S = 0.25
+"""How often an unacknowledged sender checks that its line is still in the control file."""
+STOPPED_GRACE_S = 0.3
+"""A runner acknowledges within ~0.1 s; after this long without one, see whether it is stopped."""
+
+Done = Callable[[dict[str, Any], bool], bool]
+"""Whether a command has done its work, given the job's status and whether its id was acknowledged."""
 
 
 class NoAcknowledgementError(CollectError):
     pass
+
+
+class CommandQueuedError(CollectError):
+    """The runner is stopped (SIGSTOP): the command waits in the control file until it runs again."""
+
+
+class JobStoppedError(CollectError):
+    """The runner died before it acted on the command (the job reads `interrupted`)."""
+
+
+class StartupError(CollectError):
+    """A resumed job could not start (bad config, bad environment, ...): it stays interrupted."""
 
 
 def append_log(job_id: str, message: str) -> None:
@@ -43,24 +70,75 @@ def _wait_until(job_id: str, done: Any, what: str, timeout: float = ACK_TIMEOUT_
         time.sleep(POLL_S)
 
 
-def _send_and_wait(job_id: str, command: str) -> dict[str, Any]:
-    offset = control.send(paths.job_dir(job_id), command)
+def stopped_runner(folder: Path, status: dict[str, Any]) -> int | None:
+    """The pid of the job's runner if that process is stopped (SIGSTOP, a debugger), else None."""
+    pid = holder_pid(folder) or status.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None  # gone, or not Linux: the acknowledgement timeout still applies
+    return pid if stat.rsplit(")", 1)[-1].split()[:1] in (["T"], ["t"]) else None
 
-    def acknowledged(st: dict[str, Any]) -> bool:
-        return (int(st.get("control_offset") or 0) >= offset or st["status"] in model.FINISHED
-                or st["status"] == model.INTERRUPTED)
 
-    return _wait_until(job_id, acknowledged, f"acknowledge {command}")
+class Delivery:
+    """One command on its way to a runner: sent, kept in the control file, awaited by id."""
+
+    def __init__(self, job_id: str, command: str) -> None:
+        self.job_id = job_id
+        self.command = command
+        self.folder = job_folder(job_id)
+        self.id = control.send(self.folder, command)
+        self.sent = time.monotonic()
+        self.next_check = self.sent + RESEND_S
+
+    def wait(self, done: Done, timeout: float = ACK_TIMEOUT_S) -> dict[str, Any]:
+        while True:
+            status = load_status(self.job_id)
+            acked = control.find_ack(status, self.id) is not None
+            if done(status, acked):
+                return status
+            if status["status"] == model.INTERRUPTED:
+                raise JobStoppedError(
+                    f"job {self.job_id} stopped before it acted on {self.command}: it is interrupted "
+                    f"(`collect resume {self.job_id}` continues it)"
+                )
+            if not acked:
+                self.check_queued(status)
+            if time.monotonic() - self.sent > timeout:
+                raise NoAcknowledgementError(
+                    f"job {self.job_id} did not acknowledge {self.command} within {timeout:.0f} s "
+                    f"(the command stays queued)"
+                )
+            time.sleep(POLL_S)
+
+    def check_queued(self, status: dict[str, Any]) -> None:
+        """Put our line back if the control file lost it; report a stopped runner at once."""
+        now = time.monotonic()
+        if now >= self.next_check:
+            self.next_check = now + RESEND_S
+            if not control.holds(self.folder, self.id):
+                control.send(self.folder, self.command, self.id)
+        if now - self.sent >= STOPPED_GRACE_S and (pid := stopped_runner(self.folder, status)):
+            raise CommandQueuedError(
+                f"job {self.job_id}: its runner (pid {pid}) is stopped, so {self.command} is queued; "
+                f"the job will act on it when it runs again"
+            )
+
+
+def _acked_or_over(status: dict[str, Any], acked: bool) -> bool:
+    return acked or status["status"] in model.FINISHED
 
 
 def pause(job_id: str) -> dict[str, Any]:
     model.check_pause(load_status(job_id)["status"])
-    return _send_and_wait(job_id, "pause")
+    return Delivery(job_id, "pause").wait(_acked_or_over)
 
 
 def _take_over(job_id: str) -> JobLock | None:
     """The lock of a job with no runner, or None if a runner (or another command) holds it."""
-    lock = JobLock(paths.job_dir(job_id))
+    lock = JobLock(job_folder(job_id))
     return lock if lock.try_acquire(attempts=5, interval=0.01) else None
 
 
@@ -68,18 +146,25 @@ def resume(job_id: str) -> dict[str, Any]:
     status = load_status(job_id)["status"]
     model.check_resume(status)
     if status == model.PAUSED:
-        return _send_and_wait(job_id, "resume")
+        return Delivery(job_id, "resume").wait(_acked_or_over)
+    return _restart(job_id)
+
+
+def _restart(job_id: str) -> dict[str, Any]:
+    """Start a new runner for an interrupted job; fail (it stays interrupted) if it cannot start."""
     lock = _take_over(job_id)
-    folder = paths.job_dir(job_id)
     if lock is None:
         current = load_status(job_id)["status"]
         raise InvalidJobStateError(f"Cannot resume job in {current} state (another process is resuming it)")
+    folder = job_folder(job_id)
     try:
         state = read_state(folder)
         if state["status"] not in model.ACTIVE:
             model.check_resume(state["status"])
         state["status"] = model.PENDING
+        state["error"] = None
         state["updated_at"] = iso_now()
+        control.skip_unread(folder, state)  # sent to a runner that died: those senders were told so
         write_state(folder, state, durable=True)
         append_log(job_id, f"job {job_id}: resumed after interruption")
         from ktrdr_collect.jobs.launch import spawn_runner
@@ -87,11 +172,17 @@ def resume(job_id: str) -> dict[str, Any]:
         spawn_runner(job_id, lock)
     finally:
         lock.release()
-    return _wait_until(job_id, lambda st: st["status"] != model.PENDING, "start", timeout=ACK_TIMEOUT_S)
+    started = _wait_until(job_id, lambda st: st["status"] != model.PENDING, "start", timeout=ACK_TIMEOUT_S)
+    if started["status"] == model.INTERRUPTED:
+        reason = started.get("error") or "its runner exited at once (see runner.err in the job folder)"
+        raise StartupError(
+            f"job {job_id} is still interrupted: {reason} (fix that, then `collect resume {job_id}`)"
+        )
+    return started
 
 
 def _cancel_without_runner(job_id: str, lock: JobLock) -> dict[str, Any]:
-    folder = paths.job_dir(job_id)
+    folder = job_folder(job_id)
     try:
         state = read_state(folder)
         model.check_cancel(state["status"])
@@ -116,13 +207,16 @@ def cancel(job_id: str) -> dict[str, Any]:
         lock = _take_over(job_id)
         if lock is not None:
             return _cancel_without_runner(job_id, lock)
-    folder = paths.job_dir(job_id)
-    control.send(folder, "cancel")
-    return _wait_until(
-        job_id,
-        lambda st: st["status"] in model.FINISHED and not is_locked(folder),
-        "stop after cancel",
-    )
+    folder = job_folder(job_id)
+    try:
+        return Delivery(job_id, "cancel").wait(
+            lambda st, acked: st["status"] in model.FINISHED and not is_locked(folder)
+        )
+    except JobStoppedError:  # its runner died first: cancel the job here
+        lock = _take_over(job_id)
+        if lock is None:
+            raise
+        return _cancel_without_runner(job_id, lock)
 
 
 def wait(job_id: str, timeout: float | None = None, poll: float = 0.1) -> dict[str, Any] | None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,17 @@ from ktrdr_collect.jobs.statefile import STATE_FILE, read_state
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 LOG_FILE = "log"
+RUNNER_ERR = "runner.err"
+SEQ_FILE = ".seq"
+"""The last creation stamp handed out (jobs/.seq), read and written under a lock on jobs/."""
+STAGING_SUFFIX = ".new"
+"""A job folder is made as `.<id>.new` and renamed to `<id>` once its state.json is written."""
+STOP_MARK = "ktrdr-collect: job stopped: "
+"""How a runner marks, in runner.err, why it stopped when it could not say so in state.json."""
+_ID_RE = re.compile(r"^([0-9a-z]{8})-[0-9a-z]{4}$")
+CREATED_HERE: list[str] = []
+"""Jobs this process created: stamped by the very clock retention is judging, so they never vouch
+for it (jobs.retention)."""
 
 
 def _base36(n: int, width: int) -> str:
@@ -28,10 +43,28 @@ def _base36(n: int, width: int) -> str:
     return "".join(reversed(out))
 
 
+def job_id_for(stamp: int) -> str:
+    """8 base-36 digits of the creation stamp, then 4 random: sortable, 13 characters."""
+    return f"{_base36(stamp, 8)}-{''.join(secrets.choice(_ALPHABET) for _ in range(4))}"
+
+
 def new_job_id(now: float | None = None) -> str:
-    """8 base-36 digits of milliseconds since the epoch, then 4 random: sortable, 13 characters."""
-    ms = int((time.time() if now is None else now) * 1000)
-    return f"{_base36(ms, 8)}-{''.join(secrets.choice(_ALPHABET) for _ in range(4))}"
+    """An id from the clock alone (milliseconds since the epoch); jobs get theirs from
+    `create_folder`, which never goes back in time."""
+    return job_id_for(int((time.time() if now is None else now) * 1000))
+
+
+def stamp_of(job_id: str) -> int | None:
+    """The creation stamp an id carries (None for a name that is not a job id)."""
+    match = _ID_RE.match(job_id)
+    return int(match.group(1), 36) if match else None
+
+
+def next_stamp(last: int | None, now: float) -> int:
+    """The clock in milliseconds, or one past the last stamp if the clock is not ahead of it: a
+    creation sequence that never repeats or goes back, whatever the clock does."""
+    ms = int(now * 1000)
+    return ms if last is None or ms > last else last + 1
 
 
 def iso_now() -> str:
@@ -57,27 +90,91 @@ def folder_names() -> set[str]:
         return set()
 
 
-def has_state(job_id: str) -> bool:
-    return os.path.exists(os.path.join(paths.jobs_dir(), job_id, STATE_FILE))
+def has_state(job_id: str, root: Path | None = None) -> bool:
+    return os.path.exists(os.path.join(root or paths.jobs_dir(), job_id, STATE_FILE))
 
 
 def job_ids() -> list[str]:
-    """Every job folder with a state file, oldest first."""
-    return sorted(name for name in folder_names() if has_state(name))
+    """Every job folder with a state file, oldest first (ids follow the creation sequence)."""
+    root = paths.jobs_dir()
+    return sorted(name for name in folder_names() if has_state(name, root))
 
 
-def create_folder(now: float | None = None) -> tuple[str, Path]:
-    paths.ensure_private_dir(paths.home())
-    paths.ensure_private_dir(paths.jobs_dir())
-    for _ in range(20):
-        job_id = new_job_id(now)
-        folder = paths.job_dir(job_id)
-        try:
-            folder.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        return job_id, folder
+def stateless_ids() -> list[str]:
+    """Job folders without a state file: left by a `start` killed before it wrote one (by
+    earlier versions; now a folder only appears with its state) or emptied by hand."""
+    root = paths.jobs_dir()
+    return sorted(n for n in folder_names() if stamp_of(n) is not None and not has_state(n, root))
+
+
+def job_folder(job_id: str) -> Path:
+    """The job's folder, refused (StateFileError) if it belongs to another user."""
+    try:
+        return paths.check_owned(paths.job_dir(job_id), "job folder")
+    except paths.ForeignOwnerError as e:
+        raise StateFileError(str(e)) from None
+
+
+@dataclass(frozen=True)
+class NewFolder:
+    job_id: str
+    seq: int
+    staging: Path
+    """Hidden (`.<id>.new`) until `publish_folder` renames it to the job id."""
+
+
+@contextlib.contextmanager
+def _jobs_lock(jobs: Path) -> Iterator[None]:
+    fd = os.open(jobs, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _last_stamp(jobs: Path) -> int | None:
+    """jobs/.seq, or (missing or torn) the newest stamp among the job folders."""
+    with contextlib.suppress(OSError, ValueError):
+        return int((jobs / SEQ_FILE).read_text().strip())
+    stamps = [s for s in map(stamp_of, folder_names()) if s is not None]
+    return max(stamps, default=None)
+
+
+def _save_stamp(jobs: Path, stamp: int) -> None:
+    fd = paths.open_private(jobs / SEQ_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.write(fd, f"{stamp}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def create_folder(now: float | None = None) -> NewFolder:
+    """A new, hidden job folder with the next creation stamp (taken under a lock on jobs/)."""
+    paths.ensure_private_dir(paths.home(), "home")
+    jobs = paths.ensure_private_dir(paths.jobs_dir(), "jobs folder")
+    with _jobs_lock(jobs):
+        seq = next_stamp(_last_stamp(jobs), time.time() if now is None else now)
+        for _ in range(20):
+            job_id = job_id_for(seq)
+            staging = jobs / f".{job_id}{STAGING_SUFFIX}"
+            if (jobs / job_id).exists():
+                continue
+            try:
+                os.mkdir(staging, 0o700)
+            except FileExistsError:
+                continue
+            _save_stamp(jobs, seq)
+            CREATED_HERE.append(job_id)
+            return NewFolder(job_id, seq, staging)
     raise RuntimeError("could not allocate a job id")
+
+
+def publish_folder(new: NewFolder) -> Path:
+    """Make a new job visible, state and all, in one rename."""
+    folder = paths.job_dir(new.job_id)
+    os.rename(new.staging, folder)
+    return folder
 
 
 def resolve(ref: str) -> str:
@@ -110,15 +207,40 @@ def reader_view(state: dict[str, Any], alive: bool) -> dict[str, Any]:
 
 
 def load_status(job_id: str) -> dict[str, Any]:
-    folder = paths.job_dir(job_id)
+    folder = job_folder(job_id)
     state = read_state(folder)
     if state.get("status") not in model.ACTIVE:
-        return reader_view(state, alive=False)
+        return _with_stop_reason(folder, reader_view(state, alive=False))
     if is_locked(folder):
         return reader_view(state, alive=True)
     # The runner may have written its final state and exited between our two reads: read again.
     state = read_state(folder)
-    return reader_view(state, alive=state.get("status") in model.ACTIVE and is_locked(folder))
+    alive = state.get("status") in model.ACTIVE and is_locked(folder)
+    return _with_stop_reason(folder, reader_view(state, alive=alive))
+
+
+def _with_stop_reason(folder: Path, view: dict[str, Any]) -> dict[str, Any]:
+    """An interrupted job whose runner could not record why in state.json (a full disk) shows the
+    reason it left in runner.err instead, if that is newer than the state file."""
+    if view["status"] == model.INTERRUPTED and not view.get("error"):
+        reason = stop_reason(folder)
+        if reason:
+            view["error"] = reason
+    return view
+
+
+def stop_reason(folder: Path) -> str | None:
+    try:
+        err = folder / RUNNER_ERR
+        if os.stat(err).st_mtime_ns < os.stat(folder / STATE_FILE).st_mtime_ns:
+            return None
+        with open(err, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4096))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    marked = [line[len(STOP_MARK):] for line in tail.splitlines() if line.startswith(STOP_MARK)]
+    return marked[-1] if marked else None
 
 
 def iter_statuses() -> Iterator[tuple[str, dict[str, Any] | StateFileError]]:

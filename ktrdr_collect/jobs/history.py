@@ -18,11 +18,12 @@ from typing import Any
 from ktrdr_collect import paths
 from ktrdr_collect.errors import StateFileError
 from ktrdr_collect.jobs import model
-from ktrdr_collect.jobs.folders import folder_names, has_state, load_status
+from ktrdr_collect.jobs.folders import folder_names, has_state, load_status, stamp_of
+from ktrdr_collect.jobs.lock import is_locked
 
 INDEX_FILE = "index.sqlite"
 INDEX_VERSION = 2
-HIDDEN = ("control_offset", "pid", "runs")
+HIDDEN = ("control_offset", "control_tail", "control_acks", "pid", "runs")
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -108,7 +109,12 @@ class History:
         indexed = {row[0] for row in self.conn.execute("SELECT id FROM jobs")}
         gone = indexed - on_disk
         new_finished = []
-        for job_id in sorted(j for j in on_disk - indexed if has_state(j)):
+        root = paths.jobs_dir()
+        for job_id in sorted(on_disk - indexed):
+            if not has_state(job_id, root):
+                if stamp_of(job_id) is not None:
+                    self._note_stateless(job_id)
+                continue
             try:
                 status = load_status(job_id)
             except StateFileError as e:
@@ -125,6 +131,14 @@ class History:
                     self.conn.execute("DELETE FROM job_symbols WHERE job_id = ?", (job_id,))
                 for status in new_finished:
                     _insert(self.conn, status)
+
+    def _note_stateless(self, job_id: str) -> None:
+        """A folder without state.json is shown (as a warning), not hidden: its start was cut short."""
+        if not is_locked(paths.job_dir(job_id)):
+            self.broken.append(StateFileError(
+                f"job {job_id}: no state file (its start was interrupted before the job was written); "
+                f"`collect prune` removes it once it is past retention"
+            ))
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -175,12 +189,12 @@ class History:
             where.append("(lower(id) LIKE ? OR lower(coalesce(name, '')) LIKE ? OR id IN "
                          "(SELECT job_id FROM job_symbols WHERE lower(symbol) LIKE ?))")
             args += [like, like, like]
-        sql = f"SELECT summary FROM jobs WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC"
+        sql = f"SELECT summary FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         rows = [json.loads(r[0]) for r in self.conn.execute(sql, args)]
         live = [summary(s) for s in self.live if _live_matches(s, statuses, symbol, provider, since, until, search)]
-        merged = sorted(rows + live, key=lambda s: (s["created_at"], s["id"]), reverse=True)
+        merged = sorted(rows + live, key=lambda s: s["id"], reverse=True)  # ids follow the creation sequence
         return merged[:limit] if limit is not None else merged
 
     def finished_since(self, since: str | None) -> list[dict[str, Any]]:
@@ -202,9 +216,12 @@ class History:
         sql += f" GROUP BY s.error ORDER BY count(*) DESC, s.error LIMIT {int(top)}"
         return [(r[0], r[1]) for r in self.conn.execute(sql, args)]
 
-    def expired(self, cutoff: str) -> list[str]:
-        sql = "SELECT id FROM jobs WHERE coalesce(completed_at, created_at) < ? ORDER BY id"
-        return [r[0] for r in self.conn.execute(sql, (cutoff,))]
+    def records(self) -> list[tuple[str, str, bool]]:
+        """(id, the newest time the job's state recorded, finished) for every readable job."""
+        sql = "SELECT id, max(created_at, coalesce(completed_at, created_at)) FROM jobs"
+        rows = [(r[0], r[1], True) for r in self.conn.execute(sql)]
+        live = [(s["id"], max(s["created_at"], s.get("updated_at") or s["created_at"]), False) for s in self.live]
+        return rows + live
 
 
 def _live_matches(s: dict[str, Any], statuses: list[str] | None, symbol: str | None, provider: str | None,

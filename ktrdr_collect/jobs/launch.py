@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,12 +14,20 @@ from typing import Any
 
 from ktrdr_collect import paths
 from ktrdr_collect.jobs import model
-from ktrdr_collect.jobs.folders import LOG_FILE, create_folder, iso, iso_now, iso_seconds
+from ktrdr_collect.jobs.folders import (
+    LOG_FILE,
+    RUNNER_ERR,
+    NewFolder,
+    create_folder,
+    iso,
+    iso_now,
+    iso_seconds,
+    publish_folder,
+)
 from ktrdr_collect.jobs.lock import JobLock
 from ktrdr_collect.jobs.statefile import write_state
 
-__all__ = ["LOG_FILE", "JobRequest", "create_job", "spawn_runner"]
-RUNNER_ERR = "runner.err"
+__all__ = ["LOG_FILE", "RUNNER_ERR", "JobRequest", "create_job", "spawn_runner"]
 
 
 @dataclass
@@ -38,7 +47,8 @@ class JobRequest:
     synthetic: bool = False
 
 
-def initial_state(job_id: str, req: JobRequest, created: float | None = None) -> dict[str, Any]:
+def initial_state(job_id: str, req: JobRequest, created: float | None = None,
+                  seq: int | None = None) -> dict[str, Any]:
     now = iso(created) if created is not None else iso_now()
     start_ts = req.start.timestamp() if req.start is not None else req.earliest_ts
     return {
@@ -79,7 +89,9 @@ def initial_state(job_id: str, req: JobRequest, created: float | None = None) ->
         "data_dir": str(req.data_dir),
         "format": req.format,
         "synthetic": req.synthetic,
+        "seq": seq,
         "control_offset": 0,
+        "control_acks": [],
         "runs": 0,
         "pid": None,
         "error": None,
@@ -110,16 +122,30 @@ def spawn_runner(job_id: str, lock: JobLock) -> subprocess.Popen[bytes]:
     return proc
 
 
-def create_job(req: JobRequest) -> str:
-    """Make the job folder and its pending state, holding the lock throughout; start the runner."""
-    created = time.time()  # the id and created_at come from one clock reading: list order = id order
-    job_id, folder = create_folder(created)
-    lock = JobLock(folder)
-    if not lock.try_acquire():
-        raise RuntimeError(f"job {job_id}: cannot lock a new job folder")
+def create_job(req: JobRequest, now: float | None = None) -> str:
+    """Make the job folder and its pending state, holding the lock throughout; start the runner.
+
+    The folder is made hidden and renamed into place once state.json is in it, so a `start` killed
+    half-way leaves no job without a state (only a hidden folder that retention removes). The id
+    comes from the creation sequence (never back in time); created_at from the clock."""
+    created = time.time() if now is None else now
+    new = create_folder(created)
+    lock = JobLock(new.staging)
     try:
-        write_state(folder, initial_state(job_id, req, created), durable=True)
-        spawn_runner(job_id, lock)
+        if not lock.try_acquire():
+            raise RuntimeError(f"job {new.job_id}: cannot lock a new job folder")
+        write_state(new.staging, initial_state(new.job_id, req, created, seq=new.seq), durable=True)
+        lock.moved_to(publish_folder(new))
+    except BaseException:
+        lock.release()
+        _discard(new)
+        raise
+    try:
+        spawn_runner(new.job_id, lock)
     finally:
         lock.release()
-    return job_id
+    return new.job_id
+
+
+def _discard(new: NewFolder) -> None:
+    shutil.rmtree(new.staging, ignore_errors=True)

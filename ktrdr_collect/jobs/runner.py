@@ -2,6 +2,12 @@
 
 `python -m ktrdr_collect.jobs.runner JOB_ID [--lock-fd N]`. It holds the job lock, reads the
 control channel every 50 ms, runs the engine, and alone writes state.json (≤ 10 times a second).
+
+A job the runner cannot carry on here and now stays resumable: a start-up error (bad config or
+environment, a provider that is not installed), a state.json it cannot write (a full disk) or a
+signal leave it `interrupted` with the reason — in state.json when that can still be written,
+and always in the log and in runner.err — and `collect resume` continues it once the cause is
+fixed. Only an error inside a running job (a bug) fails it.
 """
 
 from __future__ import annotations
@@ -23,13 +29,12 @@ from ktrdr_collect.engine.engine import ProcessingEngine
 from ktrdr_collect.engine.pipeline import RetryPolicy, SymbolResult
 from ktrdr_collect.engine.progress import FINISHED as SYMBOL_FINISHED
 from ktrdr_collect.engine.progress import BatchSnapshot, ProgressTracker, SymbolProgress, Totals
-from ktrdr_collect.errors import CollectError
-from ktrdr_collect.jobs import model
-from ktrdr_collect.jobs.control import ControlReader
-from ktrdr_collect.jobs.folders import LOG_FILE, iso_now
+from ktrdr_collect.errors import CollectError, StateFileError
+from ktrdr_collect.jobs import control, model
+from ktrdr_collect.jobs.folders import LOG_FILE, STOP_MARK, iso_now
 from ktrdr_collect.jobs.journal import StoredJournal
 from ktrdr_collect.jobs.lock import JobLock
-from ktrdr_collect.jobs.statefile import read_state, write_state
+from ktrdr_collect.jobs.statefile import STATE_FILE, read_state, write_state
 from ktrdr_collect.providers.registry import create_provider
 from ktrdr_collect.storage.open import open_store
 from ktrdr_collect.text import CleanFormatter
@@ -94,6 +99,15 @@ def tracker_symbols(state: dict[str, Any], stored: dict[str, int]) -> list[Symbo
     return out
 
 
+def describe(e: BaseException) -> str:
+    """An error as one line for the user: our own messages as they are, others with their type."""
+    if isinstance(e, CollectError):
+        return str(e)
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
+    return f"{type(e).__name__}: {e}"
+
+
 class Runner:
     def __init__(self, job_id: str, lock: JobLock) -> None:
         self.job_id = job_id
@@ -103,11 +117,16 @@ class Runner:
         self.token = CancellationToken()
         self.gate = PauseGate()
         self.cancel_requested = False
-        self.signalled = False
+        self.stop_reason: str | None = None
+        """Why the job stops before it ends (a signal, an unwritable state.json): it stays resumable."""
         self.done = threading.Event()
         self._write_lock = threading.Lock()
         self._last_write = 0.0
-        self.control = ControlReader(self.folder, int(self.state.get("control_offset") or 0))
+        acks = control.acked_ids(self.state)
+        self.control = control.ControlReader(
+            self.folder, int(self.state.get("control_offset") or 0), str(self.state.get("control_tail") or ""),
+            seen=acks, warn=log.warning,
+        )
         self.tracker: ProgressTracker | None = None
         self.journal = StoredJournal(self.folder)
 
@@ -124,11 +143,18 @@ class Runner:
             self._last_write = time.monotonic()
 
     def try_publish(self) -> None:
-        """From the background threads: a full disk must not kill them; the next write retries."""
+        """From the background threads. A state.json that cannot be written (a full disk) stops the
+        job, resumable: running on would store data that its state no longer describes."""
         try:
             self.publish()
         except OSError as e:
-            log.error("job %s: cannot write state.json: %s", self.job_id, e.strerror or e)
+            self.halt(f"cannot write {STATE_FILE}: {describe(e)}")
+
+    def halt(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            log.error("job %s: %s; stopping (`collect resume %s` continues it)", self.job_id, reason, self.job_id)
+        self.token.cancel()
 
     def set_status(self, status: str) -> None:
         old = self.state["status"]
@@ -140,30 +166,40 @@ class Runner:
     def control_loop(self) -> None:
         while not self.done.is_set():
             commands = self.control.poll()
-            for command in commands:
-                self.apply(command)
             if commands:
-                self.state["control_offset"] = self.control.offset
+                self.acknowledge([(c, self.apply(c.cmd)) for c in commands])
                 self.try_publish()
             self.done.wait(CONTROL_POLL_S)
 
-    def apply(self, command: str) -> None:
+    def acknowledge(self, results: list[tuple[control.Command, str]]) -> None:
+        """Acks by command id, and where reading stopped (so a restart neither misses nor repeats)."""
+        with self._write_lock:
+            for command, result in results:
+                control.add_ack(self.state, command, result)
+            self.state["control_offset"] = self.control.offset
+            self.state["control_tail"] = self.control.tail_text()
+
+    def apply(self, command: str) -> str:
         status = self.state["status"]
         assert self.tracker is not None
         if command == "pause" and status == model.RUNNING:
             self.gate.pause()
             self.tracker.pause()
             self.set_status(model.PAUSED)
-        elif command == "resume" and status == model.PAUSED:
+            return model.PAUSED
+        if command == "resume" and status == model.PAUSED:
             self.tracker.resume()
             self.gate.resume()
             self.set_status(model.RUNNING)
-        elif command == "cancel" and not self.cancel_requested:
-            log.info("job %s: cancel requested", self.job_id)
-            self.cancel_requested = True
-            self.token.cancel()
-        else:
-            log.info("job %s: ignored %s while %s", self.job_id, command, status)
+            return model.RUNNING
+        if command == "cancel":
+            if not self.cancel_requested:
+                log.info("job %s: cancel requested", self.job_id)
+                self.cancel_requested = True
+                self.token.cancel()
+            return "cancelling"
+        log.info("job %s: ignored %s while %s", self.job_id, command, status)
+        return f"ignored: job is {status}"
 
     def writer_loop(self) -> None:
         assert self.tracker is not None
@@ -183,30 +219,59 @@ class Runner:
 
     def on_signal(self, signum: int, frame: object) -> None:
         log.warning("job %s: stopped by signal %d; `collect resume` continues it", self.job_id, signum)
-        self.signalled = True
+        if self.stop_reason is None:
+            self.stop_reason = f"stopped by signal {signum} ({signal.Signals(signum).name})"
         self.token.cancel()
 
     # -- the run -----------------------------------------------------------------------
+    def prepare(self) -> tuple[Any, ProcessingEngine]:
+        """Everything the run needs; an error here is a start-up error (the job stays resumable)."""
+        state = self.state
+        settings = load_settings()
+        provider = create_provider(
+            state["provider"], {**settings.provider_options(state["provider"]), **state.get("options", {})}
+        )
+        try:
+            store = open_store(state.get("format", "csv"), Path(state["data_dir"]))
+            retry = RetryPolicy(max_throttle_wait_s=float(settings.values["max_rate_limit_wait"]))
+            engine = ProcessingEngine(provider, store, workers=int(state.get("workers", 4)), retry=retry)
+            symbols = tracker_symbols(state, self.journal.candles())
+            carried = Totals(state["requests"], state["throttled"], state["errors_count"],
+                             sum(sp.candles for sp in symbols), state["elapsed_s"])
+            self.tracker = engine.new_tracker(symbols, state["timeframe"], carried=carried)
+        except BaseException:
+            provider.close()
+            raise
+        return provider, engine
+
+    def begin(self) -> None:
+        state = self.state
+        state["runs"] = int(state.get("runs") or 0) + 1
+        state["started_at"] = state.get("started_at") or iso_now()
+        state["pid"] = os.getpid()
+        state["error"] = None
+        self.set_status(model.RUNNING)
+        self.publish(durable=True)
+
     def run(self) -> int:
         state = self.state
         if state["status"] in model.FINISHED:
             log.info("job %s is already %s", self.job_id, state["status"])
             return model.exit_code(state["status"], state["symbols_failed"]) or 0
-        settings = load_settings()
-        provider = create_provider(
-            state["provider"], {**settings.provider_options(state["provider"]), **state.get("options", {})}
-        )
-        store = open_store(state.get("format", "csv"), Path(state["data_dir"]))
-        retry = RetryPolicy(max_throttle_wait_s=float(settings.values["max_rate_limit_wait"]))
-        engine = ProcessingEngine(provider, store, workers=int(state.get("workers", 4)), retry=retry)
-        symbols = tracker_symbols(state, self.journal.candles())
-        carried = Totals(state["requests"], state["throttled"], state["errors_count"],
-                         sum(sp.candles for sp in symbols), state["elapsed_s"])
-        self.tracker = engine.new_tracker(symbols, state["timeframe"], carried=carried)
-        state["runs"] = int(state.get("runs") or 0) + 1
-        state["started_at"] = state.get("started_at") or iso_now()
-        self.set_status(model.RUNNING)
-        self.publish(durable=True)
+        try:
+            provider, engine = self.prepare()
+        except Exception as e:  # bad config or environment, provider not installed, ...
+            return self.stop(f"cannot start: {describe(e)}")
+        try:
+            self.begin()
+        except OSError as e:
+            provider.close()
+            return self.stop(f"cannot write {STATE_FILE}: {describe(e)}")
+        return self.process(provider, engine)
+
+    def process(self, provider: Any, engine: ProcessingEngine) -> int:
+        state = self.state
+        assert self.tracker is not None
         threads = [threading.Thread(target=self.control_loop, name="ktrdr-control", daemon=True),
                    threading.Thread(target=self.writer_loop, name="ktrdr-state", daemon=True)]
         for t in threads:
@@ -231,28 +296,24 @@ class Runner:
 
     def finish(self) -> int:
         assert self.tracker is not None
+        late = []
         for command in self.control.poll():  # acknowledge what arrived at the very end
-            if command == "cancel" and not self.signalled:
+            if command.cmd == "cancel" and self.stop_reason is None:
                 self.cancel_requested = True
-        self.state["control_offset"] = self.control.offset
+                late.append((command, "cancelling"))
+            else:
+                late.append((command, f"ignored: job is ending ({self.state['status']})"))
+        self.acknowledge(late)
         snap = self.tracker.snapshot()
-        if self.signalled and not self.cancel_requested:
-            apply_snapshot(self.state, snap)
-            for e in self.state["symbols"]:
-                if e["status"] == "cancelled":
-                    e["status"] = "pending"
-            self.state["current_symbols"] = []
-            with self._write_lock:
-                self.state["updated_at"] = iso_now()
-                write_state(self.folder, self.state, durable=True)
-            return model.exit_code(model.INTERRUPTED) or 6
-        if self.cancel_requested:
-            status = model.CANCELLED
-        else:
-            status = model.final_status(snap.completed, snap.failed)
+        if self.stop_reason is not None and not self.cancel_requested:
+            return self.stop_midway(snap, self.stop_reason)
+        status = model.CANCELLED if self.cancel_requested else model.final_status(snap.completed, snap.failed)
         self.set_status(status)
         self.state["completed_at"] = iso_now()
-        self.publish(durable=True, final=True)
+        try:
+            self.publish(durable=True, final=True)
+        except OSError as e:
+            return self.stop(f"cannot write {STATE_FILE}: {describe(e)}")
         log.info(
             "job %s %s: %d/%d symbols completed, %d failed, %d candles, %d requests, %.1fs",
             self.job_id, status, snap.completed, snap.total, snap.failed, snap.candles, snap.requests,
@@ -260,15 +321,50 @@ class Runner:
         )
         return model.exit_code(status, snap.failed) or 0
 
+    def stop_midway(self, snap: BatchSnapshot, reason: str) -> int:
+        """Stopped by a signal or an unwritable state: symbols cut short start again on resume."""
+        apply_snapshot(self.state, snap)
+        for e in self.state["symbols"]:
+            if e["status"] == "cancelled":
+                e["status"] = "pending"
+        return self.stop(reason)
+
+    def stop(self, reason: str) -> int:
+        """Leave the job `interrupted` (resumable) with the reason: in state.json if it can be
+        written, and in runner.err (stderr) and the log whatever happens."""
+        log.error("job %s interrupted: %s; fix the cause and run `collect resume %s`", self.job_id, reason,
+                  self.job_id)
+        print(f"{STOP_MARK}{reason}", file=sys.stderr, flush=True)
+        self.set_status(model.INTERRUPTED)
+        self.state.update(error=reason, current_symbols=[], eta_s=None, completed_at=None)
+        self.write_last()
+        return model.exit_code(model.INTERRUPTED) or 6
+
     def fail(self, message: str) -> int:
         log.error("job %s failed: %s", self.job_id, message)
         self.state["error"] = message
         self.set_status(model.FAILED)
-        self.state["completed_at"] = self.state["updated_at"] = iso_now()
+        self.state["completed_at"] = iso_now()
         self.state["eta_s"] = 0.0
         self.state["current_symbols"] = []
-        write_state(self.folder, self.state, durable=True)
+        self.write_last()
         return 4
+
+    def write_last(self) -> None:
+        """The runner's last write: if it fails, the reader falls back to runner.err for the reason."""
+        with self._write_lock:
+            self.state["updated_at"] = iso_now()
+            try:
+                write_state(self.folder, self.state, durable=True)
+            except OSError as e:
+                log.error("job %s: cannot write %s: %s", self.job_id, STATE_FILE, describe(e))
+
+
+def take_lock(job_id: str, folder: Path, lock_fd: int | None) -> JobLock | None:
+    if lock_fd is not None:
+        return JobLock(folder, fd=lock_fd)
+    lock = JobLock(folder)
+    return lock if lock.try_acquire(attempts=10) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,24 +373,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock-fd", type=int, default=None)
     args = parser.parse_args(argv)
     folder = paths.job_dir(args.job_id)
-    if args.lock_fd is not None:
-        lock = JobLock(folder, fd=args.lock_fd)
-    else:
-        lock = JobLock(folder)
-        if not lock.try_acquire(attempts=10):
-            print(f"job {args.job_id} already has a runner", file=sys.stderr)
-            return 1
+    lock = take_lock(args.job_id, folder, args.lock_fd)
+    if lock is None:
+        print(f"job {args.job_id} already has a runner", file=sys.stderr)
+        return 1
     lock.record_pid(os.getpid())
-    handler = setup_logging(folder)
-    runner = Runner(args.job_id, lock)
+    try:
+        handler = setup_logging(folder)
+        runner = Runner(args.job_id, lock)
+    except (StateFileError, OSError) as e:  # nothing can be recorded in the job: say why here
+        print(f"{STOP_MARK}{describe(e)}", file=sys.stderr, flush=True)
+        lock.release()
+        return 1
     signal.signal(signal.SIGTERM, runner.on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, runner.on_signal)
     try:
         return runner.run()
-    except Exception as e:  # the job fails; readers see why
+    except Exception as e:  # a bug inside a running job: it fails, and readers see why
         log.exception("job %s: runner crashed", args.job_id)
-        return runner.fail(str(e) if isinstance(e, CollectError) else f"{type(e).__name__}: {e}")
+        return runner.fail(describe(e))
     finally:
         handler.flush()
         lock.release()

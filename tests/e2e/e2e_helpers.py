@@ -80,8 +80,9 @@ def job_folder(home: Path, job_id: str) -> Path:
 
 
 def job_folders(home: Path) -> list[Path]:
+    """Visible job folders (a new job is made as a hidden `.<id>.new` and renamed once written)."""
     jobs = home / "jobs"
-    return sorted(p for p in jobs.iterdir() if p.is_dir()) if jobs.is_dir() else []
+    return sorted(p for p in jobs.iterdir() if p.is_dir() and not p.name.startswith(".")) if jobs.is_dir() else []
 
 
 def read_state(home: Path, job_id: str) -> dict[str, Any]:
