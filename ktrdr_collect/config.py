@@ -11,8 +11,12 @@ from typing import Any
 
 from ktrdr_collect import files, paths
 from ktrdr_collect.errors import CollectError, InvalidInputError
+from ktrdr_collect.inputs import MAX_DAYS
 from ktrdr_collect.storage.open import FORMATS
 from ktrdr_collect.storage.timeframes import TIMEFRAMES
+
+MAX_WAIT_S = 7 * 86400
+"""Longest `max_rate_limit_wait`: a week."""
 
 
 def _positive(name: str, low: int = 1, high: int | None = None) -> Callable[[Any], int]:
@@ -21,7 +25,7 @@ def _positive(name: str, low: int = 1, high: int | None = None) -> Callable[[Any
             raise ValueError("expects a whole number")
         try:
             number = int(str(value).strip())
-        except ValueError:
+        except ValueError:  # also a number of more digits than Python converts
             raise ValueError("expects a whole number") from None
         if number < low or (high is not None and number > high):
             raise ValueError(f"must be between {low} and {high}" if high else f"must be >= {low}")
@@ -44,6 +48,8 @@ def _text(value: Any) -> str:
     text = str(value).strip()
     if not text:
         raise ValueError("must not be empty")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in text):
+        raise ValueError("must not contain control characters")
     return text
 
 
@@ -61,9 +67,10 @@ KEYS: dict[str, Key] = {k.name: k for k in (
     Key("workers", 4, _positive("workers", 1, 256), "parallel workers per job"),
     Key("data_dir", None, _text, "where data files go (default <home>/data)"),
     Key("format", "csv", _choice(FORMATS), "data file format"),
-    Key("default_days", 365, _positive("default_days", 1), "window length when no --start/--days"),
-    Key("retention_days", 30, _positive("retention_days", 0), "prune finished jobs older than this (0: never)"),
-    Key("max_rate_limit_wait", 900, _positive("max_rate_limit_wait", 0),
+    Key("default_days", 365, _positive("default_days", 1, MAX_DAYS), "window length when no --start/--days"),
+    Key("retention_days", 30, _positive("retention_days", 0, MAX_DAYS),
+        "prune finished jobs older than this (0: never)"),
+    Key("max_rate_limit_wait", 900, _positive("max_rate_limit_wait", 0, MAX_WAIT_S),
         "seconds one symbol may spend waiting out a provider's rate limits before it fails"),
 )}
 
@@ -100,10 +107,14 @@ def read_config_file(path: Path | None = None) -> dict[str, Any]:
         return {}
     except OSError as e:
         raise InvalidInputError(f"cannot read config {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"config {path} is not UTF-8 text") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise InvalidInputError(f"config {path} is not valid TOML: {e}") from None
+    except RecursionError:
+        raise InvalidInputError(f"config {path} is not valid TOML: nested too deeply") from None
 
 
 def parse_value(key: str, value: Any, where: str) -> Any:

@@ -8,6 +8,11 @@ from datetime import UTC, datetime, timedelta
 from ktrdr_collect.errors import InvalidInputError
 
 _SYMBOL = re.compile(r"[A-Za-z0-9^][A-Za-z0-9.\-_^=/]{0,31}")
+EARLIEST_DATE = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_DATE = datetime(2100, 1, 1, tzinfo=UTC)
+"""Dates outside [1900-01-01, 2100-01-01] are refused before any job exists: no provider has bars
+before 1900, and both bounds keep every date arithmetic far from datetime's limits."""
+MAX_DAYS = (LATEST_DATE - EARLIEST_DATE).days
 
 
 def normalize_symbol(text: str) -> str:
@@ -39,11 +44,22 @@ def parse_datetime(text: str, flag: str) -> datetime:
     """`YYYY-MM-DD` or ISO 8601 date-time; naive values are UTC."""
     try:
         value = datetime.fromisoformat(text.strip())
-    except ValueError:
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+    except (ValueError, OverflowError):
         raise InvalidInputError(f"{flag}: cannot parse date '{text}' (use YYYY-MM-DD or ISO 8601)") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    return value
+
+
+def check_date(value: datetime, flag: str) -> datetime:
+    """`value`, or InvalidInputError when it lies outside [EARLIEST_DATE, LATEST_DATE]."""
+    if not EARLIEST_DATE <= value <= LATEST_DATE:
+        raise InvalidInputError(
+            f"{flag}: {value.date().isoformat()} is out of range (dates must be between "
+            f"{EARLIEST_DATE.date().isoformat()} and {LATEST_DATE.date().isoformat()})"
+        )
+    return value
 
 
 def resolve_window(
@@ -56,15 +72,15 @@ def resolve_window(
     """(start, end) in UTC; start None means `earliest` (the provider's first bar)."""
     if start is not None and days is not None:
         raise InvalidInputError("--start and --days cannot be combined")
-    if days is not None and days <= 0:
-        raise InvalidInputError(f"--days must be positive, got {days}")
-    end_dt = parse_datetime(end, "--end") if end is not None else now
+    if days is not None and not 0 < days <= MAX_DAYS:
+        raise InvalidInputError(f"--days must be positive and at most {MAX_DAYS}, got {days}")
+    end_dt = check_date(parse_datetime(end, "--end"), "--end") if end is not None else now
     if start is not None and start.strip().lower() == "earliest":
         return None, end_dt
     if start is not None:
-        start_dt = parse_datetime(start, "--start")
+        start_dt = check_date(parse_datetime(start, "--start"), "--start")
     else:
-        start_dt = end_dt - timedelta(days=days if days is not None else default_days)
+        start_dt = check_date(end_dt - timedelta(days=min(days or default_days, MAX_DAYS)), "start")
     if end_dt <= start_dt:
         raise InvalidInputError(
             f"end ({end_dt:%Y-%m-%d %H:%M}) must be after start ({start_dt:%Y-%m-%d %H:%M})"
@@ -84,10 +100,12 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
 
 
 def parse_age(text: str, now: datetime) -> datetime:
-    """A WHEN: an age like `30m`, `12h`, `7d`, `2w`, or a date."""
+    """A WHEN: an age like `30m`, `12h`, `7d`, `2w` (at most back to 1900), or a date."""
     match = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text)
     if match:
         n, unit = int(match.group(1)), match.group(2)
         seconds = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit] * n
+        if seconds > (now - EARLIEST_DATE).total_seconds():
+            raise InvalidInputError(f"WHEN: '{text.strip()}' reaches back before {EARLIEST_DATE:%Y-%m-%d}")
         return now - timedelta(seconds=seconds)
     return parse_datetime(text, "WHEN")

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from ktrdr_collect import config, paths
+from ktrdr_collect.text import clean, clean_tree
 
 config_app = typer.Typer(help="Show and edit settings (config.toml).", no_args_is_help=True)
 
@@ -35,6 +36,7 @@ def show(json_: bool = typer.Option(False, "--json", help="JSON output.")) -> in
         for option, value in sorted(table.items()):
             shown = "***" if option in secret and value else value
             rows.append({"key": f"providers.{name}.{option}", "value": shown, "source": "config"})
+    rows = clean_tree(rows)  # a token in a base_url, control characters in the file: never shown
     if json_:
         print(json.dumps(rows, indent=2))
         return 0
@@ -58,7 +60,7 @@ def set_(key: str = typer.Argument(..., help="A key, e.g. workers or providers.d
          value: str = typer.Argument(..., help="The value (checked against the key's type).")) -> int:
     """Set a key in the config file."""
     parsed = config.set_value(key, value)
-    print(f"{key} = {parsed!r}")
+    print(clean(f"{key} = {parsed!r}"))
     return 0
 
 

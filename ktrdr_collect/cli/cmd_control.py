@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import typer
 
 from ktrdr_collect.cli.cmd_jobs import status_text
 from ktrdr_collect.cli.public import public
+from ktrdr_collect.errors import InvalidInputError
 from ktrdr_collect.jobs import actions, model
 from ktrdr_collect.jobs.folders import resolve
 
@@ -44,6 +46,8 @@ def cancel(job: str = typer.Argument(..., help=JOB_HELP),
 def wait(job: str = typer.Argument(..., help=JOB_HELP),
          timeout: float = typer.Option(None, "--timeout", help="Give up after SECONDS (exit 124).")) -> int:
     """Block until the job ends; exit with the job's exit code."""
+    if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
+        raise InvalidInputError(f"--timeout must be a number of seconds >= 0, got {timeout}")
     st = actions.wait(resolve(job), timeout)
     if st is None:
         return TIMEOUT_EXIT

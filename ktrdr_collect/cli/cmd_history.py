@@ -13,9 +13,12 @@ from ktrdr_collect.cli import fmt
 from ktrdr_collect.cli.tables import print_table
 from ktrdr_collect.config import load_settings
 from ktrdr_collect.errors import InvalidInputError
-from ktrdr_collect.inputs import normalize_symbol, parse_age
+from ktrdr_collect.inputs import MAX_DAYS, normalize_symbol, parse_age
+from ktrdr_collect.text import clean, clean_tree
 
 STATUSES = ("pending", "running", "paused", "completed", "failed", "cancelled", "interrupted")
+MAX_LIMIT = 1_000_000_000
+MAX_AGE_S = MAX_DAYS * 86400.0
 
 
 def when_iso(text: str | None) -> str | None:
@@ -42,14 +45,15 @@ def list_(
     for s in status_:
         if s not in STATUSES:
             raise InvalidInputError(f"unknown status '{s}' (choose from: {', '.join(STATUSES)})")
-    if limit is not None and limit < 0:
-        raise InvalidInputError("--limit must be >= 0")
+    if limit is not None and not 0 <= limit <= MAX_LIMIT:
+        raise InvalidInputError(f"--limit must be between 0 and {MAX_LIMIT:,}")
     filters = (status_, normalize_symbol(symbol) if symbol else None, provider, when_iso(since), when_iso(until),
                search, limit)
     with History() as history:
         rows = history.query(*filters)
         for err in history.broken:
-            typer.echo(f"Warning: {err}", err=True)
+            typer.echo(f"Warning: {clean(str(err))}", err=True)
+    rows = clean_tree(rows)
     if json_:
         print(json.dumps(rows, indent=2))
     elif not rows:
@@ -102,7 +106,7 @@ def stats(
 
     since_iso = when_iso(since)
     with History() as history:
-        result = compute_stats(history, since_iso)
+        result = clean_tree(compute_stats(history, since_iso))
     if json_:
         print(json.dumps(result, indent=2))
     else:
@@ -115,7 +119,10 @@ def parse_duration(text: str) -> float:
     if not match:
         raise InvalidInputError(f"--older-than: expected an age like 30d, 12h, 90m, got '{text}'")
     unit = match.group(2) or "d"
-    return float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+    seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
+    if seconds > MAX_AGE_S:
+        raise InvalidInputError(f"--older-than: '{text.strip()}' is more than {MAX_DAYS} days")
+    return seconds
 
 
 def prune(

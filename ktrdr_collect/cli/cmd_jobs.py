@@ -14,6 +14,7 @@ from ktrdr_collect.cli.tables import print_table
 from ktrdr_collect.errors import StateFileError
 from ktrdr_collect.jobs import model
 from ktrdr_collect.jobs.folders import LOG_FILE, job_folder, load_status, resolve
+from ktrdr_collect.text import clean
 
 
 def print_json(data: Any) -> None:
@@ -37,7 +38,7 @@ def status_text(st: dict[str, Any]) -> str:
         lines.append(f"  error      {st['error']}")
     if st["status"] == model.INTERRUPTED:
         lines.append(f"  (its process is gone; `collect resume {st['id']}` continues it)")
-    return "\n".join(lines)
+    return clean("\n".join(lines), keep_newlines=True)
 
 
 def active_statuses() -> tuple[list[dict[str, Any]], list[StateFileError]]:
@@ -68,7 +69,7 @@ def status(
     else:
         print("\n\n".join(status_text(s) for s in found))
     for err in broken:
-        typer.echo(f"Warning: {err}", err=True)
+        typer.echo(f"Warning: {clean(str(err))}", err=True)
     return 0
 
 
@@ -109,7 +110,7 @@ def logs(
             chunk = b""
         if chunk:
             end = chunk.rfind(b"\n") + 1 if follow_ else len(chunk)
-            print(chunk[:end].decode("utf-8", "replace"), end="", flush=True)
+            print(clean(chunk[:end].decode("utf-8", "replace"), keep_newlines=True), end="", flush=True)
             offset += end
         if not follow_:
             return 0

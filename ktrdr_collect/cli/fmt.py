@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ktrdr_collect.text import clean
+
 
 def duration(seconds: float | None) -> str:
     if seconds is None:
@@ -71,18 +73,18 @@ def summary_line(status: dict[str, Any]) -> str:
         line += f" · {status['error']}"
     if status["status"] == "interrupted":
         line += f" · `collect resume {status['id']}` continues it"
-    return line
+    return clean(line)
 
 
 def symbol_line(entry: dict[str, Any]) -> str:
     if entry["status"] == "completed":
         return f"{entry['symbol']}: completed, {count(entry['candles'])} candles"
-    return f"{entry['symbol']}: {entry['status']}: {entry.get('error') or 'no reason given'}"
+    return clean(f"{entry['symbol']}: {entry['status']}: {entry.get('error') or 'no reason given'}")
 
 
 def header_line(status: dict[str, Any]) -> str:
     name = f" ({status['name']})" if status.get("name") else ""
-    return (
+    return clean(
         f"Job {status['id']}{name} · {provider_label(status)} · {status['timeframe']} · "
         f"{day(status['start'])} → {day(status['end'])} · {status['symbols_total']} symbols"
     )

@@ -14,7 +14,8 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from ktrdr_collect.cli import fmt
 from ktrdr_collect.cli.follow import finished_symbols
-from ktrdr_collect.cli.public import public
+from ktrdr_collect.cli.public import public, public_symbol
+from ktrdr_collect.text import clean
 
 PLAIN_INTERVAL_S = 10.0
 JSON_INTERVAL_S = 0.5
@@ -38,7 +39,7 @@ class JsonRenderer:
         status: dict[str, Any] = {}
         for status in statuses:
             for entry in finished_symbols(status, seen):
-                self.emit({"event": "symbol", "job": status["id"], **entry})
+                self.emit({"event": "symbol", "job": status["id"], **public_symbol(entry)})
             now = time.monotonic()
             if now - last_emit >= JSON_INTERVAL_S:
                 self.emit({"event": "progress", **public(status)})
@@ -85,7 +86,7 @@ class QuietRenderer:
                 if entry["status"] == "failed":
                     print(fmt.symbol_line(entry), file=sys.stderr)
         if status.get("error"):
-            print(f"Error: {status['error']}", file=sys.stderr)
+            print(f"Error: {clean(status['error'])}", file=sys.stderr)
         return status
 
 

@@ -11,6 +11,7 @@ from typer.core import TyperGroup
 
 from ktrdr_collect import __version__
 from ktrdr_collect.errors import CollectError
+from ktrdr_collect.text import clean
 
 try:  # recent Typer vendors Click; older releases depend on it
     from typer._click import exceptions as click
@@ -25,7 +26,8 @@ def debug_enabled() -> bool:
 
 
 def error(message: str, code: int) -> int:
-    print(f"Error: {message}", file=sys.stderr)
+    """One `Error:` line: whatever the message echoes (a provider's words, a URL) is cleaned."""
+    print(f"Error: {clean(message)}", file=sys.stderr)
     return code
 
 

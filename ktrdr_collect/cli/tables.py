@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ktrdr_collect.text import clean
+
 
 def console() -> Any:
     from rich.console import Console
@@ -20,5 +22,5 @@ def print_table(columns: list[str], rows: list[list[str]], right: tuple[str, ...
     for col in columns:
         table.add_column(col, justify="right" if col in right else "left", no_wrap=col in ("ID", "SYMBOL"))
     for row in rows:
-        table.add_row(*(escape(cell) for cell in row))  # data, never markup: [yahoo] stays [yahoo]
+        table.add_row(*(escape(clean(cell)) for cell in row))  # data, never markup: [yahoo] stays [yahoo]
     console().print(table)

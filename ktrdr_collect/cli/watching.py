@@ -7,6 +7,7 @@ import sys
 from ktrdr_collect.cli.follow import follow
 from ktrdr_collect.cli.live import pick_renderer
 from ktrdr_collect.jobs import actions, model
+from ktrdr_collect.text import clean
 
 INTERRUPTED_BY_USER = 130
 
@@ -21,7 +22,7 @@ def watch_job(job_id: str, json_mode: bool = False, quiet: bool = False, cancel_
             try:
                 actions.cancel(job_id)
             except Exception as e:  # already finished, or the cancel itself failed: say so
-                print(f"Error: {e}", file=sys.stderr)
+                print(f"Error: {clean(str(e))}", file=sys.stderr)
         else:
             print(f"\nStopped watching; job {job_id} keeps running.", file=sys.stderr)
         return INTERRUPTED_BY_USER

@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def index_path() -> Path:
     return paths.jobs_dir() / INDEX_FILE
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path | str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=10, isolation_level=None)
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version not in (0, INDEX_VERSION):
@@ -58,18 +59,50 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _open_checked(path: Path | str) -> sqlite3.Connection:
+    conn = _connect(path)
+    try:
+        conn.execute("SELECT count(*) FROM jobs").fetchone()
+    except sqlite3.DatabaseError:
+        conn.close()
+        raise
+    return conn
+
+
+def _remove_index(path: Path) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(f"{path}{suffix}")
+
+
+_warned_unusable = False
+
+
+def _warn_unusable(path: Path, error: Exception) -> None:
+    """One line on stderr, once per process: the history still works, only slower."""
+    global _warned_unusable
+    if not _warned_unusable:
+        _warned_unusable = True
+        reason = getattr(error, "strerror", None) or error
+        print(f"Warning: job history index {path} is unusable ({reason}); reading the job folders instead",
+              file=sys.stderr)
+
+
 def open_index() -> sqlite3.Connection:
+    """The index; a corrupt or foreign one is rebuilt (it is only a cache). When it cannot be
+    (the path is a directory, or not writable), an in-memory index is built from the job folders."""
     path = index_path()
     paths.ensure_private_dir(path.parent)
     try:
-        conn = _connect(path)
-        conn.execute("SELECT count(*) FROM jobs").fetchone()
-        return conn
-    except sqlite3.DatabaseError:  # corrupt or foreign: it is only a cache, start afresh
-        for suffix in ("", "-journal", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(f"{path}{suffix}")
-        return _connect(path)
+        return _open_checked(path)
+    except sqlite3.DatabaseError:
+        pass
+    try:
+        _remove_index(path)
+        return _open_checked(path)
+    except (OSError, sqlite3.DatabaseError) as e:
+        _warn_unusable(path, e)
+        return _connect(":memory:")
 
 
 def _insert(conn: sqlite3.Connection, status: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -10,13 +11,20 @@ from typing import Any, ClassVar, Protocol
 
 from ktrdr_collect.errors import ProviderUnavailableError
 from ktrdr_collect.storage.calendar import Calendar
+from ktrdr_collect.text import clean, has_credentials
 
 Bar = tuple[int, float, float, float, float, float]
 """(timestamp epoch seconds UTC, open, high, low, close, volume)."""
 
 
 class ProviderError(Exception):
-    """Base of the classified provider errors; the engine decides what each one means."""
+    """Base of the classified provider errors; the engine decides what each one means.
+
+    The message is cleaned where it is made (control characters escaped, credentials in URLs
+    redacted): this is where a provider's text enters a job, its state file and its log."""
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(clean(str(message)), *args)
 
 
 class UnknownSymbolError(ProviderError):
@@ -56,31 +64,89 @@ def mark_sent(interrupt: object) -> None:
         hook()
 
 
+MIN_RATE = 0.01
+"""Slowest pacing a `rate_limit` option may ask for, requests per second (one per 100 s; a rate
+like 1e-300 would never send a request and hang the job)."""
+MAX_RATE = 10_000.0
+MAX_TIMEOUT_S = 3600.0
+"""Longest request timeout an option may set."""
+
+
 @dataclass(frozen=True)
 class OptionSpec:
+    """A provider option. Numbers are range-checked before any job exists: floats must be finite,
+    and `low <= value <= high`, `value > above` (each bound optional); `zero_off` also accepts 0,
+    meaning "off" (e.g. no pacing) below a `low` that keeps other values sane."""
+
     name: str
     type: type
     default: Any
     help: str
     secret: bool = False
+    low: float | None = None
+    high: float | None = None
+    above: float | None = None
+    zero_off: bool = False
+
+    def in_range(self, value: float) -> bool:
+        if self.zero_off and value == 0:
+            return True
+        return ((self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+                and (self.above is None or value > self.above))
+
+    def bounds_text(self) -> str:
+        """`1..1000`, `> 0 and <= 3600`, `0 (off) or 0.01..10000`."""
+        if self.low is not None and self.high is not None and self.above is None:
+            span = f"{_number(self.low)}..{_number(self.high)}"
+        else:
+            parts = [f"> {_number(self.above)}"] if self.above is not None else []
+            parts += [f">= {_number(self.low)}"] if self.low is not None else []
+            parts += [f"<= {_number(self.high)}"] if self.high is not None else []
+            span = " and ".join(parts)
+        return f"0 (off) or {span}" if self.zero_off else span
 
 
-def _convert(spec: OptionSpec, value: Any) -> Any:
+def _number(value: float) -> str:
+    """`1000000`, `0.01`, `1e-300`: whole numbers without an exponent."""
+    if isinstance(value, int) or (value.is_integer() and abs(value) < 1e15):
+        return str(int(value))
+    return f"{value:g}"
+
+
+def _parse_text(spec: OptionSpec, value: Any) -> Any:
     if isinstance(value, spec.type) and not (spec.type is int and isinstance(value, bool)):
         return value
     text = str(value).strip()
+    if spec.type is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(text)
+    return spec.type(text)
+
+
+def _check_range(spec: OptionSpec, value: Any) -> None:
+    if spec.type not in (int, float):
+        return
+    if spec.type is float and not math.isfinite(value):
+        raise ProviderUnavailableError(f"option {spec.name} must be a finite number, got '{value}'")
+    if not spec.in_range(value):
+        raise ProviderUnavailableError(f"option {spec.name} must be {spec.bounds_text()}, got {_number(value)}")
+
+
+def _convert(spec: OptionSpec, value: Any) -> Any:
+    """`value` (text from -o or the environment, or a TOML value) as the option's type, in range."""
     try:
-        if spec.type is bool:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
-        return spec.type(text)
-    except ValueError:
+        parsed = _parse_text(spec, value)
+    except (ValueError, OverflowError):
         raise ProviderUnavailableError(
-            f"option {spec.name} expects {spec.type.__name__}, got '{value}'"
+            f"option {spec.name} expects {spec.type.__name__}, got '{clean(str(value))}'"
         ) from None
+    if spec.type is float and isinstance(parsed, int):
+        parsed = float(parsed)  # a TOML integer for a float option
+    _check_range(spec, parsed)
+    return parsed
 
 
 ENV_PREFIX = "KTRDR_COLLECT_"
@@ -98,13 +164,25 @@ def secret_hint(provider: str, option: str) -> str:
 
 
 def reject_secret_options(cls: type[Provider], cli_options: Mapping[str, Any]) -> None:
-    """Refuse secrets given on the command line (`-o`): they would land in shell history and `ps`."""
+    """Refuse secrets given on the command line (`-o`): they would land in shell history and `ps`.
+    A value carrying credentials (`https://user:token@host`, `?apikey=...`) counts as a secret: it
+    is never stored with the job, so the runner could only take it from the config again."""
     for spec in cls.option_specs:
         if spec.secret and spec.name in cli_options:
             raise ProviderUnavailableError(
                 f"option {spec.name} of provider {cls.name} is secret and cannot be passed with -o: "
                 + secret_hint(cls.name, spec.name)
             )
+        if _carries_credentials(cli_options.get(spec.name)):
+            raise ProviderUnavailableError(
+                f"option {spec.name} of provider {cls.name} carries credentials and cannot be passed with -o: "
+                f"set it in the config ([providers.{cls.name}] {spec.name} = ..., e.g. "
+                f"`collect config set providers.{cls.name}.{spec.name} VALUE`)"
+            )
+
+
+def _carries_credentials(value: Any) -> bool:
+    return isinstance(value, str) and has_credentials(value)
 
 
 class Provider:
@@ -165,11 +243,11 @@ class Provider:
         return parsed
 
     def public_options(self) -> dict[str, Any]:
-        """Options safe to store in state files and show: secret options are left out entirely
-        (the runner takes them from config or the environment again, so nothing masked can ever
-        override the real value)."""
+        """Options safe to store in state files and show: secret options, and values carrying
+        credentials (a token in a `base_url`), are left out entirely (the runner takes them from
+        config or the environment again, so nothing masked can ever override the real value)."""
         secret = {spec.name for spec in self.option_specs if spec.secret}
-        return {k: v for k, v in self.options.items() if k not in secret}
+        return {k: v for k, v in self.options.items() if k not in secret and not _carries_credentials(v)}
 
     def calendar_for(self, symbol: str) -> Calendar:
         """The calendar of the exchange `symbol` trades on (requests are planned with it, and a

@@ -21,6 +21,9 @@ from typing import Any
 
 from ktrdr_collect.errors import ProviderUnavailableError
 from ktrdr_collect.providers.base import (
+    MAX_RATE,
+    MAX_TIMEOUT_S,
+    MIN_RATE,
     Bar,
     Interrupt,
     OptionSpec,
@@ -161,9 +164,11 @@ class BinanceProvider(Provider):
     needs_network = True
     option_specs = (
         OptionSpec("base_url", str, "https://api.binance.com", "API root (a mirror, or a local test server)"),
-        OptionSpec("rate_limit", float, 10.0, "requests per second across all jobs on this machine (0: no pacing)"),
-        OptionSpec("max_bars", int, MAX_LIMIT, "bars per request, 1..1000"),
-        OptionSpec("timeout_s", float, 30.0, "seconds before a request counts as failed (and is retried)"),
+        OptionSpec("rate_limit", float, 10.0, "requests per second across all jobs on this machine (0: no pacing)",
+                   low=MIN_RATE, high=MAX_RATE, zero_off=True),
+        OptionSpec("max_bars", int, MAX_LIMIT, "bars per request, 1..1000", low=1, high=MAX_LIMIT),
+        OptionSpec("timeout_s", float, 30.0, "seconds before a request counts as failed (and is retried)",
+                   above=0, high=MAX_TIMEOUT_S),
     )
     publish_delay_s = 5.0
     """A closed kline is served at once; 5 s covers clock skew between us and Binance."""

@@ -1,6 +1,7 @@
 """`csv`: bring existing CSV archives in as a job (no network).
 
-For symbol S (file stem F = `S` upper-cased, `/` -> `_`) and timeframe T, the first of these found
+For symbol S (file stem F = `S` upper-cased, `_` -> `%5F`, `/` -> `_`; then, for a symbol with `_`,
+the name older versions and other tools give it: both as `_`) and timeframe T, the first of these found
 under the `path` folder is read:
 
 1. `<path>/<provider>/<T>/<F>.csv`   a data folder of ours (or any folder laid out the same way)
@@ -38,7 +39,7 @@ from ktrdr_collect.providers.base import (
     UnknownSymbolError,
 )
 from ktrdr_collect.storage.calendar import AlwaysOpenCalendar, weekday_of
-from ktrdr_collect.storage.paths import file_stem
+from ktrdr_collect.storage.paths import UNDERSCORE, file_stem
 from ktrdr_collect.storage.timeframes import DAY, TIMEFRAMES, format_ts, timeframe_seconds
 
 TIME_COLUMNS = ("timestamp", "date", "datetime", "time", "")
@@ -263,6 +264,14 @@ class CsvArchiveProvider(Provider):
             raise UnknownSymbolError(str(e)) from None
 
     def _find(self, stem: str, timeframe: str) -> Path | None:
+        """Our name for the symbol first, then the one older versions and other tools give a `_` symbol."""
+        for name in dict.fromkeys((stem, stem.replace(UNDERSCORE, "_"))):
+            found = self._find_named(name, timeframe)
+            if found is not None:
+                return found
+        return None
+
+    def _find_named(self, stem: str, timeframe: str) -> Path | None:
         layout = self._layout_candidates(stem, timeframe)
         if len(layout) > 1:
             names = ", ".join(p.parent.parent.name for p in layout)

@@ -124,18 +124,23 @@ class ServerRateLimit:
             return None
 
 
+MAX_DELAY_MS = 600_000.0
+"""Longest latency or jitter an option may ask for (10 minutes)."""
+
+
 class DemoProvider(Provider):
     name = "demo"
     description = "Offline deterministic SYNTHETIC data, for examples, tests and benchmarks"
     timeframes = TIMEFRAMES
     synthetic = True
     option_specs = (
-        OptionSpec("latency_ms", float, 50.0, "time each request takes"),
-        OptionSpec("jitter_ms", float, 0.0, "extra random latency, 0..jitter_ms"),
-        OptionSpec("max_bars", int, 1000, "most bars one request returns"),
+        OptionSpec("latency_ms", float, 50.0, "time each request takes", low=0, high=MAX_DELAY_MS),
+        OptionSpec("jitter_ms", float, 0.0, "extra random latency, 0..jitter_ms", low=0, high=MAX_DELAY_MS),
+        OptionSpec("max_bars", int, 1000, "most bars one request returns", low=1, high=1_000_000),
         OptionSpec("fail_symbols", str, "", "comma list: these symbols fail validation as unknown"),
         OptionSpec("flaky_symbols", str, "", "comma list: each request fails once, then succeeds"),
-        OptionSpec("rate_limit", int, 0, "if > 0, requests beyond this many per second are refused"),
+        OptionSpec("rate_limit", int, 0, "if > 0, requests beyond this many per second are refused",
+                   low=0, high=1_000_000),
     )
     calendar = DEMO_CALENDAR
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from ktrdr_collect.errors import ProviderUnavailableError
 from ktrdr_collect.providers.base import (
+    MAX_TIMEOUT_S,
     Bar,
     Interrupt,
     OptionSpec,
@@ -106,12 +107,15 @@ class IbProvider(Provider):
     needs_network = True
     option_specs = (
         OptionSpec("host", str, "127.0.0.1", "TWS / IB Gateway host"),
-        OptionSpec("port", int, 4002, "API port: 4002 Gateway paper, 4001 Gateway live, 7497/7496 TWS paper/live"),
-        OptionSpec("client_id", int, 0, "API client id; 0: one derived from the process id (jobs never clash)"),
+        OptionSpec("port", int, 4002, "API port: 4002 Gateway paper, 4001 Gateway live, 7497/7496 TWS paper/live",
+                   low=1, high=65535),
+        OptionSpec("client_id", int, 0, "API client id; 0: one derived from the process id (jobs never clash)",
+                   low=0, high=2**31 - 1),
         OptionSpec("what_to_show", str, "", "TRADES, MIDPOINT, BID, ASK, BID_ASK, ADJUSTED_LAST; "
                    "empty: TRADES (BID for forex)"),
         OptionSpec("use_rth", bool, True, "regular trading hours only"),
-        OptionSpec("timeout_s", float, 60.0, "seconds before a request counts as timed out (and is retried)"),
+        OptionSpec("timeout_s", float, 60.0, "seconds before a request counts as timed out (and is retried)",
+                   above=0, high=MAX_TIMEOUT_S),
         OptionSpec("exchange", str, "SMART", "exchange for stocks"),
         OptionSpec("currency", str, "USD", "currency for stocks"),
         OptionSpec("weekends", bool, False, "markets with bars on Saturday/Sunday (else no request asks for them)"),

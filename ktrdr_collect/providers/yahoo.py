@@ -27,6 +27,9 @@ from zoneinfo import ZoneInfo
 from ktrdr_collect.errors import ProviderUnavailableError
 from ktrdr_collect.providers import http
 from ktrdr_collect.providers.base import (
+    MAX_RATE,
+    MAX_TIMEOUT_S,
+    MIN_RATE,
     Bar,
     Interrupt,
     OptionSpec,
@@ -213,8 +216,10 @@ class YahooProvider(Provider):
     needs_network = True
     option_specs = (
         OptionSpec("base_url", str, "https://query2.finance.yahoo.com", "API root (or a local test server)"),
-        OptionSpec("rate_limit", float, 2.0, "requests per second across all jobs on this machine (0: no pacing)"),
-        OptionSpec("timeout_s", float, 30.0, "seconds before a request counts as failed (and is retried)"),
+        OptionSpec("rate_limit", float, 2.0, "requests per second across all jobs on this machine (0: no pacing)",
+                   low=MIN_RATE, high=MAX_RATE, zero_off=True),
+        OptionSpec("timeout_s", float, 30.0, "seconds before a request counts as failed (and is retried)",
+                   above=0, high=MAX_TIMEOUT_S),
         OptionSpec("holidays", str, "auto", "auto|on|off: each exchange's holidays and early closes "
                    "(needs exchange_calendars); off: its weekdays and regular hours only"),
         OptionSpec("client", str, "auto", "auto|browser|stdlib: browser is curl_cffi with Chrome's TLS "

@@ -311,11 +311,11 @@ class CsvStore:
             text = self.coverage_path(provider, timeframe, symbol).read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        except OSError:
+        except (OSError, ValueError):  # ValueError: not UTF-8 text (UnicodeDecodeError)
             return []
         try:
             ranges = coverage_from_doc(json.loads(text))
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested beyond the parser's depth
             return []
         return [] if ranges is None else ranges
 
