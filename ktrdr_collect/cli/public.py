@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ktrdr_collect.jobs.history import HIDDEN
 from ktrdr_collect.text import clean, clean_tree
-
-HIDDEN = ("control_offset", "pid", "runs")
 
 
 def public_symbol(entry: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from ktrdr_collect.jobs.lock import is_locked
 
 INDEX_FILE = "index.sqlite"
 INDEX_VERSION = 2
-HIDDEN = ("control_offset", "control_tail", "control_acks", "pid", "runs")
+HIDDEN = ("control_offset", "control_tail", "control_acks", "pid", "runs", "seq")
+"""Runner bookkeeping that is not part of a job's public status (list, status --json)."""
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS jobs (
