@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -113,6 +114,17 @@ def make_jobs(n: int, seed: int = 7) -> tuple[list[str], int]:
 
 
 
+def timed_rss(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS in MB) of a whole command, output discarded."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[2:])} exited {proc.returncode}")
+    return time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
 def run(quick: bool = False) -> list[Row]:
     n = 2000 if quick else 10_000
     rounds = 3 if quick else 5
@@ -144,6 +156,8 @@ def run(quick: bool = False) -> list[Row]:
                     problems.append("list (warm): not the 20 newest ids in order")
                 if k == "stats" and json.loads(out)["jobs"] != recent:
                     problems.append(f"stats: {json.loads(out)['jobs']} jobs, expected {recent}")
+        full = {"table": [*cli, "list"], "json": [*cli, "list", "--json"]}
+        whole = {k: [timed_rss(c) for _ in range(3)] for k, c in full.items()}
         (home / "jobs" / "index.sqlite").unlink()
         cold_stats, out = timed(cmds["stats"])
         if json.loads(out)["jobs"] != recent:
@@ -155,7 +169,12 @@ def run(quick: bool = False) -> list[Row]:
     check = "outputs correct" if not problems else "; ".join(dict.fromkeys(problems))
     base = f"python -c pass {fmt_s(bare)}"
     spread = lambda xs: f"{fmt_s(min(xs))}..{fmt_s(max(xs))}"  # noqa: E731
+    table_s, json_s = (median([t for t, _ in whole[k]]) for k in ("table", "json"))
+    table_mb, json_mb = (max(m for _, m in whole[k]) for k in ("table", "json"))
     return [
+        Row(f"history_scale list (table, all {n} jobs) vs --json", f"{fmt_s(table_s)}, {table_mb:.0f} MB RSS",
+            f"--json {fmt_s(json_s)}, {json_mb:.0f} MB", table_s / json_s, "<= 2x", table_s <= 2 * json_s,
+            note="the table streams from the index: constant memory, no renderer holding every row"),
         Row(f"history_scale list --limit 20, {n} jobs, warm (median {rounds})", fmt_s(lst), base, lst / bare,
             "median <= 0.5 s", lst <= AIM_S and not problems,
             note=f"{check}; warm range {spread(samples['list'])}; "

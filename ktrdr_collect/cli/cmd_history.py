@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import typer
 
 from ktrdr_collect.cli import fmt
-from ktrdr_collect.cli.tables import print_table
+from ktrdr_collect.cli.tables import print_stream_table, print_table
 from ktrdr_collect.config import load_settings
 from ktrdr_collect.errors import InvalidInputError
 from ktrdr_collect.inputs import MAX_DAYS, normalize_symbol, parse_age
@@ -50,23 +52,31 @@ def list_(
     filters = (status_, normalize_symbol(symbol) if symbol else None, provider, when_iso(since), when_iso(until),
                search, limit)
     with History() as history:
-        rows = history.query(*filters)
         for err in history.broken:
             typer.echo(f"Warning: {clean(str(err))}", err=True)
-    rows = clean_tree(rows)
-    if json_:
-        print(json.dumps(rows, indent=2))
-    elif not rows:
-        print("No jobs.")
-    else:
-        print_table(
-            ["ID", "STATUS", "PROVIDER", "TF", "SYMBOLS", "CANDLES", "CREATED", "ELAPSED", "NAME"],
-            [[r["id"], r["status"], r["provider"], r["timeframe"], f"{r['symbols_completed']}/{r['symbols_total']}",
-              fmt.count(r["candles"]), fmt.when(r["created_at"]), fmt.duration(r["elapsed_s"]), r.get("name") or ""]
-             for r in rows],
-            right=("SYMBOLS", "CANDLES", "ELAPSED"),
-        )
+        rows = (clean_tree(r) for r in history.query(*filters))
+        if json_:
+            print_json_array(rows)
+        else:
+            print_stream_table(
+                ["ID", "STATUS", "PROVIDER", "TF", "SYMBOLS", "CANDLES", "CREATED", "ELAPSED", "NAME"],
+                ([r["id"], r["status"], r["provider"], r["timeframe"], f"{r['symbols_completed']}/{r['symbols_total']}",
+                  fmt.count(r["candles"]), fmt.when(r["created_at"]), fmt.duration(r["elapsed_s"]),
+                  r.get("name") or ""] for r in rows),
+                right=("SYMBOLS", "CANDLES", "ELAPSED"), empty="No jobs.",
+            )
     return 0
+
+
+def print_json_array(rows: Iterable[Any]) -> None:
+    """A JSON array written as the rows come (the same text json.dumps(indent=2) gives)."""
+    out = sys.stdout
+    first = True
+    for row in rows:
+        item = json.dumps(row, indent=2).replace("\n", "\n  ")
+        out.write(("[\n  " if first else ",\n  ") + item)
+        first = False
+    out.write("[]\n" if first else "\n]\n")
 
 
 def _pct(value: float | None) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from ktrdr_collect.text import clean
@@ -12,6 +14,40 @@ def console() -> Any:
     from rich.console import Console
 
     return Console(highlight=False, width=None if sys.stdout.isatty() else 240)
+
+
+SAMPLE_ROWS = 200
+"""Rows a streamed table sizes its columns by; longer cells further down are cut with an ellipsis."""
+
+
+def print_stream_table(columns: list[str], rows: Iterable[list[str]], right: tuple[str, ...] = (),
+                       empty: str = "") -> None:
+    """A plain table printed as the rows come, in constant memory: column widths come from the
+    header and the first rows (the last column is never cut)."""
+    it = iter(rows)
+    head = [[clean(c) for c in row] for row in itertools.islice(it, SAMPLE_ROWS)]
+    if not head:
+        if empty:
+            print(empty)
+        return
+    widths = [max(len(col), *(len(r[i]) for r in head)) for i, col in enumerate(columns)]
+    aligned = {i for i, col in enumerate(columns) if col in right}
+    out = sys.stdout
+    out.write(_line(columns, widths, aligned) + "\n")
+    for row in itertools.chain(head, ([clean(c) for c in row] for row in it)):
+        out.write(_line(row, widths, aligned) + "\n")
+
+
+def _line(cells: list[str], widths: list[int], right: set[int]) -> str:
+    parts = []
+    last = len(cells) - 1
+    for i, (cell, width) in enumerate(zip(cells, widths, strict=True)):
+        if i == last:
+            parts.append(cell)
+            continue
+        text = cell if len(cell) <= width else cell[: width - 1] + "…"
+        parts.append(text.rjust(width) if i in right else text.ljust(width))
+    return "  ".join(parts).rstrip()
 
 
 def print_table(columns: list[str], rows: list[list[str]], right: tuple[str, ...] = ()) -> None:

@@ -8,6 +8,8 @@ missing or corrupt index is rebuilt from the folders.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import json
 import os
 import sqlite3
@@ -39,6 +41,10 @@ CREATE TABLE IF NOT EXISTS job_symbols (job_id TEXT NOT NULL, symbol TEXT NOT NU
 CREATE INDEX IF NOT EXISTS job_symbols_symbol ON job_symbols (symbol);
 CREATE INDEX IF NOT EXISTS job_symbols_job ON job_symbols (job_id);
 """
+
+
+def _newest_first(s: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(-ord(c) for c in s["id"])
 
 
 def summary(status: dict[str, Any]) -> dict[str, Any]:
@@ -200,8 +206,9 @@ class History:
         until: str | None = None,
         search: str | None = None,
         limit: int | None = None,
-    ) -> list[dict[str, Any]]:
-        """Job summaries matching every filter, newest first (ISO strings compare as times)."""
+    ) -> Iterator[dict[str, Any]]:
+        """Job summaries matching every filter, newest first (ISO strings compare as times), read
+        from the index as they are consumed: listing 20,000 jobs holds one row at a time."""
         where, args = ["1=1"], []
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -226,10 +233,11 @@ class History:
         sql = f"SELECT summary FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        rows = [json.loads(r[0]) for r in self.conn.execute(sql, args)]
-        live = [summary(s) for s in self.live if _live_matches(s, statuses, symbol, provider, since, until, search)]
-        merged = sorted(rows + live, key=lambda s: s["id"], reverse=True)  # ids follow the creation sequence
-        return merged[:limit] if limit is not None else merged
+        finished = (json.loads(r[0]) for r in self.conn.execute(sql, args))
+        live = sorted((summary(s) for s in self.live if _live_matches(s, statuses, symbol, provider, since, until,
+                                                                      search)), key=_newest_first)
+        merged = heapq.merge(finished, live, key=_newest_first)  # ids follow the creation sequence
+        return itertools.islice(merged, limit)
 
     def finished_since(self, since: str | None) -> list[dict[str, Any]]:
         """The numbers stats need, straight from the index columns (no JSON decoding)."""
