@@ -33,10 +33,8 @@ T = TypeVar("T")
 class Store(Protocol):
     def coverage(self, provider: str, timeframe: str, symbol: str) -> list[tuple[int, int]]: ...
 
-    def write(
-        self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar], covered: tuple[int, int],
-        on_stored: Callable[[], None] | None = None,
-    ) -> None: ...
+    def write(self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar], covered: tuple[int, int]) -> int:
+        """Store and record; returns the rows added or changed."""
 
     def last_ts(self, provider: str, timeframe: str, symbol: str) -> int | None: ...
 
@@ -92,7 +90,8 @@ class BatchContext:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     now: Callable[[], float] = time.time
     on_stored: Callable[[str, tuple[int, int], int], None] | None = None
-    """Called with (symbol, range, bars) once bars are durable, before their range is recorded."""
+    """Called with (symbol, range, bars) just before bars are written: a job's journal of the
+    ranges it stored, from which its counts are rebuilt after a crash (see jobs/journal.py)."""
 
 
 @dataclass
@@ -278,8 +277,7 @@ class SymbolPipeline:
                     continue
                 if covered != segment:
                     self._flush(batch)
-                    self._store(bars, covered)
-                    self.track.segment_done(symbol, len(bars))
+                    self.track.segment_done(symbol, self._store(bars, covered))
                     continue
                 if last is not None and segment[0] <= last:  # lands before stored data: batch it
                     if not batch.continues(segment):
@@ -291,8 +289,7 @@ class SymbolPipeline:
                     continue
                 self._flush(batch)
                 self._stage("saving")
-                self._store(bars, segment)
-                self.track.segment_done(symbol, len(bars))
+                self.track.segment_done(symbol, self._store(bars, segment))
         finally:
             self._flush(batch)  # what was fetched is kept, even when cancelled or failing
 
@@ -300,14 +297,15 @@ class SymbolPipeline:
         if not batch.ranges:
             return
         self._stage("merging")
-        self._store(batch.bars, (batch.ranges[0][0], batch.ranges[-1][1]))
-        self.track.candles_stored(self.symbol, len(batch.bars))
+        self.track.candles_stored(self.symbol, self._store(batch.bars, (batch.ranges[0][0], batch.ranges[-1][1])))
         batch.clear()
 
-    def _store(self, bars: list[Bar], covered: tuple[int, int]) -> None:
-        ctx, hook = self.ctx, self.ctx.on_stored
-        on_stored = None if hook is None else (lambda: hook(self.symbol, covered, len(bars)))
-        ctx.store.write(ctx.provider.name, ctx.timeframe, self.symbol, bars, covered, on_stored=on_stored)
+    def _store(self, bars: list[Bar], covered: tuple[int, int]) -> int:
+        """Journal, then store; the rows the file gained or changed (what the job counts)."""
+        ctx = self.ctx
+        if ctx.on_stored is not None:
+            ctx.on_stored(self.symbol, covered, len(bars))
+        return ctx.store.write(ctx.provider.name, ctx.timeframe, self.symbol, bars, covered)
 
     def _check_cancel(self) -> None:
         if self.ctx.token.is_cancelled:

@@ -1,6 +1,6 @@
-"""What a job has stored, one line per write, appended before the store records the range as
-fetched: after a crash the job's counts are rebuilt from it, so nothing stored goes uncounted.
-(state.json is written at most 10 times a second and can lag behind the data files.)"""
+"""What a job has stored, one line per write, appended just before the write: after a crash the
+job's counts are rebuilt from it and the data files (state.json is written at most 10 times a
+second and can lag behind the data files)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from ktrdr_collect import files, paths
@@ -39,20 +40,24 @@ class StoredJournal:
             os.close(self._fd)
             self._fd = None
 
-    def candles(self) -> dict[str, int]:
-        """Bars stored per symbol; a range stored twice (a crash after the write) counts once."""
-        seen: dict[tuple[str, int, int], int] = {}
+    def ranges(self) -> dict[str, list[tuple[int, int]]]:
+        """The ranges each symbol's writes covered (a torn last line is skipped)."""
+        found: dict[str, list[tuple[int, int]]] = defaultdict(list)
         try:
             lines = self.path.read_bytes().splitlines()
         except FileNotFoundError:
             return {}
         for raw in lines:
             try:
-                symbol, start, end, bars = json.loads(raw)
+                symbol, start, end, _bars = json.loads(raw)
+                found[str(symbol)].append((int(start), int(end)))
             except (ValueError, TypeError):
-                continue  # a torn last line
-            seen[(symbol, start, end)] = int(bars)
-        totals: dict[str, int] = defaultdict(int)
-        for (symbol, _, _), bars in seen.items():
-            totals[symbol] += bars
-        return dict(totals)
+                continue
+        return dict(found)
+
+    def candles(self, count: Callable[[str, list[tuple[int, int]]], int]) -> dict[str, int]:
+        """Bars this job stored, per symbol: the rows the data files hold inside the ranges it
+        journaled (`count(symbol, ranges)`). A line is journaled just before its write, so a crash
+        at any moment neither loses a stored bar nor counts one twice: a write that never happened
+        adds no row, and a segment fetched again after the crash adds no row either."""
+        return {symbol: count(symbol, ranges) for symbol, ranges in self.ranges().items()}

@@ -1,7 +1,9 @@
 """The runner: the one process that owns a job while it runs.
 
 `python -m ktrdr_collect.jobs.runner JOB_ID [--lock-fd N]`. It holds the job lock, reads the
-control channel every 50 ms, runs the engine, and alone writes state.json (≤ 10 times a second).
+control channel every 50 ms, runs the engine, and alone writes state.json: at once when a command
+is acknowledged or the status changes, else at most every 75 ms and, for a big state, no more often
+than its cost allows (10 % of a core, 4 MiB a second; docs/reliability.md, "Huge jobs").
 
 A job the runner cannot carry on here and now stays resumable: a start-up error (bad config or
 environment, a provider that is not installed), a state.json it cannot write (a full disk) or a
@@ -19,6 +21,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +32,13 @@ from ktrdr_collect.engine.cancellation import CancellationToken, PauseGate, Proc
 from ktrdr_collect.engine.engine import ProcessingEngine
 from ktrdr_collect.engine.pipeline import RetryPolicy, SymbolResult
 from ktrdr_collect.engine.progress import FINISHED as SYMBOL_FINISHED
-from ktrdr_collect.engine.progress import BatchSnapshot, ProgressTracker, SymbolProgress, Totals
+from ktrdr_collect.engine.progress import BatchSnapshot, ProgressTracker, Summary, SymbolProgress, Totals
 from ktrdr_collect.errors import CollectError, StateFileError
 from ktrdr_collect.jobs import control, model
 from ktrdr_collect.jobs.folders import LOG_FILE, STOP_MARK, iso_now
 from ktrdr_collect.jobs.journal import StoredJournal
 from ktrdr_collect.jobs.lock import JobLock
-from ktrdr_collect.jobs.statefile import STATE_FILE, read_state, write_state
+from ktrdr_collect.jobs.statefile import STATE_FILE, Encoded, encode_entry, encode_state, read_state, write_state
 from ktrdr_collect.providers.registry import create_provider
 from ktrdr_collect.storage.open import open_store
 from ktrdr_collect.text import CleanFormatter
@@ -43,6 +47,12 @@ log = logging.getLogger("ktrdr_collect.job")
 CONTROL_POLL_S = 0.05
 MIN_WRITE_INTERVAL_S = 0.075
 """At most ~13 writes a second; a change waits at most this long to be visible (aim: p99 <= 100 ms)."""
+WRITE_CPU_SHARE = 0.10
+"""Paced writes of state.json take at most this share of a core: after a write that cost C seconds
+of CPU, the next paced one waits C / WRITE_CPU_SHARE."""
+WRITE_BYTES_PER_S = 4 * 1024 * 1024
+"""...and rewrite at most this many bytes a second (a state of 14 MB: every 3.5 s). Writes for a
+command or a status change are not paced: they happen at once."""
 
 
 def setup_logging(folder: Path) -> logging.Handler:
@@ -57,16 +67,18 @@ def setup_logging(folder: Path) -> logging.Handler:
     return handler
 
 
-def symbol_entry(sp: SymbolProgress) -> dict[str, Any]:
+def symbol_entry(sp: SymbolProgress, cut_short: bool = False) -> dict[str, Any]:
+    """A symbol's entry in state.json; `cut_short`: a symbol cancelled by a stop starts again."""
+    status = "pending" if cut_short and sp.status == "cancelled" else sp.status
     return {
-        "symbol": sp.symbol, "status": sp.status, "stage": sp.stage, "segments_done": sp.segments_done,
+        "symbol": sp.symbol, "status": status, "stage": sp.stage, "segments_done": sp.segments_done,
         "segments_total": sp.segments_total, "candles": sp.candles, "requests": sp.requests, "error": sp.error,
     }
 
 
-def apply_snapshot(state: dict[str, Any], snap: BatchSnapshot) -> None:
+def apply_summary(state: dict[str, Any], snap: Summary | BatchSnapshot) -> None:
+    """The aggregates of a summary (or a snapshot) into the state; its `symbols` are not touched."""
     state.update(
-        symbols=[symbol_entry(sp) for sp in snap.symbols],
         symbols_total=snap.total,
         symbols_completed=snap.completed,
         symbols_failed=snap.failed,
@@ -108,6 +120,26 @@ def describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+@dataclass
+class WriteStats:
+    """What writing state.json cost this runner (logged when it ends)."""
+
+    count: int = 0
+    bytes: int = 0
+    cpu_s: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    def add(self, size: int, cpu_s: float) -> None:
+        self.count += 1
+        self.bytes += size
+        self.cpu_s += cpu_s
+
+    def line(self) -> str:
+        wall = max(1e-9, time.monotonic() - self.started)
+        return (f"{STATE_FILE} written {self.count} times, {self.bytes / 1e6:.1f} MB, {self.cpu_s:.2f} s of CPU "
+                f"in {wall:.1f} s ({100 * self.cpu_s / wall:.1f} % of a core, {self.bytes / 1e6 / wall:.2f} MB/s)")
+
+
 class Runner:
     def __init__(self, job_id: str, lock: JobLock) -> None:
         self.job_id = job_id
@@ -121,34 +153,83 @@ class Runner:
         """Why the job stops before it ends (a signal, an unwritable state.json): it stays resumable."""
         self.done = threading.Event()
         self._write_lock = threading.Lock()
-        self._last_write = 0.0
+        self.clock: Callable[[], float] = time.monotonic
+        self.cpu_clock: Callable[[], float] = time.thread_time
+        """What paces the writes (tests put their own)."""
+        self._next_write = 0.0
+        """When the next paced write may happen: set by each write from its cost."""
+        self._written_status: str | None = None
+        self._lines: list[bytes] | None = None
+        """Each symbol's line in state.json, in order, kept encoded: a write re-encodes only the
+        symbols that changed since the one before."""
+        self._line_of: dict[str, int] = {}
+        self._cut_short = False
+        """Stopped midway: symbols cancelled by the stop are written `pending` (they start again)."""
+        self.writes = WriteStats()
         acks = control.acked_ids(self.state)
         self.control = control.ControlReader(
             self.folder, int(self.state.get("control_offset") or 0), str(self.state.get("control_tail") or ""),
             seen=acks, warn=log.warning,
         )
         self.tracker: ProgressTracker | None = None
+        self.symbols: list[str] = [e["symbol"] for e in self.state["symbols"]]
         self.journal = StoredJournal(self.folder)
 
     # -- state.json --------------------------------------------------------------------
     def publish(self, durable: bool = False, final: bool = False) -> None:
+        """Write state.json now: the start, a command acknowledged, the end."""
         with self._write_lock:
-            if self.tracker is not None:
-                apply_snapshot(self.state, self.tracker.snapshot())
-            if final:
-                self.state["eta_s"] = 0.0
-                self.state["current_symbols"] = []
-            self.state["updated_at"] = iso_now()
-            write_state(self.folder, self.state, durable=durable)
-            self._last_write = time.monotonic()
+            self._write(durable, {"eta_s": 0.0, "current_symbols": []} if final else {})
 
-    def try_publish(self) -> None:
+    def publish_if_due(self) -> bool:
+        """Write state.json if the last write's cost allows it by now, or if the status changed
+        since; False if the write has to wait."""
+        with self._write_lock:
+            if self.clock() < self._next_write and self.state["status"] == self._written_status:
+                return False
+            self._write(False, {})
+            return True
+
+    def _write(self, durable: bool, overrides: dict[str, Any]) -> None:
+        """The one way the runner writes state.json (holding the write lock)."""
+        started, cpu = self.clock(), self.cpu_clock()
+        payload = self._encode(overrides)
+        write_state(self.folder, Encoded(payload), durable=durable)
+        cost = self.cpu_clock() - cpu
+        self.writes.add(len(payload), cost)
+        self._written_status = self.state["status"]
+        self._next_write = started + max(MIN_WRITE_INTERVAL_S, cost / WRITE_CPU_SHARE,
+                                         len(payload) / WRITE_BYTES_PER_S)
+
+    def _encode(self, overrides: dict[str, Any]) -> bytes:
+        state = self.state
+        if self.tracker is None:  # before the run starts: the symbols as they were read
+            lines = [encode_entry(e) for e in state["symbols"]]
+        else:
+            everything = self._lines is None or self._cut_short
+            summary, changed = self.tracker.drain(everything)
+            apply_summary(state, summary)
+            if everything or self._lines is None:
+                self._lines = [encode_entry(symbol_entry(sp, self._cut_short)) for sp in changed]
+                self._line_of = {sp.symbol: i for i, sp in enumerate(changed)}
+            else:
+                for sp in changed:
+                    self._lines[self._line_of[sp.symbol]] = encode_entry(symbol_entry(sp))
+            lines = self._lines
+        state.update(overrides)
+        state["updated_at"] = iso_now()
+        return encode_state({k: v for k, v in state.items() if k != "symbols"}, lines)
+
+    def try_publish(self, paced: bool = False) -> bool:
         """From the background threads. A state.json that cannot be written (a full disk) stops the
         job, resumable: running on would store data that its state no longer describes."""
         try:
+            if paced:
+                return self.publish_if_due()
             self.publish()
         except OSError as e:
             self.halt(f"cannot write {STATE_FILE}: {describe(e)}")
+        return True
 
     def halt(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -165,11 +246,16 @@ class Runner:
     # -- threads -----------------------------------------------------------------------
     def control_loop(self) -> None:
         while not self.done.is_set():
-            commands = self.control.poll()
-            if commands:
-                self.acknowledge([(c, self.apply(c.cmd)) for c in commands])
-                self.try_publish()
+            self.control_step()
             self.done.wait(CONTROL_POLL_S)
+
+    def control_step(self) -> None:
+        """One poll of the control channel: new commands are acted on, and their acknowledgements
+        written at once (unpaced), so a sender sees them within one poll and one write."""
+        commands = self.control.poll()
+        if commands:
+            self.acknowledge([(c, self.apply(c.cmd)) for c in commands])
+            self.try_publish()
 
     def acknowledge(self, results: list[tuple[control.Command, str]]) -> None:
         """Acks by command id, and where reading stopped (so a restart neither misses nor repeats)."""
@@ -202,13 +288,20 @@ class Runner:
         return f"ignored: job is {status}"
 
     def writer_loop(self) -> None:
+        """Paced writes: a change is written once the last write's cost allows (every 75 ms for a
+        small state; a big one waits longer, so writing costs a bounded share of CPU and disk)."""
         assert self.tracker is not None
         version = self.tracker.version
+        pending = False  # a change not written yet
         while not self.done.is_set():
-            version = self.tracker.wait_for_change(version, timeout=1.0)
+            wait = max(0.0, self._next_write - self.clock()) if pending else 1.0
+            seen = self.tracker.wait_for_change(version, timeout=wait)
             if self.done.is_set():
                 return
-            self.try_publish()
+            pending = pending or seen != version
+            version = seen
+            if pending:
+                pending = not self.try_publish(paced=True)
             self.done.wait(MIN_WRITE_INTERVAL_S)
 
     def on_symbol(self, result: SymbolResult) -> None:
@@ -235,10 +328,13 @@ class Runner:
             store = open_store(state.get("format", "csv"), Path(state["data_dir"]))
             retry = RetryPolicy(max_throttle_wait_s=float(settings.values["max_rate_limit_wait"]))
             engine = ProcessingEngine(provider, store, workers=int(state.get("workers", 4)), retry=retry)
-            symbols = tracker_symbols(state, self.journal.candles())
+            stored = self.journal.candles(
+                lambda symbol, ranges: store.count(state["provider"], state["timeframe"], symbol, ranges))
+            symbols = tracker_symbols(state, stored)
             carried = Totals(state["requests"], state["throttled"], state["errors_count"],
                              sum(sp.candles for sp in symbols), state["elapsed_s"])
             self.tracker = engine.new_tracker(symbols, state["timeframe"], carried=carried)
+            del state["symbols"]  # the tracker has them now (and writes them): no second copy
         except BaseException:
             provider.close()
             raise
@@ -278,7 +374,7 @@ class Runner:
             t.start()
         try:
             engine.process_batch(
-                [e["symbol"] for e in state["symbols"]], state["timeframe"],
+                self.symbols, state["timeframe"],
                 start="earliest" if state.get("earliest") else state["start"], end=state["end"],
                 cancellation_token=self.token, gate=self.gate, tracker=self.tracker,
                 symbol_callback=self.on_symbol, on_stored=self.journal.record,
@@ -304,9 +400,9 @@ class Runner:
             else:
                 late.append((command, f"ignored: job is ending ({self.state['status']})"))
         self.acknowledge(late)
-        snap = self.tracker.snapshot()
+        snap = self.tracker.summary()
         if self.stop_reason is not None and not self.cancel_requested:
-            return self.stop_midway(snap, self.stop_reason)
+            return self.stop_midway(self.stop_reason)
         status = model.CANCELLED if self.cancel_requested else model.final_status(snap.completed, snap.failed)
         self.set_status(status)
         self.state["completed_at"] = iso_now()
@@ -321,12 +417,9 @@ class Runner:
         )
         return model.exit_code(status, snap.failed) or 0
 
-    def stop_midway(self, snap: BatchSnapshot, reason: str) -> int:
+    def stop_midway(self, reason: str) -> int:
         """Stopped by a signal or an unwritable state: symbols cut short start again on resume."""
-        apply_snapshot(self.state, snap)
-        for e in self.state["symbols"]:
-            if e["status"] == "cancelled":
-                e["status"] = "pending"
+        self._cut_short = True
         return self.stop(reason)
 
     def stop(self, reason: str) -> int:
@@ -336,8 +429,8 @@ class Runner:
                   self.job_id)
         print(f"{STOP_MARK}{reason}", file=sys.stderr, flush=True)
         self.set_status(model.INTERRUPTED)
-        self.state.update(error=reason, current_symbols=[], eta_s=None, completed_at=None)
-        self.write_last()
+        self.state.update(error=reason, completed_at=None)
+        self.write_last(current_symbols=[], eta_s=None)
         return model.exit_code(model.INTERRUPTED) or 6
 
     def fail(self, message: str) -> int:
@@ -345,17 +438,14 @@ class Runner:
         self.state["error"] = message
         self.set_status(model.FAILED)
         self.state["completed_at"] = iso_now()
-        self.state["eta_s"] = 0.0
-        self.state["current_symbols"] = []
-        self.write_last()
+        self.write_last(eta_s=0.0, current_symbols=[])
         return 4
 
-    def write_last(self) -> None:
+    def write_last(self, **overrides: Any) -> None:
         """The runner's last write: if it fails, the reader falls back to runner.err for the reason."""
         with self._write_lock:
-            self.state["updated_at"] = iso_now()
             try:
-                write_state(self.folder, self.state, durable=True)
+                self._write(True, overrides)
             except OSError as e:
                 log.error("job %s: cannot write %s: %s", self.job_id, STATE_FILE, describe(e))
 
@@ -394,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("job %s: runner crashed", args.job_id)
         return runner.fail(describe(e))
     finally:
+        if runner.writes.count:
+            log.info("job %s: %s", args.job_id, runner.writes.line())
         handler.flush()
         lock.release()
 

@@ -18,7 +18,7 @@ import fcntl
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import IO
@@ -321,24 +321,26 @@ class CsvStore:
 
     # writing
 
-    def write(
-        self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar], covered: Interval,
-        on_stored: Callable[[], None] | None = None,
-    ) -> None:
-        """Store ``bars`` (ascending, inside ``covered``) and record ``covered`` as fetched.
-
-        ``on_stored`` runs once the bars are durable and before the coverage is recorded, so a
-        caller's own bookkeeping can never lag behind what the coverage says is stored."""
+    def write(self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar], covered: Interval) -> int:
+        """Store ``bars`` (ascending, inside ``covered``) durably, then record ``covered`` as
+        fetched. Returns how many rows the file gained or changed (a bar stored again as it was
+        counts 0), so a job's counts are what the files saw, even when a crash made it refetch."""
         check_bars(bars, covered)
         path = self.path(provider, timeframe, symbol)
         with self.lock(provider, timeframe, symbol):
             # Read coverage before storing: a derived-from-data range must not stretch over the new bars.
             ranges = merge_intervals([*self.coverage(provider, timeframe, symbol), covered])
-            if bars:
-                self._store_bars(path, bars)
-            if on_stored is not None:
-                on_stored()
+            written = self._store_bars(path, bars) if bars else 0
             self._save_coverage(provider, timeframe, symbol, ranges)
+            return written
+
+    def count(self, provider: str, timeframe: str, symbol: str, ranges: Sequence[Interval]) -> int:
+        """Stored rows with a timestamp inside any of ``ranges``."""
+        merged = merge_intervals(list(ranges))
+        if not merged:
+            return 0
+        bars = self.read(provider, timeframe, symbol, merged[0][0], merged[-1][1])
+        return sum(1 for bar in bars if any(lo <= bar[0] < hi for lo, hi in merged))
 
     def replace(self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar],
                 ranges: Sequence[Interval]) -> None:
@@ -381,7 +383,7 @@ class CsvStore:
         self._make_folder(path)
         write_csv(path, bars)
 
-    def _store_bars(self, path: Path, bars: Sequence[Bar]) -> None:
+    def _store_bars(self, path: Path, bars: Sequence[Bar]) -> int:
         self._make_folder(path)
         fd = files.open_nofollow(path, os.O_RDWR | os.O_CREAT, files.DATA_FILE_MODE)
         with os.fdopen(fd, "r+b") as f:
@@ -397,8 +399,8 @@ class CsvStore:
                     raise
                 if size == 0:
                     files.fsync_dir(path.parent)
-                return
-        merge_rewrite(path, bars)
+                return len(bars)
+        return merge_rewrite(path, bars)
 
 
 def append_rows(f: IO[bytes], size: int, good_size: int, bars: Sequence[Bar]) -> None:
@@ -419,12 +421,20 @@ def append_rows(f: IO[bytes], size: int, good_size: int, bars: Sequence[Bar]) ->
         raise
 
 
-def merge_rewrite(path: Path, bars: Sequence[Bar]) -> None:
-    """Merge ``bars`` into the file (new bars win on equal timestamps) and replace it atomically."""
+def merge_rewrite(path: Path, bars: Sequence[Bar]) -> int:
+    """Merge ``bars`` into the file (new bars win on equal timestamps) and replace it atomically;
+    returns how many rows were added or changed."""
     with open(path, encoding="utf-8", newline="") as f:
         merged = {bar[0]: bar for bar in parse_lines(iter(f), None, None)}
+    written = changed_rows(merged, bars)
     merged.update((bar[0], bar) for bar in bars)
     write_csv(path, [merged[ts] for ts in sorted(merged)])
+    return written
+
+
+def changed_rows(stored: Mapping[int, Bar], bars: Sequence[Bar]) -> int:
+    """How many of ``bars`` are not already stored exactly so (by timestamp)."""
+    return sum(1 for bar in bars if stored.get(bar[0]) != tuple(bar))
 
 
 def write_csv(path: Path, bars: Sequence[Bar]) -> None:

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ktrdr_collect import files
-from ktrdr_collect.storage.csv_store import Bar, CsvStore
+from ktrdr_collect.storage.csv_store import Bar, CsvStore, changed_rows
 from ktrdr_collect.storage.gaps import Interval
 from ktrdr_collect.storage.paths import file_stem
 
@@ -321,15 +321,19 @@ class ParquetStore(CsvStore):
 
     # writing (CsvStore.write calls this under the lock)
 
-    def _store_bars(self, path: Path, bars: Sequence[Bar]) -> None:
+    def _store_bars(self, path: Path, bars: Sequence[Bar]) -> int:
         self._open_dataset(path)
         live = list_parts(path)
         first, last = bars[0][0], bars[-1][0]
         hit = [p for p in live if p.first <= last and first <= p.last]
+        written = len(bars)
         if hit:
-            bars = merge_bars([read_part(p.path) for p in hit], bars)
+            old = [read_part(p.path) for p in hit]
+            written = changed_rows({bar[0]: bar for part in old for bar in part}, bars)
+            bars = merge_bars(old, bars)
         self._commit(path, bars, hit)
         self._compact(path)
+        return written
 
     def _replace_bars(self, path: Path, bars: Sequence[Bar]) -> None:
         self._open_dataset(path)

@@ -130,7 +130,7 @@ def test_a_full_disk_never_leaves_a_torn_journal_line(tmp_path: Path) -> None:
     assert error is not None and "File too large" in error, error
     lines = (root / "stored").read_bytes().splitlines(keepends=True)
     assert lines and all(line.endswith(b"\n") and len(json.loads(line)) == 4 for line in lines)
-    assert len(StoredJournal(root).candles()) == 1
+    assert len(StoredJournal(root).ranges()) == 1
 
 
 # -- atomic_write ----------------------------------------------------------------------------------
