@@ -7,6 +7,7 @@ BENCHMARKS = (
     "progress_overhead",
     "large_series",
     "control_latency",
+    "huge_job",
     "many_jobs",
     "history_scale",
     "startup",

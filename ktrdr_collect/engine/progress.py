@@ -83,6 +83,31 @@ class BatchSnapshot:
 
 
 @dataclass(frozen=True)
+class Summary:
+    """A BatchSnapshot without its symbols (the same names): what `ProgressTracker.summary()` gives
+    in O(running symbols), however many symbols the batch has."""
+
+    total: int
+    completed: int
+    failed: int
+    percent: float
+    current: list[str]
+    requests: int
+    throttled: int
+    errors_count: int
+    candles: int
+    elapsed_s: float
+    eta_s: float | None
+    rate_symbols_per_s: float
+    rate_candles_per_s: float
+
+
+def _partial(sp: SymbolProgress) -> bool:
+    """Whether a symbol's done fraction is strictly between 0 and 1 (it counts in `percent`)."""
+    return sp.status not in FINISHED and sp.segments_total > 0 and sp.segments_done > 0
+
+
+@dataclass(frozen=True)
 class ProcessingProgress:
     """What a `progress_callback` receives."""
 
@@ -126,9 +151,10 @@ class Totals:
 class ProgressTracker:
     """Thread-safe progress of one batch. Workers mutate; anyone may take a snapshot.
 
-    Aggregates (finished count, requests left, unplanned symbols) are kept incrementally so that
-    `progress()` costs O(running symbols), however many symbols there are; `snapshot()` is
-    O(symbols). The ETA is described in docs/eta.md.
+    Aggregates (finished count, requests left, unplanned symbols, the percent's parts) are kept
+    incrementally so that `progress()` and `summary()` cost O(running symbols), however many symbols
+    there are; `snapshot()` is O(symbols), and `drain()` gives the symbols changed since its last
+    call (the state writer re-encodes only those). The ETA is described in docs/eta.md.
     """
 
     def __init__(
@@ -146,6 +172,12 @@ class ProgressTracker:
         for item in symbols:
             sp = item if isinstance(item, SymbolProgress) else SymbolProgress(item)
             self._symbols[sp.symbol] = sp
+        self._index = {symbol: i for i, symbol in enumerate(self._symbols)}
+        self._completed = sum(1 for sp in self._symbols.values() if sp.status == "completed")
+        self._failed = sum(1 for sp in self._symbols.values() if sp.status == "failed")
+        self._current = {sp.symbol for sp in self._symbols.values() if sp.status == "running"}
+        self._partial = {sp.symbol for sp in self._symbols.values() if _partial(sp)}
+        self._dirty: set[str] = set()  # changed since the last drain()
         self._carried = carried or Totals()
         self._requests = self._throttled = self._errors = self._candles = 0
         self._finished_here = 0
@@ -202,7 +234,19 @@ class ProgressTracker:
 
     def _set(self, symbol: str, **changes: object) -> SymbolProgress:
         old = self._symbols[symbol]
-        self._symbols[symbol] = replace(old, **changes)  # type: ignore[arg-type]
+        new = self._symbols[symbol] = replace(old, **changes)  # type: ignore[arg-type]
+        self._dirty.add(symbol)
+        if new.status != old.status:
+            self._completed += (new.status == "completed") - (old.status == "completed")
+            self._failed += (new.status == "failed") - (old.status == "failed")
+            if new.status == "running":
+                self._current.add(symbol)
+            else:
+                self._current.discard(symbol)
+        if _partial(new):
+            self._partial.add(symbol)
+        else:
+            self._partial.discard(symbol)
         return old
 
     def symbol_started(self, symbol: str) -> None:
@@ -367,17 +411,45 @@ class ProgressTracker:
                 estimated_remaining_ms=None if eta is None else eta * 1000,
             )
 
+    def _counters(self) -> dict[str, object]:
+        active = self._active(self._clock())
+        return {
+            "requests": self._carried.requests + self._requests,
+            "throttled": self._carried.throttled + self._throttled,
+            "errors_count": self._carried.errors_count + self._errors,
+            "candles": self._carried.candles + self._candles,
+            "elapsed_s": round(self._carried.elapsed_s + active, 3),
+            "eta_s": self._eta(active),
+            "rate_symbols_per_s": round(self._finished_here / active, 4) if active > 0 else 0.0,
+            "rate_candles_per_s": round(self._candles / active, 2) if active > 0 else 0.0,
+        }
+
     def snapshot(self) -> BatchSnapshot:
         with self._lock:
-            active = self._active(self._clock())
-            return BatchSnapshot(
-                symbols=tuple(self._symbols.values()),
-                requests=self._carried.requests + self._requests,
-                throttled=self._carried.throttled + self._throttled,
-                errors_count=self._carried.errors_count + self._errors,
-                candles=self._carried.candles + self._candles,
-                elapsed_s=round(self._carried.elapsed_s + active, 3),
-                eta_s=self._eta(active),
-                rate_symbols_per_s=round(self._finished_here / active, 4) if active > 0 else 0.0,
-                rate_candles_per_s=round(self._candles / active, 2) if active > 0 else 0.0,
-            )
+            return BatchSnapshot(symbols=tuple(self._symbols.values()), **self._counters())  # type: ignore[arg-type]
+
+    def _summary(self) -> Summary:
+        n = len(self._symbols)
+        done = self._completed + self._failed + sum(self._symbols[s].fraction for s in self._partial)
+        return Summary(
+            total=n, completed=self._completed, failed=self._failed,
+            percent=round(100.0 * done / n, 2) if n else 100.0,
+            current=sorted(self._current, key=self._index.__getitem__),
+            **self._counters(),  # type: ignore[arg-type]
+        )
+
+    def summary(self) -> Summary:
+        """The snapshot's aggregates without its symbols, in O(running symbols)."""
+        with self._lock:
+            return self._summary()
+
+    def drain(self, everything: bool = False) -> tuple[Summary, list[SymbolProgress]]:
+        """The summary and, taken at the same instant, the symbols changed since the last drain
+        (every symbol, in order, if `everything`). For one consumer: the job's state writer."""
+        with self._lock:
+            if everything:
+                changed = list(self._symbols.values())
+            else:
+                changed = [self._symbols[s] for s in self._dirty]
+            self._dirty.clear()
+            return self._summary(), changed

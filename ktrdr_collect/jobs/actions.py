@@ -4,6 +4,10 @@ A command sent to a runner is done when the runner acknowledges its id in state.
 jobs.control); until then the sender keeps its line in the control file. It never reports a
 command as done that was not acted on: a runner that dies first, one that is stopped (SIGSTOP),
 and one that stays silent are each reported as such.
+
+While waiting, a sender reads only the head of state.json (`quick_status`: the status and the
+acknowledgements, without the per-symbol list), so waiting costs the same for a job of 100,000
+symbols as for one of 4; the whole status is read once, to return it.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ktrdr_collect.errors import CollectError, InvalidJobStateError
 from ktrdr_collect.jobs import control, model
 from ktrdr_collect.jobs.folders import LOG_FILE, iso_now, job_folder, load_status, reader_view
 from ktrdr_collect.jobs.lock import JobLock, holder_pid, is_locked
-from ktrdr_collect.jobs.statefile import read_state, write_state
+from ktrdr_collect.jobs.statefile import read_head, read_state, write_state
 from ktrdr_collect.text import clean
 
 ACK_TIMEOUT_S = 15.0
@@ -59,12 +63,29 @@ def append_log(job_id: str, message: str) -> None:
         os.close(fd)
 
 
+def quick_status(job_id: str) -> dict[str, Any]:
+    """The job's status as `load_status` reports it, without reading its `symbols` (which may be
+    missing or partial): for polling. A job whose runner is gone takes the careful way."""
+    folder = job_folder(job_id)
+    head = read_head(folder)
+    if head.get("status") in model.ACTIVE and not is_locked(folder):
+        return load_status(job_id)  # interrupted, or its runner just wrote its end and exited
+    return reader_view(head, alive=True)
+
+
+def whole_status(job_id: str, quick: dict[str, Any]) -> dict[str, Any]:
+    """The whole status (symbols and all) once polling is over; `quick` itself if the job moved on
+    in between (so the caller reports the status it decided on)."""
+    whole = load_status(job_id)
+    return whole if whole["status"] == quick["status"] else quick
+
+
 def _wait_until(job_id: str, done: Any, what: str, timeout: float = ACK_TIMEOUT_S) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        status = load_status(job_id)
+        status = quick_status(job_id)
         if done(status):
-            return status
+            return whole_status(job_id, status)
         if time.monotonic() > deadline:
             raise NoAcknowledgementError(f"job {job_id} did not {what} within {timeout:.0f} s")
         time.sleep(POLL_S)
@@ -95,10 +116,10 @@ class Delivery:
 
     def wait(self, done: Done, timeout: float = ACK_TIMEOUT_S) -> dict[str, Any]:
         while True:
-            status = load_status(self.job_id)
+            status = quick_status(self.job_id)
             acked = control.find_ack(status, self.id) is not None
             if done(status, acked):
-                return status
+                return whole_status(self.job_id, status)
             if status["status"] == model.INTERRUPTED:
                 raise JobStoppedError(
                     f"job {self.job_id} stopped before it acted on {self.command}: it is interrupted "
@@ -132,7 +153,7 @@ def _acked_or_over(status: dict[str, Any], acked: bool) -> bool:
 
 
 def pause(job_id: str) -> dict[str, Any]:
-    model.check_pause(load_status(job_id)["status"])
+    model.check_pause(quick_status(job_id)["status"])
     return Delivery(job_id, "pause").wait(_acked_or_over)
 
 
@@ -143,7 +164,7 @@ def _take_over(job_id: str) -> JobLock | None:
 
 
 def resume(job_id: str) -> dict[str, Any]:
-    status = load_status(job_id)["status"]
+    status = quick_status(job_id)["status"]
     model.check_resume(status)
     if status == model.PAUSED:
         return Delivery(job_id, "resume").wait(_acked_or_over)
@@ -154,7 +175,7 @@ def _restart(job_id: str) -> dict[str, Any]:
     """Start a new runner for an interrupted job; fail (it stays interrupted) if it cannot start."""
     lock = _take_over(job_id)
     if lock is None:
-        current = load_status(job_id)["status"]
+        current = quick_status(job_id)["status"]
         raise InvalidJobStateError(f"Cannot resume job in {current} state (another process is resuming it)")
     folder = job_folder(job_id)
     try:
@@ -201,7 +222,7 @@ def _cancel_without_runner(job_id: str, lock: JobLock) -> dict[str, Any]:
 
 
 def cancel(job_id: str) -> dict[str, Any]:
-    status = load_status(job_id)["status"]
+    status = quick_status(job_id)["status"]
     model.check_cancel(status)
     if status in (model.PENDING, model.INTERRUPTED):
         lock = _take_over(job_id)
@@ -223,10 +244,10 @@ def wait(job_id: str, timeout: float | None = None, poll: float = 0.1) -> dict[s
     """The job's final (or interrupted) status; None if `timeout` ran out first."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        status = load_status(job_id)
+        status = quick_status(job_id)
         if status["status"] in model.FINISHED or status["status"] == model.INTERRUPTED:
             wait_for_runner_exit(job_id)
-            return status
+            return whole_status(job_id, status)
         if deadline is not None and time.monotonic() >= deadline:
             return None
         time.sleep(poll)
