@@ -13,8 +13,11 @@ Per job, once it has made 20 requests:
   file, data included) over the window.
 - pause -> acknowledged: `ktrdr_collect.jobs.actions.pause(job)` timed in this process, as in
   control_latency (the job resumed, and left running 1 s, between trials); p50 / p99 (nearest
-  rank) over 10 trials (5 with --quick). Then `collect pause JOB` as a subprocess, 3 times (the
-  user's view: interpreter start-up, reading the status, printing it), each resumed likewise.
+  rank) over 10 trials (5 with --quick). It includes reading the whole status once, to return it.
+  The acknowledgement alone: `control.send(folder, "pause")`, then a 1 ms loop reading the head of
+  state.json (`statefile.read_head`; the whole file where that does not exist) until the command's
+  id is acknowledged there, same number of trials. Then `collect pause JOB` as a subprocess, 3 times
+  (the user's view: interpreter start-up, reading the status, printing it), each resumed likewise.
 - what writing state.json cost the runner over its life: the line it logs when it ends
   (`state.json written N times, X MB, Y s of CPU in T s`), present since the runner counts it.
 Requirement: pause acknowledged within 1 s (contract); aims: p99 <= 1 s at 100,000 symbols, and
@@ -52,6 +55,7 @@ class Measure:
     wchar: int
     rss_mb: float
     pauses: list[float]
+    acks: list[float]
     cli_pauses: list[float]
     logged: tuple[int, float, float, float] | None
     """(writes, MB, CPU s, wall s) from the runner's log; None from a runner that does not log it."""
@@ -133,6 +137,11 @@ def measure(n: int, workdir: str, window: float, trials: int) -> Measure:
         assert st["status"] == "paused", st["status"]
         assert actions.resume(job)["status"] == "running"
         time.sleep(1.0)
+    acks = []
+    for _ in range(trials):
+        acks.append(ack_seen(job, folder))
+        assert actions.resume(job)["status"] == "running"
+        time.sleep(1.0)
     cli_pauses = []
     for _ in range(3):
         t = time.perf_counter()
@@ -145,7 +154,24 @@ def measure(n: int, workdir: str, window: float, trials: int) -> Measure:
     stop_all()
     found = WRITES_RE.findall((folder / "log").read_text())
     logged = tuple(float(x) for x in found[-1]) if found else None
-    return Measure(n, size, versions, written, window, cpu, wchar, rss, pauses, cli_pauses, logged)  # type: ignore[arg-type]
+    return Measure(n, size, versions, written, window, cpu, wchar, rss, pauses, acks, cli_pauses,
+                   logged)  # type: ignore[arg-type]
+
+
+def ack_seen(job: str, folder: os.PathLike[str]) -> float:
+    """Seconds from sending `pause` to its acknowledgement in state.json."""
+    from pathlib import Path
+
+    from ktrdr_collect.jobs import control, statefile
+
+    read = getattr(statefile, "read_head", statefile.read_state)  # before read_head: the whole file
+    t = time.perf_counter()
+    sent = control.send(Path(folder), "pause")
+    while control.find_ack(read(Path(folder)), sent) is None:
+        if time.perf_counter() - t > 30:
+            raise RuntimeError(f"job {job}: pause not acknowledged in 30 s")
+        time.sleep(0.001)
+    return time.perf_counter() - t
 
 
 def writing(m: Measure) -> str:
@@ -165,6 +191,10 @@ def rows_for(big: Measure, small: Measure) -> list[Row]:
         Row(f"{label}: pause -> acknowledged (n={len(big.pauses)})", f"p50 {fmt_s(p50)} / p99 {fmt_s(p99)}",
             f"{small.symbols} sym: p99 {fmt_s(s99)}", p99 / 1.0, "p99 <= 1 s", p99 <= 1.0,
             note="worst 3: " + ", ".join(fmt_s(x) for x in sorted(big.pauses)[-3:])),
+        Row(f"{label}: pause -> ack in state.json (n={len(big.acks)})",
+            f"p50 {fmt_s(percentile(big.acks, 50))} / p99 {fmt_s(percentile(big.acks, 99))}",
+            f"{small.symbols} sym: p99 {fmt_s(percentile(small.acks, 99))}", percentile(big.acks, 99) / 1.0,
+            "(info) <= 1 s", None),
         Row(f"{label}: `collect pause` CLI (n={len(big.cli_pauses)})",
             f"p50 {fmt_s(percentile(big.cli_pauses, 50))} / max {fmt_s(max(big.cli_pauses))}",
             f"{small.symbols} sym: max {fmt_s(max(small.cli_pauses))}", max(big.cli_pauses) / 1.0,
