@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
+from ktrdr_collect import paths
 from ktrdr_collect.errors import StateFileError
 from ktrdr_collect.jobs import model
 from ktrdr_collect.jobs.folders import load_status
+from ktrdr_collect.jobs.lock import is_locked
+from ktrdr_collect.jobs.statefile import STATE_FILE
 
 POLL_S = 0.1
 
@@ -24,9 +28,12 @@ def follow(job_id: str, poll: float = POLL_S) -> Iterator[dict[str, Any]]:
     rename), then the error is raised.
     """
     failures = 0
+    unchanged = Unchanged(job_id)
+    status: dict[str, Any] | None = None
     while True:
         try:
-            status = load_status(job_id)
+            if status is None or not unchanged.still(status):
+                status = load_status(job_id)
         except StateFileError:
             failures += 1
             if failures * poll > 1.0:
@@ -38,6 +45,24 @@ def follow(job_id: str, poll: float = POLL_S) -> Iterator[dict[str, Any]]:
         if is_over(status):
             return
         time.sleep(poll)
+
+
+class Unchanged:
+    """Whether a job's state file is the one last read and its runner still holds the job: then
+    the last status stands, and a huge job's 15 MB state is not parsed ten times a second."""
+
+    def __init__(self, job_id: str) -> None:
+        self.path = paths.job_dir(job_id) / STATE_FILE
+        self.key: tuple[int, int, int] | None = None
+
+    def still(self, status: dict[str, Any]) -> bool:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        same, self.key = key == self.key, key
+        return same and status["status"] in model.ACTIVE and is_locked(self.path.parent)
 
 
 def finished_symbols(status: dict[str, Any], seen: set[str]) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -198,10 +199,16 @@ class ProcessingEngine:
         token: CancellationToken,
         results: dict[str, SymbolResult],
     ) -> None:
+        remaining = iter(todo)
+        window = 2 * self.workers  # symbols in flight: waiting costs O(workers), not O(symbols)
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ktrdr-worker") as pool:
-            pending: set[Future[SymbolResult | None]] = {pool.submit(run_one, s) for s in todo}
+            pending: set[Future[SymbolResult | None]] = set()
             try:
-                while pending:
+                while True:
+                    if not token.is_cancelled:
+                        pending |= {pool.submit(run_one, s) for s in itertools.islice(remaining, window - len(pending))}
+                    if not pending:
+                        break
                     done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
                     for future in done:
                         result = None if future.cancelled() else future.result()
