@@ -26,6 +26,10 @@ MARGIN = 0.02
 provider's; it costs at most 2% of the allowed rate."""
 
 
+FUTURE_TOLERANCE = 1.0
+"""Seconds a stamp may lie beyond where any real booking can (see `SharedPacer._read`)."""
+
+
 def _remove(stamps: list[float], slot: float) -> None:
     key = round(slot, 6)
     for i, s in enumerate(stamps):
@@ -110,8 +114,20 @@ class SharedPacer:
             stamps = sorted(float(s) for s in data or [])
         except (ValueError, TypeError):
             return []
-        # forget what no window can see any more, and anything booked absurdly far ahead (clock jumps)
-        return [s for s in stamps if now - self.horizon < s < now + 24 * 3600]
+        # forget what no window can see any more
+        stamps = [s for s in stamps if now - self.horizon < s]
+        # and what lies beyond the reach of real bookings: each booking is at most one window
+        # (plus spacing) after `now` or after the booking before it, so a stamp past a larger gap
+        # was written by a clock that has since been stepped back (NTP, VM restore). Kept, it would
+        # hold every request until the clock caught up; it counts as expired instead.
+        reach = now + self.horizon + self.spacing + FUTURE_TOLERANCE
+        kept = []
+        for s in stamps:
+            if s > reach:
+                break
+            kept.append(s)
+            reach = max(reach, s + self.horizon + self.spacing + FUTURE_TOLERANCE)
+        return kept
 
     def delay(self) -> tuple[float, float]:
         """Reserve a slot; return (seconds to wait for it, the slot to confirm when starting)."""
