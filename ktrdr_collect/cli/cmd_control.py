@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import typer
 
+from ktrdr_collect.cli import fmt
 from ktrdr_collect.cli.cmd_jobs import status_text
 from ktrdr_collect.cli.public import public
 from ktrdr_collect.errors import InvalidInputError
@@ -44,13 +46,21 @@ def cancel(job: str = typer.Argument(..., help=JOB_HELP),
 
 
 def wait(job: str = typer.Argument(..., help=JOB_HELP),
-         timeout: float = typer.Option(None, "--timeout", help="Give up after SECONDS (exit 124).")) -> int:
-    """Block until the job ends; exit with the job's exit code."""
+         timeout: float = typer.Option(None, "--timeout", help="Give up after SECONDS (exit 124)."),
+         quiet: bool = typer.Option(False, "-q", "--quiet", help="No summary line; the exit code only.")) -> int:
+    """Block until the job ends; print its one-line summary; exit with the job's exit code."""
     if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
         raise InvalidInputError(f"--timeout must be a number of seconds >= 0, got {timeout}")
-    st = actions.wait(resolve(job), timeout)
+    job_id = resolve(job)
+    st = actions.wait(job_id, timeout)
     if st is None:
+        if not quiet:
+            now = actions.quick_status(job_id)
+            print(f"Job {job_id} still {now['status']} after {timeout:g} s: {fmt.progress_line(now)}",
+                  file=sys.stderr, flush=True)
         return TIMEOUT_EXIT
+    if not quiet:
+        print(fmt.summary_line(st), flush=True)
     return model.exit_code(st["status"], int(st.get("symbols_failed") or 0)) or 0
 
 

@@ -102,7 +102,7 @@ def start(
     file: str = typer.Option(None, "-f", "--file", help="Read more symbols from FILE ('-' for stdin)."),
     detach: bool = typer.Option(False, "-d", "--detach", help="Print the job id and return at once."),
     json_: bool = typer.Option(False, "--json", help="NDJSON events on stdout."),
-    quiet: bool = typer.Option(False, "-q", "--quiet", help="Nothing on stdout; errors on stderr."),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Nothing on stdout but the id with -d; errors on stderr."),
 ) -> int:
     """Collect each symbol's bars for the window, fetching only what is missing."""
     req = build_request(symbols or [], timeframe, start_, end, days, provider, option, workers, data_dir,
@@ -110,9 +110,8 @@ def start(
     from ktrdr_collect.jobs.launch import create_job
 
     job_id = create_job(req)
-    if detach:
-        if not quiet:
-            print(json.dumps({"id": job_id}) if json_ else job_id, flush=True)
+    if detach:  # the id is data, not chatter: printed with --quiet too
+        print(json.dumps({"id": job_id}) if json_ else job_id, flush=True)
         code = 0
     else:
         from ktrdr_collect.cli.watching import watch_job

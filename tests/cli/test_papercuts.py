@@ -1,0 +1,50 @@
+"""Papercuts a new user hits (issue 13, item 5), each pinned by a test; the CLI in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from ktrdr_collect.cli.main import app
+
+runner = CliRunner()
+WINDOW = ["--start", "2023-01-02", "--end", "2023-03-01", "-o", "latency_ms=0"]
+
+
+def run(*args: str, input: str | None = None):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, list(args), input=input)
+
+
+def test_detach_quiet_still_prints_the_job_id(home: Path) -> None:
+    r = run("start", "AAPL", *WINDOW, "-d", "-q")
+    assert r.exit_code == 0
+    job_id = r.stdout.strip()
+    assert job_id and "\n" not in job_id and (home / "jobs" / job_id).is_dir()
+    assert run("wait", job_id, "--timeout", "30", "-q").exit_code == 0
+    r = run("start", "MSFT", *WINDOW, "-d", "-q", "--json")
+    assert json.loads(r.stdout)["id"]
+    assert run("wait", "last", "--timeout", "30", "-q").exit_code == 0
+
+
+def test_wait_prints_the_final_summary(home: Path) -> None:
+    job_id = run("start", "AAPL", "BAD", *WINDOW, "-o", "fail_symbols=BAD", "-d").stdout.strip()
+    r = run("wait", job_id, "--timeout", "30")
+    assert r.exit_code == 3
+    assert r.stdout.splitlines() == [r.stdout.strip()]
+    assert r.stdout.startswith(f"Completed with failures: job {job_id} · 1/2 symbols, 1 failed")
+    again = run("wait", job_id, "-q")
+    assert again.exit_code == 3 and again.stdout == ""
+
+
+def test_wait_says_so_on_timeout(home: Path) -> None:
+    job_id = run("start", "SLOW", *WINDOW, "-o", "latency_ms=400", "-o", "max_bars=5", "-d").stdout.strip()
+    try:
+        r = run("wait", job_id, "--timeout", "0.2")
+        assert r.exit_code == 124
+        assert r.stdout == ""
+        assert f"Job {job_id} still " in r.stderr and "after 0.2 s" in r.stderr
+    finally:
+        run("cancel", job_id)
+        run("wait", job_id, "--timeout", "30")
