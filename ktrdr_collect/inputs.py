@@ -68,8 +68,11 @@ def resolve_window(
     days: int | None,
     default_days: int,
     now: datetime,
+    timeframe: str | None = None,
 ) -> tuple[datetime | None, datetime]:
-    """(start, end) in UTC; start None means `earliest` (the provider's first bar)."""
+    """(start, end) in UTC; start None means `earliest` (the provider's first bar). A start counted
+    in days (`--days N`, or the default) for `1d`/`1w` bars begins at 00:00Z of the N-th day (the
+    Monday of its week for `1w`), so that day's bar, stamped at 00:00Z, is in the window."""
     if start is not None and days is not None:
         raise InvalidInputError("--start and --days cannot be combined")
     if days is not None and not 0 < days <= MAX_DAYS:
@@ -80,7 +83,12 @@ def resolve_window(
     if start is not None:
         start_dt = check_date(parse_datetime(start, "--start"), "--start")
     else:
-        start_dt = check_date(end_dt - timedelta(days=min(days or default_days, MAX_DAYS)), "start")
+        start_dt = end_dt - timedelta(days=min(days or default_days, MAX_DAYS))
+        if timeframe in ("1d", "1w"):
+            start_dt = start_dt.replace(hour=0, minute=0, second=0, microsecond=0)
+            if timeframe == "1w":
+                start_dt -= timedelta(days=start_dt.weekday())
+        start_dt = check_date(start_dt, "start")
     if end_dt <= start_dt:
         raise InvalidInputError(
             f"end ({end_dt:%Y-%m-%d %H:%M}) must be after start ({start_dt:%Y-%m-%d %H:%M})"

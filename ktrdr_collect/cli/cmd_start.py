@@ -44,7 +44,8 @@ def build_request(
     timeframe = timeframe or settings["timeframe"]
     if timeframe not in TIMEFRAMES:
         raise InvalidInputError(f"unknown timeframe '{timeframe}' (choose from: {' '.join(TIMEFRAMES)})")
-    start_dt, end_dt = resolve_window(start, end, days, int(settings["default_days"]), datetime.now(UTC))
+    start_dt, end_dt = resolve_window(start, end, days, int(settings["default_days"]), datetime.now(UTC),
+                                    timeframe)
     from ktrdr_collect.providers.registry import provider_class
 
     name_ = provider or settings["provider"]

@@ -48,3 +48,28 @@ def test_wait_says_so_on_timeout(home: Path) -> None:
     finally:
         run("cancel", job_id)
         run("wait", job_id, "--timeout", "30")
+
+
+def first_bar(home: Path, timeframe: str, symbol: str = "AAPL") -> str:
+    return (home / f"data/demo/{timeframe}/{symbol}.csv").read_text().splitlines()[1].split(",")[0]
+
+
+def test_days_includes_the_nth_days_daily_bar(home: Path) -> None:
+    # end Thursday 2023-03-02 12:00: nine days back is Tuesday 2023-02-21, whose bar opens at 00:00Z
+    r = run("start", "AAPL", "--end", "2023-03-02T12:00", "--days", "9", "-o", "latency_ms=0", "-q")
+    assert r.exit_code == 0, r.output
+    assert first_bar(home, "1d") == "2023-02-21T00:00:00Z"
+    assert json.loads(run("status", "last", "--json").stdout)["start"].startswith("2023-02-21T00:00:00")
+
+
+def test_days_includes_the_week_of_the_nth_day(home: Path) -> None:
+    # 30 days before Thursday 2023-03-02 12:00 is Tuesday 2023-01-31: its week's bar is Monday 01-30
+    r = run("start", "AAPL", "-t", "1w", "--end", "2023-03-02T12:00", "--days", "30", "-o", "latency_ms=0", "-q")
+    assert r.exit_code == 0, r.output
+    assert first_bar(home, "1w") == "2023-01-30T00:00:00Z"
+
+
+def test_days_leaves_intraday_windows_alone(home: Path) -> None:
+    r = run("start", "AAPL", "-t", "1h", "--end", "2023-03-02T18:00", "--days", "1", "-o", "latency_ms=0", "-q")
+    assert r.exit_code == 0, r.output
+    assert first_bar(home, "1h") == "2023-03-01T18:30:00Z"
