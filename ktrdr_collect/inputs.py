@@ -30,13 +30,21 @@ def parse_symbols(texts: list[str]) -> list[str]:
     return list(seen)
 
 
-def read_symbol_lines(text: str) -> list[str]:
-    """Symbols from a watchlist file: one per line, blank lines and `#` comments ignored."""
+def read_symbol_lines(text: str, source: str | None = None) -> list[str]:
+    """Symbols from a watchlist file: one or more a line, separated by commas or spaces; blank
+    lines and `#` comments ignored. With `source` (the file's name), each is validated here, so an
+    error names the file and line: `watchlist.txt line 3: invalid symbol 'A B'`."""
     out = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            out.append(line)
+    for number, line in enumerate(text.splitlines(), 1):
+        for token in re.split(r"[,\s]+", line.split("#", 1)[0].strip()):
+            if not token:
+                continue
+            if source is not None:
+                try:
+                    normalize_symbol(token)
+                except InvalidInputError as e:
+                    raise InvalidInputError(f"{source} line {number}: {e}") from None
+            out.append(token)
     return out
 
 

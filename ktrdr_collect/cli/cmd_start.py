@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 def read_symbol_file(source: str) -> list[str]:
     if source == "-":
-        return read_symbol_lines(sys.stdin.read())
+        return read_symbol_lines(sys.stdin.read(), "stdin")
     try:
-        return read_symbol_lines(Path(source).expanduser().read_text(encoding="utf-8"))
+        return read_symbol_lines(Path(source).expanduser().read_text(encoding="utf-8"), source)
     except OSError as e:
         raise InvalidInputError(f"cannot read symbol file {source}: {e.strerror}") from None
     except UnicodeDecodeError:
@@ -100,7 +100,7 @@ def start(
     data_dir: Path = typer.Option(None, "--data-dir", help="Where data files go (default <home>/data)."),
     fmt: str = typer.Option(None, "--format", help="csv, or parquet (needs the [parquet] extra)."),
     name: str = typer.Option(None, "--name", help="A name for the job."),
-    file: str = typer.Option(None, "-f", "--file", help="Read more symbols from FILE ('-' for stdin)."),
+    file: str = typer.Option(None, "-f", "--file", help="Symbols from FILE ('-': stdin), by line/comma/space."),
     detach: bool = typer.Option(False, "-d", "--detach", help="Print the job id and return at once."),
     json_: bool = typer.Option(False, "--json", help="NDJSON events on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Nothing on stdout but the id with -d; errors on stderr."),

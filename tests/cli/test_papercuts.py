@@ -73,3 +73,25 @@ def test_days_leaves_intraday_windows_alone(home: Path) -> None:
     r = run("start", "AAPL", "-t", "1h", "--end", "2023-03-02T18:00", "--days", "1", "-o", "latency_ms=0", "-q")
     assert r.exit_code == 0, r.output
     assert first_bar(home, "1h") == "2023-03-01T18:30:00Z"
+
+
+def test_symbol_files_take_commas_and_spaces(home: Path, tmp_path: Path) -> None:
+    watchlist = tmp_path / "watchlist.txt"
+    watchlist.write_text("# tech\nAAPL, MSFT\nxom cvx,,  IBM  # energy and more\n\n")
+    r = run("start", "-f", str(watchlist), *WINDOW, "-q")
+    assert r.exit_code == 0, r.output
+    status = json.loads(run("status", "last", "--json").stdout)
+    assert [s["symbol"] for s in status["symbols"]] == ["AAPL", "MSFT", "XOM", "CVX", "IBM"]
+    r = run("start", "-f", "-", *WINDOW, "-q", input="A,B\nC D\n")
+    assert r.exit_code == 0 and json.loads(run("status", "last", "--json").stdout)["symbols_total"] == 4
+
+
+def test_symbol_file_errors_name_the_file_and_line(home: Path, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    Path("watchlist.txt").write_text("AAPL\n# comment\nMSFT, BAD!\n")
+    r = run("start", "-f", "watchlist.txt", *WINDOW, "-q")
+    assert r.exit_code == 1
+    assert r.stderr.strip() == "Error: watchlist.txt line 3: invalid symbol 'BAD!'"
+    assert not (home / "jobs").exists() or not any((home / "jobs").iterdir())
+    r = run("start", "-f", "-", *WINDOW, "-q", input="A\n../etc\n")
+    assert r.exit_code == 1 and r.stderr.strip() == "Error: stdin line 2: invalid symbol '../etc'"
