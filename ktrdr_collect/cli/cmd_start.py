@@ -98,7 +98,7 @@ def start(
     option: list[str] = typer.Option([], "-o", "--option", help="Provider option KEY=VALUE (repeatable)."),
     workers: int = typer.Option(None, "-w", "--workers", help="Parallel workers (default 4)."),
     data_dir: Path = typer.Option(None, "--data-dir", help="Where data files go (default <home>/data)."),
-    fmt: str = typer.Option(None, "--format", help="csv, or parquet (needs the [parquet] extra)."),
+    fmt: str = typer.Option(None, "--format", help="csv, or parquet (needs the \\[parquet] extra)."),
     name: str = typer.Option(None, "--name", help="A name for the job."),
     file: str = typer.Option(None, "-f", "--file", help="Symbols from FILE ('-': stdin), by line/comma/space."),
     detach: bool = typer.Option(False, "-d", "--detach", help="Print the job id and return at once."),

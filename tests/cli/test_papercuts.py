@@ -95,3 +95,10 @@ def test_symbol_file_errors_name_the_file_and_line(home: Path, tmp_path: Path, m
     assert not (home / "jobs").exists() or not any((home / "jobs").iterdir())
     r = run("start", "-f", "-", *WINDOW, "-q", input="A\n../etc\n")
     assert r.exit_code == 1 and r.stderr.strip() == "Error: stdin line 2: invalid symbol '../etc'"
+
+
+def test_format_help_shows_the_parquet_extra_literally() -> None:
+    from ktrdr_collect.cli.docgen import help_text
+
+    assert "needs the [parquet] extra" in help_text(["start"])
+    assert "needs the [parquet] extra" in (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
