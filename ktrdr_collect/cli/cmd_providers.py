@@ -9,14 +9,15 @@ import typer
 
 def describe(name: str) -> dict:  # type: ignore[type-arg]
     from ktrdr_collect.errors import CollectError
-    from ktrdr_collect.providers.registry import provider_class
+    from ktrdr_collect.providers.registry import missing_extra, provider_class
 
     try:
         cls = provider_class(name)
     except (CollectError, ImportError) as e:
         return {"name": name, "description": f"unavailable: {e}", "timeframes": [], "network": None,
-                "credentials": None, "synthetic": None, "options": []}
+                "credentials": None, "synthetic": None, "options": [], "install": None}
     return {
+        "install": missing_extra(name),
         "name": cls.name,
         "description": cls.description,
         "timeframes": list(cls.timeframes),
@@ -29,7 +30,7 @@ def describe(name: str) -> dict:  # type: ignore[type-arg]
 
 
 def providers(json_: bool = typer.Option(False, "--json", help="JSON output.")) -> int:
-    """List data providers: timeframes, whether they need network or credentials."""
+    """List data providers: timeframes, network, credentials, and any extra to install."""
     from ktrdr_collect.providers.registry import provider_names
 
     rows = [describe(n) for n in provider_names()]
@@ -42,6 +43,9 @@ def providers(json_: bool = typer.Option(False, "--json", help="JSON output.")) 
     print_table(["NAME", "DESCRIPTION", "TIMEFRAMES", "NETWORK", "CREDENTIALS"],
                 [[r["name"], r["description"], " ".join(r["timeframes"]), yes_no[r["network"]],
                   yes_no[r["credentials"]]] for r in rows])
+    for r in rows:
+        if r["install"]:
+            print(f"{r['name']}: needs {r['install']}")
     return 0
 
 

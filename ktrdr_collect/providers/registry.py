@@ -22,6 +22,21 @@ EXTRAS: dict[str, str] = {"yahoo": "yahoo", "ib": "ib"}
 """Built-ins whose optional libraries come with an extra of the distribution."""
 
 
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {"yahoo": ("exchange_calendars", "curl_cffi"), "ib": ("ib_async",)}
+"""The libraries each extra brings, which its provider imports only when it works."""
+
+
+def missing_extra(name: str) -> str | None:
+    """What to install when a built-in provider's extra is missing (its class loads without it,
+    but it cannot work, or works only in part); None when nothing is missing."""
+    import importlib.util
+
+    modules = EXTRA_MODULES.get(name, ())
+    if any(importlib.util.find_spec(m) is None for m in modules):
+        return install_hint(name, None)
+    return None
+
+
 def install_hint(name: str, module: str | None) -> str:
     if name in EXTRAS:
         return f"pip install 'ktrdr-collect[{EXTRAS[name]}]'"

@@ -102,3 +102,16 @@ def test_format_help_shows_the_parquet_extra_literally() -> None:
 
     assert "needs the [parquet] extra" in help_text(["start"])
     assert "needs the [parquet] extra" in (Path(__file__).parents[2] / "docs" / "cli.md").read_text()
+
+
+def test_providers_says_when_an_extra_is_missing(home: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from ktrdr_collect.providers import registry
+
+    monkeypatch.setattr(registry, "EXTRA_MODULES", {"ib": ("no_such_library_xyz",), "yahoo": ("json",)})
+    r = run("providers")
+    assert r.exit_code == 0
+    assert "ib: needs pip install 'ktrdr-collect[ib]'" in r.stdout.splitlines()
+    assert "yahoo: needs" not in r.stdout
+    rows = {p["name"]: p for p in json.loads(run("providers", "--json").stdout)}
+    assert rows["ib"]["install"] == "pip install 'ktrdr-collect[ib]'"
+    assert rows["yahoo"]["install"] is None and rows["demo"]["install"] is None
