@@ -34,7 +34,7 @@ def when_iso(text: str | None) -> str | None:
 def list_(
     status_: list[str] = typer.Option([], "--status", help="Only jobs in this status (repeatable)."),
     symbol: str = typer.Option(None, "--symbol", help="Only jobs that include this symbol."),
-    provider: str = typer.Option(None, "--provider", help="Only jobs of this provider."),
+    provider: str = typer.Option(None, "--provider", help="Only jobs of this provider (any case)."),
     since: str = typer.Option(None, "--since", help="Created at/after WHEN (date or age: 30m, 12h, 7d)."),
     until: str = typer.Option(None, "--until", help="Created at/before WHEN."),
     search: str = typer.Option(None, "--search", help="Text in the job id, name or any symbol."),
@@ -49,8 +49,13 @@ def list_(
             raise InvalidInputError(f"unknown status '{s}' (choose from: {', '.join(STATUSES)})")
     if limit is not None and not 0 <= limit <= MAX_LIMIT:
         raise InvalidInputError(f"--limit must be between 0 and {MAX_LIMIT:,}")
+    if provider:
+        from ktrdr_collect.providers.registry import canonical_name
+
+        provider = canonical_name(provider)  # as -p takes it: DEMO is demo
     filters = (status_, normalize_symbol(symbol) if symbol else None, provider, when_iso(since), when_iso(until),
                search, limit)
+    year = datetime.now(UTC).year
     with History() as history:
         for err in history.broken:
             typer.echo(f"Warning: {clean(str(err))}", err=True)
@@ -58,12 +63,13 @@ def list_(
         if json_:
             print_json_array(rows)
         else:
+            # fits 80 columns for typical rows (scripts read --json, which has every field in full)
             print_stream_table(
-                ["ID", "STATUS", "PROVIDER", "TF", "SYMBOLS", "CANDLES", "CREATED", "ELAPSED", "NAME"],
+                ["ID", "STATUS", "PROV", "TF", "SYMS", "CANDLES", "CREATED UTC", "ELAPSED", "NAME"],
                 ([r["id"], r["status"], r["provider"], r["timeframe"], f"{r['symbols_completed']}/{r['symbols_total']}",
-                  fmt.count(r["candles"]), fmt.when(r["created_at"]), fmt.duration(r["elapsed_s"]),
+                  fmt.count(r["candles"]), fmt.when_short(r["created_at"], year), fmt.duration(r["elapsed_s"]),
                   r.get("name") or ""] for r in rows),
-                right=("SYMBOLS", "CANDLES", "ELAPSED"), empty="No jobs.",
+                right=("SYMS", "CANDLES", "ELAPSED"), empty="No jobs.", uncut=("ID", "STATUS", "CREATED UTC"),
             )
     return 0
 
@@ -84,11 +90,11 @@ def _pct(value: float | None) -> str:
 
 
 def render_stats(st: dict[str, Any]) -> None:
-    period = f"since {fmt.when(st['since'])}" if st["since"] else "all time"
+    period = f"since {fmt.when_utc(st['since'])}" if st["since"] else "all time"
     print(f"Finished jobs ({period}): {st['jobs']}  " + "  ".join(f"{k} {v}" for k, v in st["by_status"].items()))
-    print(f"Success rate {_pct(st['success_rate'])} · {fmt.count(st['symbols_completed'])} symbols collected, "
-          f"{fmt.count(st['symbols_failed'])} failed · {fmt.count(st['candles'])} candles · "
-          f"{fmt.count(st['requests'])} requests")
+    print(f"Success rate {_pct(st['success_rate'])} · {fmt.plural(st['symbols_completed'], 'symbol')} collected, "
+          f"{fmt.count(st['symbols_failed'])} failed · {fmt.plural(st['candles'], 'candle')} · "
+          f"{fmt.plural(st['requests'], 'request')}")
     print(f"Duration mean {fmt.duration(st['duration_mean_s'])}, median {fmt.duration(st['duration_median_s'])} · "
           f"throughput {st['candles_per_s'] or 0:,.0f} candles/s, {st['symbols_per_s'] or 0:.2f} symbols/s")
     if st["providers"]:
@@ -155,7 +161,7 @@ def prune(
         print(json.dumps({"dry_run": dry_run, "pruned": removed}, indent=2))
     else:
         verb = "Would delete" if dry_run else "Deleted"
-        print(f"{verb} {len(removed)} finished job(s)" + (": " + " ".join(removed) if removed else ""))
+        print(f"{verb} {fmt.plural(len(removed), 'finished job')}" + (": " + " ".join(removed) if removed else ""))
     return 0
 
 

@@ -27,11 +27,11 @@ def status_text(st: dict[str, Any]) -> str:
         f"  provider   {fmt.provider_label(st)} · {st['timeframe']} · {fmt.day(st['start'])} → {fmt.day(st['end'])}",
         f"  progress   {st['percent']:.1f}% · {fmt.symbols_line(st)}"
         + (f" · now: {', '.join(st['current_symbols'])}" if st["current_symbols"] else ""),
-        f"  data       {fmt.count(st['candles'])} candles · {fmt.count(st['requests'])} requests · "
-        f"{st['errors_count']} errors · {st['throttled']} throttled",
+        f"  data       {fmt.plural(st['candles'], 'candle')} · {fmt.plural(st['requests'], 'request')} · "
+        f"{fmt.plural(st['errors_count'], 'error')} · {st['throttled']} throttled",
         f"  time       elapsed {fmt.duration(st['elapsed_s'])} · eta {fmt.duration(st['eta_s'])} · "
         f"{st['rate_symbols_per_s']:.2f} symbols/s · {st['rate_candles_per_s']:.0f} candles/s",
-        f"  created    {fmt.when(st['created_at'])} · started {fmt.when(st['started_at'])} · "
+        f"  created    {fmt.when_utc(st['created_at'])} · started {fmt.when(st['started_at'])} · "
         f"ended {fmt.when(st['completed_at'])}",
     ]
     if st.get("error"):

@@ -46,9 +46,9 @@ def build_request(
         raise InvalidInputError(f"unknown timeframe '{timeframe}' (choose from: {' '.join(TIMEFRAMES)})")
     start_dt, end_dt = resolve_window(start, end, days, int(settings["default_days"]), datetime.now(UTC),
                                     timeframe)
-    from ktrdr_collect.providers.registry import provider_class
+    from ktrdr_collect.providers.registry import canonical_name, provider_class
 
-    name_ = provider or settings["provider"]
+    name_ = canonical_name(provider or settings["provider"])
     cls = provider_class(name_)
     if timeframe not in cls.timeframes:
         raise InvalidInputError(f"provider {name_} has no {timeframe} bars (it has: {' '.join(cls.timeframes)})")

@@ -27,12 +27,31 @@ def count(n: int | float) -> str:
     return f"{int(n):,}"
 
 
+def plural(n: int | float, word: str) -> str:
+    """`1 symbol`, `2 symbols`, `1,000 candles`."""
+    return f"{count(n)} {word}{'' if int(n) == 1 else 's'}"
+
+
 def day(iso: str | None) -> str:
     return (iso or "")[:10]
 
 
 def when(iso: str | None) -> str:
     return (iso or "—")[:19].replace("T", " ")
+
+
+def when_utc(iso: str | None) -> str:
+    """`2024-01-02 14:30:00 UTC` (every time we show is UTC), or `—`."""
+    return when(iso) + " UTC" if iso else "—"
+
+
+def when_short(iso: str | None, year: int) -> str:
+    """A time in 11 characters for tables: `11-30 13:23` in `year`, `2023-11-30` before it."""
+    if not iso:
+        return "—"
+    if iso[:4] == str(year):
+        return iso[5:16].replace("T", " ")
+    return iso[:10]
 
 
 def provider_label(status: dict[str, Any]) -> str:
@@ -44,7 +63,7 @@ def provider_label(status: dict[str, Any]) -> str:
 
 def symbols_line(status: dict[str, Any]) -> str:
     return (
-        f"{status['symbols_completed']}/{status['symbols_total']} symbols"
+        f"{status['symbols_completed']}/{plural(status['symbols_total'], 'symbol')}"
         + (f", {status['symbols_failed']} failed" if status["symbols_failed"] else "")
     )
 
@@ -53,7 +72,7 @@ def progress_line(status: dict[str, Any]) -> str:
     """One plain line: what cron logs and pipes get."""
     return (
         f"{status['id']} {status['status']} {status['percent']:.1f}% · {symbols_line(status)} · "
-        f"{count(status['candles'])} candles · {count(status['requests'])} requests · "
+        f"{plural(status['candles'], 'candle')} · {plural(status['requests'], 'request')} · "
         f"elapsed {duration(status['elapsed_s'])} · eta {duration(status['eta_s'])}"
     )
 
@@ -64,8 +83,8 @@ def summary_line(status: dict[str, Any]) -> str:
     if status["status"] == "completed" and status["symbols_failed"]:
         word = "Completed with failures"
     line = (
-        f"{word}: job {status['id']} · {symbols_line(status)} · {count(status['candles'])} candles · "
-        f"{count(status['requests'])} requests · {duration(status['elapsed_s'])}"
+        f"{word}: job {status['id']} · {symbols_line(status)} · {plural(status['candles'], 'candle')} · "
+        f"{plural(status['requests'], 'request')} · {duration(status['elapsed_s'])}"
     )
     if status["status"] == "completed" and status["requests"] == 0 and not status["symbols_failed"]:
         line += " · data already up to date"
@@ -78,7 +97,7 @@ def summary_line(status: dict[str, Any]) -> str:
 
 def symbol_line(entry: dict[str, Any]) -> str:
     if entry["status"] == "completed":
-        return f"{entry['symbol']}: completed, {count(entry['candles'])} candles"
+        return f"{entry['symbol']}: completed, {plural(entry['candles'], 'candle')}"
     return clean(f"{entry['symbol']}: {entry['status']}: {entry.get('error') or 'no reason given'}")
 
 
@@ -86,5 +105,5 @@ def header_line(status: dict[str, Any]) -> str:
     name = f" ({status['name']})" if status.get("name") else ""
     return clean(
         f"Job {status['id']}{name} · {provider_label(status)} · {status['timeframe']} · "
-        f"{day(status['start'])} → {day(status['end'])} · {status['symbols_total']} symbols"
+        f"{day(status['start'])} → {day(status['end'])} · {plural(status['symbols_total'], 'symbol')}"
     )

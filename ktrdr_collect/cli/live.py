@@ -110,14 +110,14 @@ class RichRenderer:
         return (
             f"{state}{st['percent']:5.1f}% · {st['symbols_completed'] + st['symbols_failed']}"
             f"/{st['symbols_total']} symbols · {rate:.2f} sym/s · "
-            f"{fmt.count(st['candles'])} candles · ETA {fmt.duration(st['eta_s'])}"
+            f"{fmt.plural(st['candles'], 'candle')} · ETA {fmt.duration(st['eta_s'])}"
         )
 
     def symbol_info(self, e: dict[str, Any]) -> str:
         segment = ""
         if e["segments_total"]:
             segment = f" · segment {min(e['segments_done'] + 1, e['segments_total'])}/{e['segments_total']}"
-        return f"{e['stage']}{segment} · {fmt.count(e['candles'])} candles"
+        return f"{e['stage']}{segment} · {fmt.plural(e['candles'], 'candle')}"
 
     def update(self, st: dict[str, Any], overall: TaskID, seen: set[str]) -> None:
         p = self.progress

@@ -21,9 +21,10 @@ SAMPLE_ROWS = 200
 
 
 def print_stream_table(columns: list[str], rows: Iterable[list[str]], right: tuple[str, ...] = (),
-                       empty: str = "") -> None:
+                       empty: str = "", uncut: tuple[str, ...] = ()) -> None:
     """A plain table printed as the rows come, in constant memory: column widths come from the
-    header and the first rows (the last column is never cut)."""
+    header and the first rows (the last column, and those in `uncut`, are never cut: a longer
+    cell further down pushes the rest of its row instead)."""
     it = iter(rows)
     head = [[clean(c) for c in row] for row in itertools.islice(it, SAMPLE_ROWS)]
     if not head:
@@ -33,19 +34,20 @@ def print_stream_table(columns: list[str], rows: Iterable[list[str]], right: tup
     widths = [max(len(col), *(len(r[i]) for r in head)) for i, col in enumerate(columns)]
     aligned = {i for i, col in enumerate(columns) if col in right}
     out = sys.stdout
-    out.write(_line(columns, widths, aligned) + "\n")
+    whole = {i for i, col in enumerate(columns) if col in uncut}
+    out.write(_line(columns, widths, aligned, whole) + "\n")
     for row in itertools.chain(head, ([clean(c) for c in row] for row in it)):
-        out.write(_line(row, widths, aligned) + "\n")
+        out.write(_line(row, widths, aligned, whole) + "\n")
 
 
-def _line(cells: list[str], widths: list[int], right: set[int]) -> str:
+def _line(cells: list[str], widths: list[int], right: set[int], whole: frozenset[int] | set[int] = frozenset()) -> str:
     parts = []
     last = len(cells) - 1
     for i, (cell, width) in enumerate(zip(cells, widths, strict=True)):
         if i == last:
             parts.append(cell)
             continue
-        text = cell if len(cell) <= width else cell[: width - 1] + "…"
+        text = cell if len(cell) <= width or i in whole else cell[: width - 1] + "…"
         parts.append(text.rjust(width) if i in right else text.ljust(width))
     return "  ".join(parts).rstrip()
 

@@ -68,6 +68,18 @@ def provider_names() -> list[str]:
     return list(names)
 
 
+def canonical_name(name: str) -> str:
+    """The registered provider name `name` stands for, whatever its case (`DEMO` -> `demo`);
+    `name` itself when none matches (the caller reports it)."""
+    if name in BUILTINS:
+        return name
+    names = provider_names()
+    if name in names:
+        return name
+    folded = [n for n in names if n.casefold() == name.strip().casefold()]
+    return folded[0] if len(folded) == 1 else name
+
+
 def provider_class(name: str) -> type[Provider]:
     if name in BUILTINS:
         target = BUILTINS[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -115,3 +116,50 @@ def test_providers_says_when_an_extra_is_missing(home: Path, monkeypatch) -> Non
     rows = {p["name"]: p for p in json.loads(run("providers", "--json").stdout)}
     assert rows["ib"]["install"] == "pip install 'ktrdr-collect[ib]'"
     assert rows["yahoo"]["install"] is None and rows["demo"]["install"] is None
+
+
+def test_list_provider_is_case_insensitive_like_p(home: Path) -> None:
+    assert run("start", "AAPL", *WINDOW, "-p", "DEMO", "-q").exit_code == 0
+    assert json.loads(run("status", "last", "--json").stdout)["provider"] == "demo"
+    assert (home / "data/demo/1d/AAPL.csv").exists()
+    rows = json.loads(run("list", "--provider", "Demo", "--json").stdout)
+    assert len(rows) == 1 and rows[0]["provider"] == "demo"
+    assert "demo" in run("list", "--provider", "DEMO").stdout
+
+
+def test_human_summaries_use_singulars_and_label_utc(home: Path) -> None:
+    # 2023-01-06 is a Friday: one daily bar, one request
+    r = run("start", "AAPL", "--start", "2023-01-06", "--end", "2023-01-07", "-o", "latency_ms=0")
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert lines[0].endswith("· 1 symbol")
+    assert "AAPL: completed, 1 candle" in lines
+    assert "· 1/1 symbol · 1 candle · 1 request ·" in lines[-1]
+    status = run("status", "last").stdout
+    assert "1 candle · 1 request · 0 errors" in status
+    assert re.search(r"created    \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", status)
+    assert "UTC" in run("list").stdout.splitlines()[0]
+    assert "UTC" in run("stats", "--since", "7d").stdout.splitlines()[0]
+
+
+def test_list_fits_80_columns(home: Path) -> None:
+    assert run("start", "AAPL", "MSFT", *WINDOW, "-q", "--name", "nightly").exit_code == 0
+    assert run("start", "AAPL", *WINDOW, "-t", "1h", "-q").exit_code == 0
+    assert run("start", "BAD", *WINDOW, "-o", "fail_symbols=BAD", "-q").exit_code == 4
+    lines = run("list").stdout.splitlines()
+    assert len(lines) == 4
+    assert all(len(line) <= 80 for line in lines), "\n".join(lines)
+    assert "…" not in "".join(lines)
+    for line in lines[1:]:
+        assert re.search(r"  \d\d-\d\d \d\d:\d\d  ", line)  # the date and time together, one column
+    assert {line.split()[1] for line in lines[1:]} == {"completed", "failed"}
+    ids = [r["id"] for r in json.loads(run("list", "--json").stdout)]
+    assert [line.split()[0] for line in lines[1:]] == ids
+
+
+def test_list_never_cuts_an_id_or_status(capsys) -> None:  # type: ignore[no-untyped-def]
+    from ktrdr_collect.cli.tables import SAMPLE_ROWS, print_stream_table
+
+    data = [["a1", "completed", "x"]] * SAMPLE_ROWS + [["a-much-longer-id", "interrupted", "y"]]
+    print_stream_table(["ID", "STATUS", "NAME"], iter(data), uncut=("ID", "STATUS"))
+    assert capsys.readouterr().out.splitlines()[-1] == "a-much-longer-id  interrupted  y"
