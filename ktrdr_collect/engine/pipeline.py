@@ -196,8 +196,8 @@ class SymbolPipeline:
         except Exception as e:  # a provider or store bug must not take the batch down
             log.exception("%s: unexpected error", self.symbol)
             status, error = "failed", f"{type(e).__name__}: {e}"
-        if status == "failed":
-            log.warning("%s: failed: %s", self.symbol, error)
+        if status == "failed":  # the result reports it; a job's runner logs it (once) as an error
+            log.debug("%s: failed: %s", self.symbol, error)
         self.track.symbol_finished(self.symbol, status, error)
         sp = self.track.snapshot_symbol(self.symbol)
         return SymbolResult(

@@ -163,3 +163,9 @@ def test_list_never_cuts_an_id_or_status(capsys) -> None:  # type: ignore[no-unt
     data = [["a1", "completed", "x"]] * SAMPLE_ROWS + [["a-much-longer-id", "interrupted", "y"]]
     print_stream_table(["ID", "STATUS", "NAME"], iter(data), uncut=("ID", "STATUS"))
     assert capsys.readouterr().out.splitlines()[-1] == "a-much-longer-id  interrupted  y"
+
+
+def test_a_failed_symbol_is_logged_once(home: Path) -> None:
+    assert run("start", "OK1", "BAD", *WINDOW, "-o", "fail_symbols=BAD", "-q").exit_code == 3
+    log = run("logs", "last").stdout
+    assert log.count("BAD: failed: unknown symbol BAD") == 1, log
