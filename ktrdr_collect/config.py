@@ -72,6 +72,8 @@ KEYS: dict[str, Key] = {k.name: k for k in (
         "prune finished jobs older than this (0: never)"),
     Key("max_rate_limit_wait", 900, _positive("max_rate_limit_wait", 0, MAX_WAIT_S),
         "seconds one symbol may spend waiting out a provider's rate limits before it fails"),
+    Key("max_running_jobs", None, _positive("max_running_jobs", 1),
+        "most jobs running at once; more wait `pending` and start in creation order (default: no limit)"),
 )}
 
 

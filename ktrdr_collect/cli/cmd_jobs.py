@@ -23,7 +23,8 @@ def print_json(data: Any) -> None:
 
 def status_text(st: dict[str, Any]) -> str:
     lines = [
-        f"Job {st['id']}" + (f" ({st['name']})" if st.get("name") else "") + f": {st['status']}",
+        f"Job {st['id']}" + (f" ({st['name']})" if st.get("name") else "") + f": {st['status']}"
+        + (f" (queued, {st['queue_ahead']} ahead)" if st.get("queue_ahead") is not None else ""),
         f"  provider   {fmt.provider_label(st)} · {st['timeframe']} · {fmt.day(st['start'])} → {fmt.day(st['end'])}",
         f"  progress   {st['percent']:.1f}% · {fmt.symbols_line(st)}"
         + (f" · now: {', '.join(st['current_symbols'])}" if st["current_symbols"] else ""),
@@ -34,6 +35,8 @@ def status_text(st: dict[str, Any]) -> str:
         f"  created    {fmt.when_utc(st['created_at'])} · started {fmt.when(st['started_at'])} · "
         f"ended {fmt.when(st['completed_at'])}",
     ]
+    if st.get("retry_of"):
+        lines.append(f"  retry of   {st['retry_of']}")
     if st.get("error"):
         lines.append(f"  error      {st['error']}")
     if st["status"] == model.INTERRUPTED:

@@ -111,6 +111,7 @@ def start(
     from ktrdr_collect.jobs.launch import create_job
 
     job_id = create_job(req)
+    _say_if_queued(job_id, quiet)
     if detach:  # the id is data, not chatter: printed with --quiet too
         print(json.dumps({"id": job_id}) if json_ else job_id, flush=True)
         code = 0
@@ -122,6 +123,16 @@ def start(
 
     auto_prune(int(load_settings()["retention_days"]))
     return code
+
+
+def _say_if_queued(job_id: str, quiet: bool) -> None:
+    """A job beyond `max_running_jobs` waits its turn: say so on stderr (stdout stays data)."""
+    from ktrdr_collect.jobs.queue import ahead
+
+    position = ahead(job_id)
+    if position is not None and not quiet:
+        print(f"Job {job_id} queued, {position} ahead (config max_running_jobs); it starts when a slot frees",
+              file=sys.stderr, flush=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -94,12 +94,15 @@ def root(
     """Collect historical OHLCV market data as resumable jobs with live progress."""
     if debug:
         os.environ["KTRDR_COLLECT_DEBUG"] = "1"
+    from ktrdr_collect.jobs.queue import recover
+
+    recover()  # queued jobs whose turn came while no runner was left to start them (jobs.queue)
 
 
 def _register() -> None:
-    from ktrdr_collect.cli import cmd_config, cmd_control, cmd_history, cmd_jobs, cmd_providers, cmd_start
+    from ktrdr_collect.cli import cmd_config, cmd_control, cmd_history, cmd_jobs, cmd_providers, cmd_retry, cmd_start
 
-    for module in (cmd_start, cmd_jobs, cmd_history, cmd_control, cmd_providers, cmd_config):
+    for module in (cmd_start, cmd_retry, cmd_jobs, cmd_history, cmd_control, cmd_providers, cmd_config):
         module.register(app)
 
 

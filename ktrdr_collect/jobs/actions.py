@@ -184,6 +184,7 @@ def _restart(job_id: str) -> dict[str, Any]:
             model.check_resume(state["status"])
         state["status"] = model.PENDING
         state["error"] = None
+        state.pop("queued", None)  # a queued job that lost its queue entry reads interrupted
         state["updated_at"] = iso_now()
         control.skip_unread(folder, state)  # sent to a runner that died: those senders were told so
         write_state(folder, state, durable=True)
@@ -207,6 +208,7 @@ def _cancel_without_runner(job_id: str, lock: JobLock) -> dict[str, Any]:
     try:
         state = read_state(folder)
         model.check_cancel(state["status"])
+        queued = bool(state.pop("queued", None))
         state["status"] = model.CANCELLED
         state["completed_at"] = state["updated_at"] = iso_now()
         state["current_symbols"] = []
@@ -215,9 +217,13 @@ def _cancel_without_runner(job_id: str, lock: JobLock) -> dict[str, Any]:
             if entry["status"] in ("pending", "running"):
                 entry["status"] = "cancelled"
         write_state(folder, state, durable=True)
-        append_log(job_id, f"job {job_id}: cancelled (no runner was alive)")
+        append_log(job_id, f"job {job_id}: cancelled " + ("while queued" if queued else "(no runner was alive)"))
     finally:
         lock.release()
+    from ktrdr_collect.jobs import queue
+
+    queue.forget(job_id)
+    queue.recover()  # a queued job this cancel held back may start now
     return reader_view(state, alive=False)
 
 

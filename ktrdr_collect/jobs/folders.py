@@ -196,8 +196,16 @@ def resolve(ref: str) -> str:
 
 
 def reader_view(state: dict[str, Any], alive: bool) -> dict[str, Any]:
-    """The status a reader reports: `interrupted` when the state is active but no runner lives."""
+    """The status a reader reports: `interrupted` when the state is active but no runner lives,
+    unless the job waits in the queue (jobs.queue): then `pending`, with `queue_ahead`."""
     view = dict(state)
+    if view.get("status") == model.PENDING and view.get("queued") and not alive:
+        from ktrdr_collect.jobs import queue
+
+        position = queue.ahead(str(view.get("id")))
+        if position is not None:  # waiting its turn, not dead
+            view["queue_ahead"] = position
+            alive = True
     if view.get("status") in model.ACTIVE and not alive:
         view["status"] = model.INTERRUPTED
         view["current_symbols"] = []
@@ -216,7 +224,12 @@ def load_status(job_id: str) -> dict[str, Any]:
     # The runner may have written its final state and exited between our two reads: read again.
     state = read_state(folder)
     alive = state.get("status") in model.ACTIVE and is_locked(folder)
-    return _with_stop_reason(folder, reader_view(state, alive=alive))
+    view = reader_view(state, alive=alive)
+    if view.get("queue_ahead") is not None:  # a reader polling a queued job recovers a stale queue
+        from ktrdr_collect.jobs import queue
+
+        queue.nudge()
+    return _with_stop_reason(folder, view)
 
 
 def _with_stop_reason(folder: Path, view: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ktrdr_collect import paths
-from ktrdr_collect.jobs import model
+from ktrdr_collect.jobs import model, queue
 from ktrdr_collect.jobs.folders import (
     LOG_FILE,
     RUNNER_ERR,
@@ -45,6 +45,8 @@ class JobRequest:
     format: str = "csv"
     name: str | None = None
     synthetic: bool = False
+    retry_of: str | None = None
+    """`collect retry`: the job whose unfinished series this one collects again."""
 
 
 def initial_state(job_id: str, req: JobRequest, created: float | None = None,
@@ -95,7 +97,7 @@ def initial_state(job_id: str, req: JobRequest, created: float | None = None,
         "runs": 0,
         "pid": None,
         "error": None,
-    }
+    } | ({"retry_of": req.retry_of} if req.retry_of else {})
 
 
 def spawn_runner(job_id: str, lock: JobLock) -> subprocess.Popen[bytes]:
@@ -127,21 +129,39 @@ def create_job(req: JobRequest, now: float | None = None) -> str:
 
     The folder is made hidden and renamed into place once state.json is in it, so a `start` killed
     half-way leaves no job without a state (only a hidden folder that retention removes). The id
-    comes from the creation sequence (never back in time); created_at from the clock."""
+    comes from the creation sequence (never back in time); created_at from the clock. With config
+    `max_running_jobs` and no free slot, the job is queued (jobs.queue): no runner until its turn."""
     created = time.time() if now is None else now
+    cap = queue.limit()
+    if cap is None:  # no limit: no queue to consult
+        return _create(req, created, None)
+    with queue.queue_lock():  # deciding whether it runs or queues, and publishing it, is one step
+        return _create(req, created, cap)
+
+
+def _create(req: JobRequest, created: float, cap: int | None) -> str:
     new = create_folder(created)
     lock = JobLock(new.staging)
+    queued = False
     try:
         if not lock.try_acquire():
             raise RuntimeError(f"job {new.job_id}: cannot lock a new job folder")
-        write_state(new.staging, initial_state(new.job_id, req, created, seq=new.seq), durable=True)
+        state = initial_state(new.job_id, req, created, seq=new.seq)
+        queued = queue.must_wait(cap)
+        if queued:
+            state[queue.QUEUED_KEY] = True
+            queue.mark_queued(new.job_id)  # an entry whose folder never appears is dropped
+        write_state(new.staging, state, durable=True)
         lock.moved_to(publish_folder(new))
     except BaseException:
         lock.release()
         _discard(new)
+        if queued:
+            queue.forget(new.job_id)
         raise
     try:
-        spawn_runner(new.job_id, lock)
+        if not queued:
+            spawn_runner(new.job_id, lock)
     finally:
         lock.release()
     return new.job_id

@@ -486,6 +486,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if runner.writes.count:
             log.info("job %s: %s", args.job_id, runner.writes.line())
+        from ktrdr_collect.jobs.queue import handover
+
+        handover(args.job_id)  # its last state is written: start the next queued job, if any
         handler.flush()
         lock.release()
 

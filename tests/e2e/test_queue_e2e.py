@@ -1,0 +1,140 @@
+"""The job queue across real processes: config `max_running_jobs`, hand-over by the runner that
+ends, recovery of a stale queue by the next `collect` command, cancel of a queued job."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from ktrdr_collect.jobs.lock import is_locked
+from tests.e2e.e2e_helpers import (
+    collect,
+    job_folder,
+    job_folders,
+    poll_until,
+    popen,
+    read_state,
+    runner_gone,
+    runner_pid,
+    start_detached,
+    wait_rc,
+)
+
+
+def set_limit(home: Path, n: int) -> None:
+    r = collect(home, "config", "set", "max_running_jobs", str(n))
+    assert r.returncode == 0, r.stderr
+
+
+def state_or_none(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / "state.json").read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def holding_a_slot(home: Path) -> list[str]:
+    """Jobs running now, by liveness: the folder lock held, the state pending/running/paused and not
+    queued. Scanned newest first: a queued job starts only after the runner handing over has written
+    its end, so a scan in this order never counts both."""
+    out = []
+    for folder in reversed(job_folders(home)):
+        if not is_locked(folder):
+            continue
+        st = state_or_none(folder)
+        if st and st["status"] in ("pending", "running", "paused") and not st.get("queued"):
+            out.append(folder.name)
+    return out
+
+
+def is_queued(home: Path, job_id: str) -> bool:
+    st = read_state(home, job_id)
+    return st["status"] == "pending" and bool(st.get("queued")) and not is_locked(job_folder(home, job_id))
+
+
+def test_ten_jobs_run_at_most_two_at_a_time_in_creation_order(home: Path) -> None:
+    set_limit(home, 2)
+    peak, samples = 0, 0
+    ids, queued_at_start = [], []
+    for i in range(10):  # each job: one request of 1 s; creating ten takes a few seconds
+        r = collect(home, "start", f"Q{i}", "--days", "20", "-o", "latency_ms=1000", "-d")
+        assert r.returncode == 0, r.stderr
+        ids.append(r.stdout.strip())
+        if "queued, " in r.stderr:
+            queued_at_start.append(i)
+        peak = max(peak, len(holding_a_slot(home)))
+    assert 0 not in queued_at_start and 1 not in queued_at_start
+    assert queued_at_start, queued_at_start
+    last = ids[queued_at_start[-1]]
+    st = json.loads(collect(home, "status", last, "--json").stdout)
+    if st["status"] == "pending":  # unless the queue moved on in between
+        assert st["queued"] is True and st["queue_ahead"] >= 0
+
+    def all_done() -> bool:
+        nonlocal peak, samples
+        running = holding_a_slot(home)
+        samples += 1
+        peak = max(peak, len(running))
+        assert len(running) <= 2, running
+        return all((s := state_or_none(job_folder(home, j))) and s["status"] == "completed"
+                   and not is_locked(job_folder(home, j)) for j in ids)
+
+    poll_until(all_done, 90, interval=0.005, what="all ten jobs to complete")
+    assert peak == 2 and samples > 50
+    states = [read_state(home, j) for j in ids]
+    assert all(s["requests"] >= 1 and "queued" not in s for s in states)
+    starts = [s["started_at"] for s in states]
+    assert starts[2:] == sorted(starts[2:]) and max(starts[:2]) <= min(starts[2:]), starts
+    # never more than two at once, by the jobs' own records: each queued job started after a slot freed
+    ends = sorted(s["completed_at"] for s in states)
+    for k, started in enumerate(starts[2:]):
+        assert ends[k] <= started, (k, ends, starts)
+    assert not (home / "jobs" / ".queue").exists() or not os.listdir(home / "jobs" / ".queue")
+
+
+def test_a_kill_9_of_a_running_job_lets_the_queue_go_on_after_the_next_command(home: Path) -> None:
+    set_limit(home, 2)
+    slow = ["--days", "60", "-o", "max_bars=5", "-w", "1"]  # ~9 requests
+    first = start_detached(home, "K1", *slow, "-o", "latency_ms=400")
+    second = start_detached(home, "K2", *slow, "-o", "latency_ms=2000")  # still running at the end
+    third = start_detached(home, "K3", "--days", "10", "-o", "latency_ms=50")
+    assert is_queued(home, third)
+    poll_until(lambda: read_state(home, first)["status"] == "running", 20, what="the first job to run")
+    pid = runner_pid(home, first)
+    os.kill(pid, signal.SIGKILL)
+    poll_until(lambda: runner_gone(home, first, pid), 20, what="the killed runner to be gone")
+    assert is_queued(home, third)  # nobody handed over: the queue is stale
+    r = collect(home, "list")  # any collect command recovers it
+    assert r.returncode == 0, r.stderr
+    assert not read_state(home, third).get("queued")
+    assert wait_rc(home, third) == 0
+    assert json.loads(collect(home, "status", first, "--json").stdout)["status"] == "interrupted"
+    assert collect(home, "cancel", second).returncode == 0
+    poll_until(lambda: runner_gone(home, second), 20, what="the second runner to exit")
+
+
+def test_cancel_of_a_queued_job_and_a_foreground_start_that_waits(home: Path) -> None:
+    set_limit(home, 1)
+    blocker = start_detached(home, "C1", "--days", "60", "-o", "latency_ms=800", "-o", "max_bars=5", "-w", "1")
+    queued = start_detached(home, "C2", "--days", "10")
+    fg = popen(home, "start", "C3", "--days", "10", "-o", "latency_ms=50")
+    poll_until(lambda: len(job_folders(home)) == 3 and read_state(home, job_folders(home)[-1].name).get("queued"),
+               20, what="the foreground job to be queued")
+    foreground = job_folders(home)[-1].name
+    r = collect(home, "cancel", queued, "--json")
+    assert r.returncode == 0, r.stderr
+    st = read_state(home, queued)
+    assert st["status"] == "cancelled" and st["completed_at"] and st["started_at"] is None
+    assert st["requests"] == 0 and "queued" not in st
+    assert json.loads(collect(home, "status", foreground, "--json").stdout)["queue_ahead"] == 0
+    assert f"Job {foreground}: pending (queued, 0 ahead)" in collect(home, "status", foreground).stdout
+    assert wait_rc(home, blocker) == 0
+    out, err = fg.communicate(timeout=60)
+    assert fg.returncode == 0, err
+    assert f"Job {foreground} queued, 1 ahead" in err
+    assert "Completed" in out or "completed" in out.lower()
+    assert read_state(home, foreground)["status"] == "completed"
+    assert read_state(home, queued)["status"] == "cancelled"  # never started by the hand-over
+    poll_until(lambda: all(runner_gone(home, f.name) for f in job_folders(home)), 20, what="runners to exit")
