@@ -56,21 +56,23 @@ def is_queued(home: Path, job_id: str) -> bool:
 
 def test_ten_jobs_run_at_most_two_at_a_time_in_creation_order(home: Path) -> None:
     set_limit(home, 2)
-    peak, samples = 0, 0
-    ids, queued_at_start = [], []
-    for i in range(10):  # each job: one request of 1 s; creating ten takes a few seconds
-        r = collect(home, "start", f"Q{i}", "--days", "20", "-o", "latency_ms=1000", "-d")
-        assert r.returncode == 0, r.stderr
-        ids.append(r.stdout.strip())
-        if "queued, " in r.stderr:
-            queued_at_start.append(i)
-        peak = max(peak, len(holding_a_slot(home)))
-    assert 0 not in queued_at_start and 1 not in queued_at_start
-    assert queued_at_start, queued_at_start
-    last = ids[queued_at_start[-1]]
-    st = json.loads(collect(home, "status", last, "--json").stdout)
+    # ten `start -d` at once (each job: one request of 1 s); ids follow the creation sequence
+    procs = [popen(home, "start", f"Q{i}", "--days", "20", "-o", "latency_ms=1000", "-d") for i in range(10)]
+    said_queued = {}
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        said_queued[out.strip()] = "queued, " in err
+    ids = sorted(said_queued)
+    assert len(ids) == 10
+    assert not said_queued[ids[0]] and not said_queued[ids[1]]  # the first two found free slots
+    queued = [j for j in ids if said_queued[j]]
+    assert queued, said_queued
+    st = json.loads(collect(home, "status", queued[-1], "--json").stdout)
     if st["status"] == "pending":  # unless the queue moved on in between
         assert st["queued"] is True and st["queue_ahead"] >= 0
+
+    peak, samples = 0, 0
 
     def all_done() -> bool:
         nonlocal peak, samples
@@ -81,16 +83,20 @@ def test_ten_jobs_run_at_most_two_at_a_time_in_creation_order(home: Path) -> Non
         return all((s := state_or_none(job_folder(home, j))) and s["status"] == "completed"
                    and not is_locked(job_folder(home, j)) for j in ids)
 
-    poll_until(all_done, 90, interval=0.005, what="all ten jobs to complete")
-    assert peak == 2 and samples > 50
-    states = [read_state(home, j) for j in ids]
-    assert all(s["requests"] >= 1 and "queued" not in s for s in states)
-    starts = [s["started_at"] for s in states]
-    assert starts[2:] == sorted(starts[2:]) and max(starts[:2]) <= min(starts[2:]), starts
-    # never more than two at once, by the jobs' own records: each queued job started after a slot freed
-    ends = sorted(s["completed_at"] for s in states)
-    for k, started in enumerate(starts[2:]):
-        assert ends[k] <= started, (k, ends, starts)
+    poll_until(all_done, 120, interval=0.005, what="all ten jobs to complete")
+    assert samples > 50 and peak >= 1
+    states = {j: read_state(home, j) for j in ids}
+    assert all(s["requests"] >= 1 and "queued" not in s for s in states.values())
+    starts = [states[j]["started_at"] for j in queued]
+    assert starts == sorted(starts), starts  # queued jobs started in creation order
+    # never more than two at once, by the jobs' own records (each interval lies inside its slot)
+    spans = [(s["started_at"], s["completed_at"]) for s in states.values()]
+    events = sorted([(a, 1) for a, _ in spans] + [(b, -1) for _, b in spans])  # an end before a start at a tie
+    level = top = 0
+    for _, step in events:
+        level += step
+        top = max(top, level)
+    assert top == 2, events
     assert not (home / "jobs" / ".queue").exists() or not os.listdir(home / "jobs" / ".queue")
 
 
