@@ -226,9 +226,9 @@ class History:
             where.append("created_at <= ?")
             args.append(until)
         if search:
-            like = f"%{search.lower()}%"
-            where.append("(lower(id) LIKE ? OR lower(coalesce(name, '')) LIKE ? OR id IN "
-                         "(SELECT job_id FROM job_symbols WHERE lower(symbol) LIKE ?))")
+            like = f"%{_like_literal(search.lower())}%"  # the same substring match as for live jobs
+            where.append("(lower(id) LIKE ? ESCAPE '\\' OR lower(coalesce(name, '')) LIKE ? ESCAPE '\\' OR id IN "
+                         "(SELECT job_id FROM job_symbols WHERE lower(symbol) LIKE ? ESCAPE '\\'))")
             args += [like, like, like]
         sql = f"SELECT summary FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC"
         if limit is not None:
@@ -264,6 +264,11 @@ class History:
         rows = [(r[0], r[1], True) for r in self.conn.execute(sql)]
         live = [(s["id"], max(s["created_at"], s.get("updated_at") or s["created_at"]), False) for s in self.live]
         return rows + live
+
+
+def _like_literal(text: str) -> str:
+    """`text` as a LIKE pattern matching only itself: % and _ are literal, as in a substring search."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _live_matches(s: dict[str, Any], statuses: list[str] | None, symbol: str | None, provider: str | None,

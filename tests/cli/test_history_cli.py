@@ -21,9 +21,9 @@ def make_jobs(home: Path) -> dict[str, str]:
     """Three finished jobs; auto-pruning is off so tests may age them before anything indexes them."""
     assert run("config", "set", "retention_days", "0").exit_code == 0
     ids = {}
-    assert run("start", "AAPL", "MSFT", *WINDOW, "--name", "tech").exit_code == 0
+    assert run("start", "AAPL", "MSFT", *WINDOW, "--name", "tech 50%").exit_code == 0
     ids["tech"] = json.loads(run("status", "last", "--json").stdout)["id"]
-    assert run("start", "XOM", "BAD", *WINDOW, "-o", "fail_symbols=BAD").exit_code == 3
+    assert run("start", "XOM.L", "BAD", *WINDOW, "-o", "fail_symbols=BAD").exit_code == 3
     ids["energy"] = json.loads(run("status", "last", "--json").stdout)["id"]
     assert run("start", "BAD", *WINDOW, "-o", "fail_symbols=BAD", "-p", "demo").exit_code == 4
     ids["bad"] = json.loads(run("status", "last", "--json").stdout)["id"]
@@ -43,8 +43,11 @@ def test_list_filters_combine(home: Path) -> None:
     assert listed("--status", "failed", "--status", "completed") == [ids["bad"], ids["energy"], ids["tech"]]
     assert listed("--symbol", "msft") == [ids["tech"]]
     assert listed("--symbol", "BAD", "--status", "completed") == [ids["energy"]]
-    assert listed("--search", "TEC") == [ids["tech"]]
-    assert listed("--search", "xo") == [ids["energy"]]
+    # search terms hold a character no job id can (ids are [0-9a-z-]), so a random id never matches
+    assert listed("--search", "H 5") == [ids["tech"]]
+    assert listed("--search", "m.l") == [ids["energy"]]
+    assert listed("--search", "%") == [ids["tech"]]  # literal, not a LIKE wildcard
+    assert listed("--search", "_") == []
     assert listed("--provider", "demo", "--limit", "2") == [ids["bad"], ids["energy"]]
     assert listed("--provider", "binance") == []
     assert listed("--since", "1h") == listed()

@@ -206,11 +206,11 @@ def test_detach_returns_at_once_and_job_completes(home: Path) -> None:
 
 
 def test_status_lists_unfinished_jobs_and_list_is_newest_first(home: Path) -> None:
-    done = collect(home, "start", "DONE1", *YEAR_WINDOW, "-o", "latency_ms=0", "-q")
+    done = collect(home, "start", "DONE1", *YEAR_WINDOW, "-o", "latency_ms=0", "-q", "--name", "a_b")
     assert done.returncode == 0
     done_id = status_json(home, "last")["id"]
     running_id = start_detached(home, "RUN1", "RUN2", *YEAR_WINDOW, "-o", "latency_ms=100",
-                                "-o", "max_bars=100", "-w", "1")
+                                "-o", "max_bars=100", "-w", "1", "--name", "50% c")
     try:
         wait_for_requests(home, running_id)
         text = collect(home, "status")
@@ -230,6 +230,10 @@ def test_status_lists_unfinished_jobs_and_list_is_newest_first(home: Path) -> No
         assert all("symbols" not in row for row in rows)
         assert rows[0]["status"] in ("running", "pending") and rows[1]["status"] == "completed"
         assert rows[0]["created_at"] >= rows[1]["created_at"]
+        # --search is one literal substring match for finished (index) and running (state) jobs alike
+        for term, expected in (("_", [done_id]), ("%", [running_id]), ("a%b", []), ("0% C", [running_id])):
+            found = collect(home, "list", "--json", "--search", term)
+            assert [row["id"] for row in json.loads(found.stdout)] == expected, term
     finally:
         cancel = collect(home, "cancel", running_id)
     assert cancel.returncode == 0, cancel.stderr
