@@ -53,6 +53,24 @@ def _text(value: Any) -> str:
     return text
 
 
+def _redis_url(value: Any) -> str:
+    from urllib.parse import urlsplit
+
+    text = _text(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+        raise ValueError("must be a Redis URL: redis://HOST:PORT/DB, rediss://... or unix:///path")
+    return text
+
+
+def _names(value: Any) -> str:
+    """A comma list of provider names, normalised (lower case, no spaces); empty is allowed."""
+    names = [n.strip().lower() for n in str(value).split(",") if n.strip()]
+    if any(not n.replace("_", "").replace("-", "").isalnum() for n in names):
+        raise ValueError("must be a comma list of provider names")
+    return ",".join(names)
+
+
 @dataclass(frozen=True)
 class Key:
     name: str
@@ -74,6 +92,10 @@ KEYS: dict[str, Key] = {k.name: k for k in (
         "seconds one symbol may spend waiting out a provider's rate limits before it fails"),
     Key("max_running_jobs", None, _positive("max_running_jobs", 1),
         "most jobs running at once; more wait `pending` and start in creation order (default: no limit)"),
+    Key("pacing_url", None, _redis_url,
+        "redis://HOST:PORT/DB: pace requests in Redis, shared by every host (default: this machine only)"),
+    Key("pacing_per_host", "", _names,
+        "comma list of providers that limit per IP: with pacing_url, each host gets its own budget"),
 )}
 
 
