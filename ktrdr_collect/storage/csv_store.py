@@ -9,30 +9,29 @@ Layout::
 Crash safety: bars are fsynced before the coverage file is atomically replaced, so recorded
 coverage never claims bars that are not on disk. Appends only ever add whole lines after the last
 complete one (a torn last line is dropped), and any other change rewrites the file atomically.
+The coverage record, the lock and the order of writes are storage.series' (shared with Parquet).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
 from ktrdr_collect import files
-from ktrdr_collect.storage.gaps import Interval, merge_intervals
-from ktrdr_collect.storage.paths import file_stem
-from ktrdr_collect.storage.timeframes import format_ts, parse_ts, timeframe_seconds
-
-Bar = tuple[int, float, float, float, float, float]
+from ktrdr_collect.storage import series
+from ktrdr_collect.storage.gaps import Interval
+from ktrdr_collect.storage.series import Bar, changed_rows
+from ktrdr_collect.storage.timeframes import format_ts, parse_ts
 
 HEADER = "timestamp,open,high,low,close,volume\n"
-META_DIR = ".ktrdr"
-COVERAGE_VERSION = 1
+SUFFIX = ".csv"
+META_DIR = series.META_DIR
+COVERAGE_VERSION = series.COVERAGE_VERSION
+_COUNT_CHUNK = 1 << 20
 _TAIL_CHUNK = 4096
 
 
@@ -105,20 +104,6 @@ def parse_lines(lines: Iterator[str], start: int | None, end: int | None) -> lis
     return bars
 
 
-def check_bars(bars: Sequence[Bar], covered: Interval) -> None:
-    start, end = covered
-    if start > end:
-        raise ValueError(f"covered range {covered} ends before it starts")
-    previous: int | None = None
-    for bar in bars:
-        ts = bar[0]
-        if not start <= ts < end:
-            raise ValueError(f"bar at {format_ts(ts)} is outside the covered range")
-        if previous is not None and ts <= previous:
-            raise ValueError(f"bars are not strictly ascending at {format_ts(ts)}")
-        previous = ts
-
-
 # --- low level file helpers ---------------------------------------------------------------------
 
 
@@ -152,76 +137,16 @@ def last_ts_of(line: str | None) -> int | None:
     return parse_row(line.rstrip("\r"))[0]
 
 
-# --- locking ------------------------------------------------------------------------------------
-
-
-class _PathLock:
-    """A per-file lock: re-entrant for the owning thread, exclusive against other threads (RLock)
-    and other processes (fcntl.flock on the lock file, never opened through a link)."""
-
-    def __init__(self, path: Path, root: Path) -> None:
-        self.path = path
-        self.root = root
-        self.rlock = threading.RLock()
-        self.depth = 0
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        self.rlock.acquire()
-        try:
-            if self.depth == 0:
-                files.make_dirs(self.path.parent, files.DATA_DIR_MODE, root=self.root)
-                fd = files.open_nofollow(self.path, os.O_RDWR | os.O_CREAT, files.DATA_FILE_MODE)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                except BaseException:
-                    os.close(fd)
-                    raise
-                self.fd = fd
-            self.depth += 1
-        except BaseException:
-            self.rlock.release()
-            raise
-
-    def release(self) -> None:
-        self.depth -= 1
-        if self.depth == 0 and self.fd is not None:
-            fd, self.fd = self.fd, None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            finally:
-                os.close(fd)
-        self.rlock.release()
-
-
-_registry_guard = threading.Lock()
-_registry: dict[str, _PathLock] = {}
-
-
-def _reset_registry_after_fork() -> None:
-    global _registry_guard, _registry
-    _registry_guard = threading.Lock()
-    _registry = {}
-
-
-os.register_at_fork(after_in_child=_reset_registry_after_fork)
-
-
-def path_lock(path: Path, root: Path) -> _PathLock:
-    """The lock for `path`; its folders are made below `root` (the data dir) when first taken."""
-    key = os.path.abspath(path)
-    with _registry_guard:
-        lock = _registry.get(key)
-        if lock is None:
-            lock = _registry[key] = _PathLock(Path(key), Path(os.path.abspath(root)))
-        return lock
-
-
 # --- the store ----------------------------------------------------------------------------------
 
 
 class CsvStore:
-    """CSV files of bars under ``root``, plus per-file coverage metadata and locks."""
+    """CSV files of bars under ``root``, plus per-file coverage metadata and locks (storage.store.Store)."""
+
+    format = "csv"
+    suffix = SUFFIX
+    tag = ""
+    """Coverage record and lock are ``.ktrdr/<FILE><tag>.coverage.json`` / ``.lock``."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -232,35 +157,21 @@ class CsvStore:
     # paths
 
     def folder(self, provider: str, timeframe: str) -> Path:
-        timeframe_seconds(timeframe)
-        if not provider or "/" in provider or "\\" in provider or ".." in provider:
-            raise ValueError(f"unsafe provider name {provider!r}")
-        return self.root / provider / timeframe
+        return series.series_folder(self.root, provider, timeframe)
 
     def path(self, provider: str, timeframe: str, symbol: str) -> Path:
-        return self.folder(provider, timeframe) / f"{file_stem(symbol)}.csv"
-
-    def meta_path(self, provider: str, timeframe: str, symbol: str, suffix: str) -> Path:
-        return self.folder(provider, timeframe) / META_DIR / f"{file_stem(symbol)}{suffix}"
+        return series.data_path(self.root, provider, timeframe, symbol, self.suffix)
 
     def coverage_path(self, provider: str, timeframe: str, symbol: str) -> Path:
-        return self.meta_path(provider, timeframe, symbol, ".coverage.json")
+        return series.meta_path(self.root, provider, timeframe, symbol, self.tag + series.COVERAGE_SUFFIX)
 
     def lock_path(self, provider: str, timeframe: str, symbol: str) -> Path:
-        return self.meta_path(provider, timeframe, symbol, ".lock")
+        return series.meta_path(self.root, provider, timeframe, symbol, self.tag + series.LOCK_SUFFIX)
 
-    # locking
-
-    @contextlib.contextmanager
-    def lock(self, provider: str, timeframe: str, symbol: str) -> Iterator[None]:
+    def lock(self, provider: str, timeframe: str, symbol: str) -> contextlib.AbstractContextManager[None]:
         """Exclusive, blocking lock for one data file (between threads and processes; re-entrant
         within one thread, so ``write`` may be called while holding it)."""
-        lock = path_lock(self.lock_path(provider, timeframe, symbol), self.root)
-        lock.acquire()
-        try:
-            yield
-        finally:
-            lock.release()
+        return series.held(self.lock_path(provider, timeframe, symbol), self.root)
 
     # reading
 
@@ -275,49 +186,35 @@ class CsvStore:
             return []
 
     def first_ts(self, provider: str, timeframe: str, symbol: str) -> int | None:
-        try:
-            with open(self.path(provider, timeframe, symbol), encoding="utf-8", newline="") as f:
-                for line in f:
-                    if line.endswith("\n") and not is_header_or_blank(line):
-                        return parse_row(line.rstrip("\r\n"))[0]
-        except FileNotFoundError:
-            pass
-        return None
+        return first_ts_of(self.path(provider, timeframe, symbol))
 
     def last_ts(self, provider: str, timeframe: str, symbol: str) -> int | None:
-        try:
-            with open(self.path(provider, timeframe, symbol), "rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                return last_ts_of(read_tail(f, size)[1])
-        except FileNotFoundError:
-            return None
+        return last_ts_in(self.path(provider, timeframe, symbol))
 
     def coverage(self, provider: str, timeframe: str, symbol: str) -> list[Interval]:
         """Recorded covered ranges; derived from the data file if there is no readable record."""
         recorded = self._read_coverage(provider, timeframe, symbol)
         if recorded is not None:
             return recorded
-        first = self.first_ts(provider, timeframe, symbol)
-        last = self.last_ts(provider, timeframe, symbol)
-        if first is None or last is None:
-            return []
-        return [(first, last + 1)]
+        return series.derived_coverage(None, self.first_ts(provider, timeframe, symbol),
+                                       self.last_ts(provider, timeframe, symbol))
 
     def _read_coverage(self, provider: str, timeframe: str, symbol: str) -> list[Interval] | None:
-        """None when there is no record (derive one from the data); [] for a damaged record: the
-        data may have holes a derived range would hide, so everything is fetched again (the merge
-        keeps what is stored)."""
+        return series.read_coverage_file(self.coverage_path(provider, timeframe, symbol))
+
+    def count(self, provider: str, timeframe: str, symbol: str, ranges: Sequence[Interval]) -> int:
+        """Stored rows with a timestamp inside any of ``ranges``."""
+        return series.count_series(self, (provider, timeframe, symbol), ranges)
+
+    def row_count(self, provider: str, timeframe: str, symbol: str) -> int:
+        """Stored rows, without parsing them (counts line ends)."""
+        return count_rows(self.path(provider, timeframe, symbol))
+
+    def size(self, provider: str, timeframe: str, symbol: str) -> int:
         try:
-            text = self.coverage_path(provider, timeframe, symbol).read_text(encoding="utf-8")
+            return os.stat(self.path(provider, timeframe, symbol)).st_size
         except FileNotFoundError:
-            return None
-        except (OSError, ValueError):  # ValueError: not UTF-8 text (UnicodeDecodeError)
-            return []
-        try:
-            ranges = coverage_from_doc(json.loads(text))
-        except (ValueError, RecursionError):  # not JSON, or nested beyond the parser's depth
-            return []
-        return [] if ranges is None else ranges
+            return 0
 
     # writing
 
@@ -325,82 +222,124 @@ class CsvStore:
         """Store ``bars`` (ascending, inside ``covered``) durably, then record ``covered`` as
         fetched. Returns how many rows the file gained or changed (a bar stored again as it was
         counts 0), so a job's counts are what the files saw, even when a crash made it refetch."""
-        check_bars(bars, covered)
         path = self.path(provider, timeframe, symbol)
-        with self.lock(provider, timeframe, symbol):
-            # Read coverage before storing: a derived-from-data range must not stretch over the new bars.
-            ranges = merge_intervals([*self.coverage(provider, timeframe, symbol), covered])
-            written = self._store_bars(path, bars) if bars else 0
-            self._save_coverage(provider, timeframe, symbol, ranges)
-            return written
-
-    def count(self, provider: str, timeframe: str, symbol: str, ranges: Sequence[Interval]) -> int:
-        """Stored rows with a timestamp inside any of ``ranges``."""
-        merged = merge_intervals(list(ranges))
-        if not merged:
-            return 0
-        bars = self.read(provider, timeframe, symbol, merged[0][0], merged[-1][1])
-        return sum(1 for bar in bars if any(lo <= bar[0] < hi for lo, hi in merged))
+        return series.write_series(self, (provider, timeframe, symbol), bars, covered,
+                                   lambda new: store_bars(path, new, self.root))
 
     def replace(self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar],
                 ranges: Sequence[Interval]) -> None:
         """Replace the whole series and its fetched ranges (caller holds the lock or it is taken
         here). The record is emptied first, so a crash in between only costs a refetch."""
-        check_bars(bars, (bars[0][0], bars[-1][0] + 1) if bars else (0, 0))
-        with self.lock(provider, timeframe, symbol):
-            self._save_coverage(provider, timeframe, symbol, [], durable=True)
-            self._replace_bars(self.path(provider, timeframe, symbol), bars)
-            self._save_coverage(provider, timeframe, symbol, merge_intervals(list(ranges)))
+        path = self.path(provider, timeframe, symbol)
+        series.replace_series(self, (provider, timeframe, symbol), bars, ranges,
+                              lambda new: replace_bars(path, new, self.root))
 
     def set_aside(self, provider: str, timeframe: str, symbol: str, tag: str) -> Path | None:
         """Move the data file out of the way (kept beside it as ``<name>.<tag>``) and forget its
         fetched ranges, so the next job fetches the series again. Returns where it went."""
-        with self.lock(provider, timeframe, symbol):
-            path = self.path(provider, timeframe, symbol)
-            self._save_coverage(provider, timeframe, symbol, [], durable=True)
-            if not path.exists():
-                return None
-            target = path.with_name(f"{path.name}.{tag}")
-            n = 1
-            while os.path.lexists(target):  # never overwrite an earlier copy (nor a link)
-                target, n = path.with_name(f"{path.name}.{tag}.{n}"), n + 1
-            os.replace(path, target)
-            files.fsync_dir(path.parent)
-            return target
+        return series.set_aside_series(self, (provider, timeframe, symbol), tag)
+
+    def erase(self, provider: str, timeframe: str, symbol: str, start: int | None = None,
+              end: int | None = None) -> int:
+        """Remove the bars in ``[start, end)`` (whole series without bounds) and their fetched
+        ranges; returns how many bars went (storage.series.erase_series: record first)."""
+        path = self.path(provider, timeframe, symbol)
+        return series.erase_series(self, (provider, timeframe, symbol), start, end,
+                                   lambda lo, hi: erase_rows(path, lo, hi))
 
     def _save_coverage(self, provider: str, timeframe: str, symbol: str, ranges: Sequence[Interval],
                        durable: bool = False) -> None:
-        """``durable=False``: a power loss may leave the old record, which only costs a refetch."""
-        doc = {"version": COVERAGE_VERSION, "ranges": [[s, e] for s, e in ranges]}
-        files.atomic_write(self.coverage_path(provider, timeframe, symbol), (json.dumps(doc) + "\n").encode(),
-                           mode=files.DATA_FILE_MODE, durable=durable)
+        series.save_coverage_file(self.coverage_path(provider, timeframe, symbol), ranges, durable)
 
-    def _make_folder(self, path: Path) -> None:
-        """The data file's folder, below the data dir, never through a link."""
-        files.make_dirs(path.parent, files.DATA_DIR_MODE, root=self.root)
 
-    def _replace_bars(self, path: Path, bars: Sequence[Bar]) -> None:
-        self._make_folder(path)
-        write_csv(path, bars)
+# --- the file operations the store uses ---------------------------------------------------------
 
-    def _store_bars(self, path: Path, bars: Sequence[Bar]) -> int:
-        self._make_folder(path)
-        fd = files.open_nofollow(path, os.O_RDWR | os.O_CREAT, files.DATA_FILE_MODE)
-        with os.fdopen(fd, "r+b") as f:
+
+def first_ts_of(path: Path) -> int | None:
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            for line in f:
+                if line.endswith("\n") and not is_header_or_blank(line):
+                    return parse_row(line.rstrip("\r\n"))[0]
+    except FileNotFoundError:
+        pass
+    return None
+
+
+def last_ts_in(path: Path) -> int | None:
+    try:
+        with open(path, "rb") as f:
             size = f.seek(0, os.SEEK_END)
-            good_size, last_line = read_tail(f, size)
-            last = last_ts_of(last_line)
-            if last is None or last < bars[0][0]:
-                try:
-                    append_rows(f, size, good_size, bars)
-                except OSError:
-                    if good_size == 0:  # not even the header fitted: no file rather than an empty one
-                        files.remove_quietly(path)
-                    raise
-                if size == 0:
-                    files.fsync_dir(path.parent)
-                return len(bars)
-        return merge_rewrite(path, bars)
+            return last_ts_of(read_tail(f, size)[1])
+    except FileNotFoundError:
+        return None
+
+
+def count_rows(path: Path) -> int:
+    """Complete data lines of a CSV we wrote (one bar a line, one header line), counted in 1 MiB
+    chunks without decoding; a torn last line is not counted."""
+    lines = 0
+    first = b""
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(_COUNT_CHUNK):
+                if not first:
+                    first = chunk[:1]
+                lines += chunk.count(b"\n")
+    except FileNotFoundError:
+        return 0
+    return max(0, lines - 1) if first.isalpha() else lines
+
+
+def make_folder(path: Path, root: Path) -> None:
+    """The data file's folder, below the data dir, never through a link."""
+    files.make_dirs(path.parent, files.DATA_DIR_MODE, root=root)
+
+
+def replace_bars(path: Path, bars: Sequence[Bar], root: Path) -> None:
+    make_folder(path, root)
+    write_csv(path, bars)
+
+
+def store_bars(path: Path, bars: Sequence[Bar], root: Path) -> int:
+    """Add ``bars`` to the file: appended if they all come after its last bar, else merged."""
+    make_folder(path, root)
+    fd = files.open_nofollow(path, os.O_RDWR | os.O_CREAT, files.DATA_FILE_MODE)
+    with os.fdopen(fd, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        good_size, last_line = read_tail(f, size)
+        last = last_ts_of(last_line)
+        if last is None or last < bars[0][0]:
+            try:
+                append_rows(f, size, good_size, bars)
+            except OSError:
+                if good_size == 0:  # not even the header fitted: no file rather than an empty one
+                    files.remove_quietly(path)
+                raise
+            if size == 0:
+                files.fsync_dir(path.parent)
+            return len(bars)
+    return merge_rewrite(path, bars)
+
+
+def erase_rows(path: Path, start: int | None, end: int | None) -> int:
+    """Drop the rows in ``[start, end)`` (all rows and the file itself without bounds)."""
+    if start is None and end is None:
+        rows = count_rows(path)
+        if os.path.lexists(path):
+            files.refuse_symlink(path)
+            files.remove_quietly(path)
+            files.fsync_dir(path.parent)
+        return rows
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            bars = parse_lines(iter(f), None, None)
+    except FileNotFoundError:
+        return 0
+    kept = series.outside(bars, start, end)
+    if len(kept) != len(bars):
+        write_csv(path, kept)
+    return len(bars) - len(kept)
 
 
 def append_rows(f: IO[bytes], size: int, good_size: int, bars: Sequence[Bar]) -> None:
@@ -432,27 +371,7 @@ def merge_rewrite(path: Path, bars: Sequence[Bar]) -> int:
     return written
 
 
-def changed_rows(stored: Mapping[int, Bar], bars: Sequence[Bar]) -> int:
-    """How many of ``bars`` are not already stored exactly so (by timestamp)."""
-    return sum(1 for bar in bars if stored.get(bar[0]) != tuple(bar))
-
-
 def write_csv(path: Path, bars: Sequence[Bar]) -> None:
     """Replace the data file with ``bars``, durably (files.atomic_write: the old file survives any error)."""
     text = HEADER + "".join(map(format_row, bars))
     files.atomic_write(path, text.encode("utf-8"), mode=files.DATA_FILE_MODE, durable=True)
-
-
-def coverage_from_doc(doc: object) -> list[Interval] | None:
-    """Validated ranges from a parsed coverage document, or None if it is not one."""
-    if not isinstance(doc, dict) or doc.get("version") != COVERAGE_VERSION:
-        return None
-    ranges = doc.get("ranges")
-    if not isinstance(ranges, list):
-        return None
-    parsed: list[Interval] = []
-    for item in ranges:
-        if not (isinstance(item, list) and len(item) == 2 and all(type(x) is int for x in item)):
-            return None
-        parsed.append((item[0], item[1]))
-    return merge_intervals(parsed)

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING
 from ktrdr_collect.errors import InvalidInputError, ProviderUnavailableError
 
 if TYPE_CHECKING:
-    from ktrdr_collect.storage.csv_store import CsvStore
+    from ktrdr_collect.storage.store import Store
 
 FORMATS = ("csv", "parquet")
 PARQUET_MISSING = "--format parquet needs pyarrow: pip install 'ktrdr-collect[parquet]'"
 
 
-def open_store(fmt: str, root: Path) -> CsvStore:
-    """The store for ``fmt``; ParquetStore is a CsvStore with another data file format."""
+def open_store(fmt: str, root: Path) -> Store:
+    """The store for ``fmt``: CsvStore or ParquetStore, siblings behind storage.store.Store."""
     if fmt == "csv":
         from ktrdr_collect.storage.csv_store import CsvStore
 

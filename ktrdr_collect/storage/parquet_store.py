@@ -24,7 +24,7 @@ temp file and the parts it replaces is written durably; then the old parts are h
 crash before the record leaves the old parts; after it, the next writer (or the next job's look
 at the coverage) completes the commit, and our readers see the new part meanwhile. pyarrow never
 sees an old part and the new one together. The coverage record, lock and write ordering are
-CsvStore's.
+storage.series' (shared with CsvStore, a sibling: neither knows the other).
 
 Only imported when pyarrow is installed (``open_store`` checks first).
 """
@@ -43,9 +43,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ktrdr_collect import files
-from ktrdr_collect.storage.csv_store import Bar, CsvStore, changed_rows
+from ktrdr_collect.storage import series
 from ktrdr_collect.storage.gaps import Interval
-from ktrdr_collect.storage.paths import file_stem
+from ktrdr_collect.storage.series import Bar, changed_rows
 
 SUFFIX = ".parquet"
 PART_PREFIX = "part-"
@@ -254,56 +254,60 @@ def finish_commit(folder: Path, commit: Commit) -> None:
 # --- the store ----------------------------------------------------------------------------------
 
 
-class ParquetStore(CsvStore):
-    """Parquet datasets of bars under ``root``; coverage records, locks and the write protocol are
-    CsvStore's, only the data file differs."""
+class ParquetStore:
+    """Parquet datasets of bars under ``root`` (storage.store.Store); the coverage record, lock
+    and write order are storage.series' (the same as CsvStore's, in files of their own)."""
+
+    format = "parquet"
+    suffix = SUFFIX
+    tag = SUFFIX
+    """``AAPL.parquet.coverage.json``: distinct from the CSV's ``AAPL.coverage.json``, so that
+    collecting a symbol in both formats into one data dir never shares coverage."""
 
     def __init__(self, root: Path, max_parts: int = MAX_PARTS) -> None:
-        super().__init__(root)
         if max_parts < 2:
             raise ValueError("max_parts must be at least 2")
+        self.root = Path(root)
         self.max_parts = max_parts
 
     def __repr__(self) -> str:
         return f"ParquetStore({str(self.root)!r})"
 
-    def path(self, provider: str, timeframe: str, symbol: str) -> Path:
-        return self.folder(provider, timeframe) / f"{file_stem(symbol)}{SUFFIX}"
+    # paths
 
-    def meta_path(self, provider: str, timeframe: str, symbol: str, suffix: str) -> Path:
-        # ``AAPL.parquet.coverage.json``: distinct from the CSV's ``AAPL.coverage.json``, so that
-        # collecting a symbol in both formats into one data dir never shares coverage.
-        return super().meta_path(provider, timeframe, symbol, SUFFIX + suffix)
+    def folder(self, provider: str, timeframe: str) -> Path:
+        return series.series_folder(self.root, provider, timeframe)
+
+    def path(self, provider: str, timeframe: str, symbol: str) -> Path:
+        return series.data_path(self.root, provider, timeframe, symbol, self.suffix)
+
+    def coverage_path(self, provider: str, timeframe: str, symbol: str) -> Path:
+        return series.meta_path(self.root, provider, timeframe, symbol, self.tag + series.COVERAGE_SUFFIX)
+
+    def lock_path(self, provider: str, timeframe: str, symbol: str) -> Path:
+        return series.meta_path(self.root, provider, timeframe, symbol, self.tag + series.LOCK_SUFFIX)
+
+    def lock(self, provider: str, timeframe: str, symbol: str) -> contextlib.AbstractContextManager[None]:
+        """Exclusive, blocking lock for one dataset (threads and processes; re-entrant per thread)."""
+        return series.held(self.lock_path(provider, timeframe, symbol), self.root)
 
     # reading (without the lock: a concurrent merge may delete a part we listed, so list again)
 
     def _live_parts(self, provider: str, timeframe: str, symbol: str) -> list[Part]:
-        return split_live(committed_parts(self.path(provider, timeframe, symbol)))[0]
+        return live_parts(self.path(provider, timeframe, symbol))
 
     def read(
         self, provider: str, timeframe: str, symbol: str, start: int | None = None, end: int | None = None
     ) -> list[Bar]:
         """Stored bars with ``start <= ts < end`` (either bound optional), ascending."""
+        folder = self.path(provider, timeframe, symbol)
         for attempt in range(10):
             try:
-                return self._read_once(provider, timeframe, symbol, start, end)
+                return read_dataset(folder, start, end)
             except FileNotFoundError:
                 if attempt == 9:
                     raise
         raise AssertionError("unreachable")
-
-    def _read_once(self, provider: str, timeframe: str, symbol: str, start: int | None, end: int | None) -> list[Bar]:
-        bars: list[Bar] = []
-        for part in self._live_parts(provider, timeframe, symbol):
-            if (start is not None and part.last < start) or (end is not None and part.first >= end):
-                continue
-            bars.extend(
-                bar for bar in read_part(part.path)
-                if (start is None or bar[0] >= start) and (end is None or bar[0] < end)
-            )
-        if any(a[0] >= b[0] for a, b in zip(bars, bars[1:], strict=False)):
-            return merge_bars([bars], [])  # overlapping parts someone put there by hand
-        return bars
 
     def first_ts(self, provider: str, timeframe: str, symbol: str) -> int | None:
         parts = self._live_parts(provider, timeframe, symbol)
@@ -314,12 +318,73 @@ class ParquetStore(CsvStore):
         return max(p.last for p in parts) if parts else None
 
     def coverage(self, provider: str, timeframe: str, symbol: str) -> list[Interval]:
-        """As CsvStore's; first, what a crashed write left in the dataset is tidied up (every job
-        looks at the coverage of each of its series, so the next one repairs it)."""
+        """Recorded covered ranges (derived from the data if there is no record); first, what a
+        crashed write left in the dataset is tidied up (every job looks at the coverage of each of
+        its series, so the next one repairs it)."""
         self._tidy(provider, timeframe, symbol)
-        return super().coverage(provider, timeframe, symbol)
+        recorded = self._read_coverage(provider, timeframe, symbol)
+        if recorded is not None:
+            return recorded
+        return series.derived_coverage(None, self.first_ts(provider, timeframe, symbol),
+                                       self.last_ts(provider, timeframe, symbol))
 
-    # writing (CsvStore.write calls this under the lock)
+    def _read_coverage(self, provider: str, timeframe: str, symbol: str) -> list[Interval] | None:
+        return series.read_coverage_file(self.coverage_path(provider, timeframe, symbol))
+
+    def count(self, provider: str, timeframe: str, symbol: str, ranges: Sequence[Interval]) -> int:
+        """Stored rows with a timestamp inside any of ``ranges``."""
+        return series.count_series(self, (provider, timeframe, symbol), ranges)
+
+    def row_count(self, provider: str, timeframe: str, symbol: str) -> int:
+        """Stored rows, from the parts' metadata (no data read)."""
+        for attempt in range(10):
+            try:
+                return sum(pq.read_metadata(p.path).num_rows for p in self._live_parts(provider, timeframe, symbol))
+            except FileNotFoundError:
+                if attempt == 9:
+                    raise
+        raise AssertionError("unreachable")
+
+    def size(self, provider: str, timeframe: str, symbol: str) -> int:
+        total = 0
+        for part in self._live_parts(provider, timeframe, symbol):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(part.path).st_size
+        return total
+
+    # writing
+
+    def write(self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar], covered: Interval) -> int:
+        """Store ``bars`` (ascending, inside ``covered``) durably, then record ``covered`` as
+        fetched; returns how many rows the dataset gained or changed."""
+        folder = self.path(provider, timeframe, symbol)
+        return series.write_series(self, (provider, timeframe, symbol), bars, covered,
+                                   lambda new: self._store_bars(folder, new))
+
+    def replace(self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar],
+                ranges: Sequence[Interval]) -> None:
+        """Replace the whole series and its fetched ranges (record emptied first)."""
+        folder = self.path(provider, timeframe, symbol)
+        series.replace_series(self, (provider, timeframe, symbol), bars, ranges,
+                              lambda new: self._replace_bars(folder, new))
+
+    def set_aside(self, provider: str, timeframe: str, symbol: str, tag: str) -> Path | None:
+        """Move the dataset out of the way (``<name>.<tag>``) and forget its fetched ranges."""
+        return series.set_aside_series(self, (provider, timeframe, symbol), tag)
+
+    def erase(self, provider: str, timeframe: str, symbol: str, start: int | None = None,
+              end: int | None = None) -> int:
+        """Remove the bars in ``[start, end)`` (every bar without bounds) and their fetched ranges;
+        returns how many bars went (storage.series.erase_series: record first)."""
+        folder = self.path(provider, timeframe, symbol)
+        return series.erase_series(self, (provider, timeframe, symbol), start, end,
+                                   lambda lo, hi: self._erase_bars(folder, lo, hi))
+
+    def _save_coverage(self, provider: str, timeframe: str, symbol: str, ranges: Sequence[Interval],
+                       durable: bool = False) -> None:
+        series.save_coverage_file(self.coverage_path(provider, timeframe, symbol), ranges, durable)
+
+    # the dataset operations (called under the lock)
 
     def _store_bars(self, path: Path, bars: Sequence[Bar]) -> int:
         self._open_dataset(path)
@@ -331,13 +396,25 @@ class ParquetStore(CsvStore):
             old = [read_part(p.path) for p in hit]
             written = changed_rows({bar[0]: bar for part in old for bar in part}, bars)
             bars = merge_bars(old, bars)
-        self._commit(path, bars, hit)
-        self._compact(path)
+        commit_parts(path, bars, hit)
+        compact(path, self.max_parts)
         return written
 
     def _replace_bars(self, path: Path, bars: Sequence[Bar]) -> None:
         self._open_dataset(path)
-        self._commit(path, bars, list_parts(path))
+        commit_parts(path, bars, list_parts(path))
+
+    def _erase_bars(self, path: Path, start: int | None, end: int | None) -> int:
+        if not os.path.lexists(path):
+            return 0
+        self._open_dataset(path)
+        lo, hi = series.erase_window(start, end)
+        hit = [p for p in list_parts(path) if p.first < hi and lo <= p.last]
+        old = [bar for p in hit for bar in read_part(p.path)]
+        kept = series.outside(old, start, end)
+        if hit:
+            commit_parts(path, merge_bars([kept], []), hit)
+        return len(old) - len(kept)
 
     def _open_dataset(self, path: Path) -> None:
         """Make the dataset folder (never through a link) and finish what a crash left in it."""
@@ -347,53 +424,7 @@ class ParquetStore(CsvStore):
         files.make_dirs(path, files.DATA_DIR_MODE, root=self.root)
         if created:
             files.fsync_dir(path.parent)
-        self._recover(path)
-
-    @staticmethod
-    def _commit(folder: Path, bars: Sequence[Bar], old: Sequence[Part]) -> None:
-        """Replace the parts ``old`` by one part of ``bars`` (none if empty); see the module doc."""
-        new = part_name(bars[0][0], bars[-1][0]) if bars else None
-        tmp = None
-        if new is not None:
-            tmp = files.write_temp(folder / new, part_bytes(bars), mode=files.DATA_FILE_MODE, durable=True)
-        if not old:  # nothing replaced: one rename is the commit
-            if tmp is not None and new is not None:
-                ParquetStore._reveal(tmp, folder / new)
-            return
-        commit = Commit(new, tmp.name if tmp else None, tuple(p.path.name for p in old))
-        try:
-            files.atomic_write(folder / COMMIT_FILE, commit.to_json(), mode=files.DATA_FILE_MODE, durable=True)
-        except BaseException:
-            if tmp is not None:
-                files.remove_quietly(tmp)
-            raise
-        finish_commit(folder, commit)
-
-    @staticmethod
-    def _reveal(tmp: Path, path: Path) -> None:
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            files.remove_quietly(tmp)
-            raise
-        files.fsync_dir(path.parent)
-
-    @staticmethod
-    def _recover(folder: Path) -> None:
-        """Under the lock (no write is in progress): finish a crashed commit, then delete temp files,
-        hidden parts and parts lying inside another (left by versions before the commit record)."""
-        raw = None
-        with contextlib.suppress(FileNotFoundError):
-            raw = (folder / COMMIT_FILE).read_bytes()
-        if raw is not None:
-            commit = parse_commit(raw)
-            if commit is not None:
-                finish_commit(folder, commit)
-            else:  # not ours to follow: put hidden parts back, the checks below sort them out
-                restore_hidden(folder)
-                files.remove_quietly(folder / COMMIT_FILE)
-        remove_files([folder / name for name in os.listdir(folder) if is_leftover(name)])
-        remove_files([p.path for p in split_live(list_parts(folder))[1]])
+        recover(path)
 
     def _tidy(self, provider: str, timeframe: str, symbol: str) -> None:
         """Recover a dataset that needs it, if we may (a read-only data dir is left as it is)."""
@@ -402,20 +433,88 @@ class ParquetStore(CsvStore):
             return
         with contextlib.suppress(OSError), self.lock(provider, timeframe, symbol):
             if os.path.isdir(folder) and not files.is_symlink(folder):
-                self._recover(folder)
+                recover(folder)
 
-    def _compact(self, folder: Path) -> None:
-        """While there are more than ``max_parts`` parts, merge the run of ``max_parts // 2 + 1``
-        adjacent parts with the fewest rows into one."""
+
+# --- dataset operations -------------------------------------------------------------------------
+
+
+def live_parts(folder: Path) -> list[Part]:
+    return split_live(committed_parts(folder))[0]
+
+
+def read_dataset(folder: Path, start: int | None, end: int | None) -> list[Bar]:
+    bars: list[Bar] = []
+    for part in live_parts(folder):
+        if (start is not None and part.last < start) or (end is not None and part.first >= end):
+            continue
+        bars.extend(
+            bar for bar in read_part(part.path)
+            if (start is None or bar[0] >= start) and (end is None or bar[0] < end)
+        )
+    if any(a[0] >= b[0] for a, b in zip(bars, bars[1:], strict=False)):
+        return merge_bars([bars], [])  # overlapping parts someone put there by hand
+    return bars
+
+
+def commit_parts(folder: Path, bars: Sequence[Bar], old: Sequence[Part]) -> None:
+    """Replace the parts ``old`` by one part of ``bars`` (none if empty); see the module doc."""
+    new = part_name(bars[0][0], bars[-1][0]) if bars else None
+    tmp = None
+    if new is not None:
+        tmp = files.write_temp(folder / new, part_bytes(bars), mode=files.DATA_FILE_MODE, durable=True)
+    if not old:  # nothing replaced: one rename is the commit
+        if tmp is not None and new is not None:
+            reveal(tmp, folder / new)
+        return
+    commit = Commit(new, tmp.name if tmp else None, tuple(p.path.name for p in old))
+    try:
+        files.atomic_write(folder / COMMIT_FILE, commit.to_json(), mode=files.DATA_FILE_MODE, durable=True)
+    except BaseException:
+        if tmp is not None:
+            files.remove_quietly(tmp)
+        raise
+    finish_commit(folder, commit)
+
+
+def reveal(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        files.remove_quietly(tmp)
+        raise
+    files.fsync_dir(path.parent)
+
+
+def recover(folder: Path) -> None:
+    """Under the lock (no write is in progress): finish a crashed commit, then delete temp files,
+    hidden parts and parts lying inside another (left by versions before the commit record)."""
+    raw = None
+    with contextlib.suppress(FileNotFoundError):
+        raw = (folder / COMMIT_FILE).read_bytes()
+    if raw is not None:
+        commit = parse_commit(raw)
+        if commit is not None:
+            finish_commit(folder, commit)
+        else:  # not ours to follow: put hidden parts back, the checks below sort them out
+            restore_hidden(folder)
+            files.remove_quietly(folder / COMMIT_FILE)
+    remove_files([folder / name for name in os.listdir(folder) if is_leftover(name)])
+    remove_files([p.path for p in split_live(list_parts(folder))[1]])
+
+
+def compact(folder: Path, max_parts: int) -> None:
+    """While there are more than ``max_parts`` parts, merge the run of ``max_parts // 2 + 1``
+    adjacent parts with the fewest rows into one."""
+    parts = list_parts(folder)
+    while len(parts) > max_parts:
+        rows = [pq.read_metadata(p.path).num_rows for p in parts]
+        width = max_parts // 2 + 1
+        sums = [sum(rows[i : i + width]) for i in range(len(parts) - width + 1)]
+        i = sums.index(min(sums))
+        run = parts[i : i + width]
+        commit_parts(folder, merge_bars([read_part(p.path) for p in run], []), run)
         parts = list_parts(folder)
-        while len(parts) > self.max_parts:
-            rows = [pq.read_metadata(p.path).num_rows for p in parts]
-            width = self.max_parts // 2 + 1
-            sums = [sum(rows[i : i + width]) for i in range(len(parts) - width + 1)]
-            i = sums.index(min(sums))
-            run = parts[i : i + width]
-            self._commit(folder, merge_bars([read_part(p.path) for p in run], []), run)
-            parts = list_parts(folder)
 
 
 def is_leftover(name: str) -> bool:
