@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ktrdr_collect import paths
 from ktrdr_collect.providers.shared_file import locked_json
@@ -162,6 +163,25 @@ class SharedPacer:
 
         self._update(lambda stamps, now: _remove(stamps, slot))
 
+    def stamp(self) -> None:
+        """Count one request now, without waiting (IB's second stamp for BID_ASK)."""
+        self._update(lambda stamps, now: stamps.append(now))
+
+
+class Pacer(Protocol):
+    """What a job's requests are paced with: a `SharedPacer` (this machine) or a
+    `redis_pacing.RedisPacer` (every host)."""
+
+    @property
+    def rate(self) -> float: ...
+
+    def wait_turn(self, sleep: Callable[[float], bool]) -> float | None: ...
+
+    def correct(self, slot: float, sent_at: float) -> None: ...
+
+    def release(self, slot: float) -> None: ...
+
+    def stamp(self) -> None: ...
 
 Pacing = tuple[float | None, Sequence[Window] | None]
 """(requests per second, windows) as a provider declares them (`Provider.pacing_for`)."""
@@ -187,15 +207,46 @@ def log_name(provider_name: str, pacing: Pacing, default: Pacing | None = None) 
     return provider_name + "".join(f"-{n}per{span:g}s" for n, span in _windows_of(pacing))
 
 
+@dataclass(frozen=True)
+class Sharing:
+    """Where budgets are kept: this machine's files (no `url`), or Redis (`url`, shared by every
+    host), with its own budget per host for the providers in `per_host` (their limits count per IP)."""
+
+    url: str | None = None
+    per_host: frozenset[str] = frozenset()
+    host: str | None = None
+    """This host's name in per-host keys (default: the host name)."""
+
+
+def configured_sharing() -> Sharing:
+    """Config `pacing_url` and `pacing_per_host` (or their environment variables)."""
+    from ktrdr_collect.config import load_settings
+
+    values = load_settings().values
+    per_host = frozenset(n for n in str(values.get("pacing_per_host") or "").split(",") if n)
+    return Sharing(url=values.get("pacing_url") or None, per_host=per_host)
+
+
 def pacer_for(provider_name: str, rate: float | None, windows: Sequence[Window] | None = None,
               folder: Path | None = None, default: Pacing | None = None,
-              clock: Callable[[], float] = time.time) -> SharedPacer | None:
-    """The machine-wide pacer for this pacing (None: no limit). `default` is the provider's own
-    (`rate_limit`, `rate_windows`): another pacing gets its own log (see `log_name`)."""
-    folder = folder or paths.shared_dir() / "pacing"
-    path = folder / f"{log_name(provider_name, (rate, windows), default)}.json"
-    if windows is not None:
-        return SharedPacer(path, windows, clock=clock)
-    if not rate:
+              clock: Callable[[], float] = time.time, *, sharing: Sharing | None = None,
+              credential: str = "") -> Pacer | None:
+    """The pacer for this pacing (None: no limit): machine-wide in a file under home (or `folder`),
+    or across hosts in Redis when `sharing` (default: the config's, unless `folder` is given) has a
+    URL. `default` is the provider's own (`rate_limit`, `rate_windows`): another pacing gets its own
+    log (see `log_name`). `credential` identifies the account (a hash, see `redis_pacing.credential_id`)."""
+    if windows is None and not rate:
         return None
-    return SharedPacer(path, windows_for_rate(rate), clock=clock, spacing=1.0 / rate)
+    name = log_name(provider_name, (rate, windows), default)
+    spacing = 0.0 if windows is not None else 1.0 / rate  # type: ignore[operator]
+    windows = list(windows) if windows is not None else windows_for_rate(rate)  # type: ignore[arg-type]
+    if sharing is None and folder is None:
+        sharing = configured_sharing()
+    if sharing is not None and sharing.url:
+        from ktrdr_collect.providers import redis_pacing
+
+        host = (sharing.host or redis_pacing.this_host()) if provider_name in sharing.per_host else None
+        key = redis_pacing.budget_key(name, credential, host)
+        return redis_pacing.RedisPacer(sharing.url, key, windows, spacing=spacing)
+    path = (folder or paths.shared_dir() / "pacing") / f"{name}.json"
+    return SharedPacer(path, windows, clock=clock, spacing=spacing)

@@ -1,0 +1,110 @@
+"""Services the tests start themselves, once per test session, on 127.0.0.1 (a pytest plugin,
+loaded from tests/conftest.py): a real `redis-server`."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+START_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def answers_ping(port: int) -> bool:
+    """True when a Redis server on `port` answers PING (plain RESP, no client library needed)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes]
+    folder: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_redis(folder: Path, port: int | None = None) -> RedisServer:
+    """A fresh `redis-server` on 127.0.0.1 (a free port unless given), without persistence."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("redis-server")
+    for _ in range(5):  # a free port may be taken between finding it and binding it: try another
+        chosen = port or free_port()
+        process = subprocess.Popen(
+            [binary, "--port", str(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(folder), "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = RedisServer(chosen, process, folder)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and process.poll() is None:
+            if answers_ping(chosen):
+                return server
+            time.sleep(0.02)  # polling for readiness, with a deadline
+        server.stop()
+        if port is not None:
+            break
+    raise RuntimeError(f"redis-server did not start on 127.0.0.1 (port {port or 'random'})")
+
+
+def need_redis_server() -> None:
+    """Skip (with the reason) where the binary is missing; CI installs it (.ci/run)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does it)")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real redis-server for the whole test session, stopped at its end."""
+    need_redis_server()
+    with tempfile.TemporaryDirectory(prefix="ktrdr-redis-") as folder:
+        server = start_redis(Path(folder))
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The session's Redis URL, its database emptied before and after the test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()
+    try:
+        yield redis_server.url
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            client.flushdb()
+        client.close()
