@@ -18,6 +18,7 @@ from ktrdr_collect.engine.progress import FINISHED, ProcessingProgress, Progress
 from ktrdr_collect.inputs import parse_datetime
 from ktrdr_collect.providers.base import Provider
 from ktrdr_collect.providers.pacing import SharedPacer, pacer_for, same_pacing
+from ktrdr_collect.storage.claims import ClaimBook
 
 log = logging.getLogger("ktrdr_collect.engine")
 
@@ -76,6 +77,7 @@ class ProcessingEngine:
         clock: Callable[[], float] = time.monotonic,
         pacer: SharedPacer | None = None,
         now: Callable[[], float] = time.time,
+        owner: str | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -86,6 +88,9 @@ class ProcessingEngine:
         self.clock = clock
         self.now = now
         """Wall clock: where the publication edge is (tests inject one)."""
+        self.claims = ClaimBook(owner)
+        """Ranges this engine fetches are claimed under `owner` (a job id; default: the pid), so
+        that other jobs wait for them instead of fetching them too (storage/claims.py)."""
         self.pacer = pacer if pacer is not None else pacer_for(provider.name, provider.rate_limit,
                                                                provider.rate_windows)
         """The provider's default pacer (`rate_limit`, `rate_windows`). A job's requests go through
@@ -159,7 +164,7 @@ class ProcessingEngine:
         ctx = BatchContext(
             provider=self.provider, store=self.store, timeframe=timeframe, start=start_ts, end=end_ts,
             tracker=tracker, token=token, gate=gate or PauseGate(), pacer=self.pacer_of(timeframe), retry=self.retry,
-            on_stored=on_stored, now=self.now,
+            on_stored=on_stored, now=self.now, claims=self.claims,
         )
         todo = [s for s in symbols if tracker.snapshot_symbol(s).status not in FINISHED]
         notifier = Notifier() if (progress_callback or symbol_callback) else None

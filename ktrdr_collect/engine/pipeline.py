@@ -22,7 +22,8 @@ from ktrdr_collect.providers.base import (
     UnknownSymbolError,
 )
 from ktrdr_collect.providers.pacing import SharedPacer
-from ktrdr_collect.storage.gaps import subtract
+from ktrdr_collect.storage.claims import Claim, ClaimBook, SeriesClaims
+from ktrdr_collect.storage.gaps import merge_intervals, subtract
 from ktrdr_collect.storage.restamp import restamp_series
 from ktrdr_collect.storage.timeframes import DAY, timeframe_seconds
 
@@ -38,6 +39,9 @@ class Store(Protocol):
 
     def last_ts(self, provider: str, timeframe: str, symbol: str) -> int | None: ...
 
+
+CLAIM_POLL_S = 0.02
+"""How often a symbol waiting for another job's claim looks whether it is released."""
 
 PREPEND_BATCH_BARS = 100_000
 """Segments that land before stored data cost a rewrite of the file, so they are written in
@@ -92,6 +96,8 @@ class BatchContext:
     on_stored: Callable[[str, tuple[int, int], int], None] | None = None
     """Called with (symbol, range, bars) just before bars are written: a job's journal of the
     ranges it stored, from which its counts are rebuilt after a crash (see jobs/journal.py)."""
+    claims: ClaimBook | None = None
+    """Where ranges are claimed before they are fetched (None: no claims, the job fetches alone)."""
 
 
 @dataclass
@@ -138,6 +144,21 @@ def published_edge(provider: Provider, timeframe: str, now: float) -> int:
     return int(now - provider.publish_delay_s) - timeframe_seconds(timeframe)
 
 
+def run_of(claims: Sequence[Claim], first: Claim) -> tuple[int, int]:
+    """The run of claims (overlapping or touching, whoever holds them) that holds `first`."""
+    runs = merge_intervals((c.start, c.end) for c in claims)
+    return next(((lo, hi) for lo, hi in runs if lo <= first.start < hi), (first.start, first.end))
+
+
+def worth_deferring(run: tuple[int, int], segment: tuple[int, int]) -> bool:
+    """Whether a segment blocked by a run of claims is better put off than waited for: when the
+    run is longer than two of our segments (a batch of another job's, a long range), waiting
+    would idle us for long; a run of about one segment is another job one request ahead of us
+    on the same path, and trailing it (rather than skipping ahead of it) keeps both jobs'
+    writes in order."""
+    return run[1] - run[0] > 2 * (segment[1] - segment[0])
+
+
 class SymbolFailed(Exception):
     pass
 
@@ -177,6 +198,8 @@ class SymbolPipeline:
         self.track = ctx.tracker
         self.edge: int | None = None
         """The end of the window when the publication edge cut it (set while planning)."""
+        self.claims: SeriesClaims | None = None
+        """This symbol's claims on its series (storage/claims.py), while fetching."""
 
     def _stage(self, stage: str) -> None:
         self.track.stage(self.symbol, stage)
@@ -234,6 +257,8 @@ class SymbolPipeline:
             else:  # no bars can exist there (weekend, night, holiday on the symbol's own calendar)
                 ctx.store.write(ctx.provider.name, ctx.timeframe, symbol, [], gap)
         self.track.planned(symbol, len(segments))
+        if ctx.claims is not None:
+            self.claims = ctx.claims.series(ctx.store, ctx.provider.name, ctx.timeframe, symbol)
         self._fetch_and_store(segments)
 
     def _convert_legacy_stamps(self) -> None:
@@ -261,44 +286,115 @@ class SymbolPipeline:
         return segment[0], min(segment[1], bars[-1][0] + timeframe_seconds(self.ctx.timeframe))
 
     def _fetch_and_store(self, segments: list[tuple[int, int]]) -> None:
-        ctx, symbol = self.ctx, self.symbol
-        last = ctx.store.last_ts(ctx.provider.name, ctx.timeframe, symbol)
+        """Each segment in turn; one inside a long run of another job's claims is put off until the
+        end (`worth_deferring`), so that both jobs work meanwhile."""
         batch = Batch()
         try:
-            for segment in segments:
-                self._stage("fetching")
-                if self._already_covered(segment):
-                    self.track.segment_done(symbol, 0, requested=False)
-                    continue
-                bars = self._fetch(segment)
-                covered = self._covered(segment, bars)
-                if covered is None:  # nothing published yet at the edge: record nothing
-                    self.track.segment_done(symbol, 0)
-                    continue
-                if covered != segment:
-                    self._flush(batch)
-                    self.track.segment_done(symbol, self._store(bars, covered))
-                    continue
-                if last is not None and segment[0] <= last:  # lands before stored data: batch it
-                    if not batch.continues(segment):
-                        self._flush(batch)
-                    batch.add(segment, bars)
-                    self.track.segment_done(symbol, 0)
-                    if len(batch.bars) >= PREPEND_BATCH_BARS:
-                        self._flush(batch)
-                    continue
-                self._flush(batch)
-                self._stage("saving")
-                self.track.segment_done(symbol, self._store(bars, segment))
+            later = [segment for segment in segments if not self._segment(segment, batch, may_defer=True)]
+            for segment in later:
+                self._segment(segment, batch, may_defer=False)
         finally:
-            self._flush(batch)  # what was fetched is kept, even when cancelled or failing
+            try:
+                self._flush(batch)  # what was fetched is kept, even when cancelled or failing
+            finally:
+                if self.claims is not None:
+                    self.claims.release_all()
+
+    def _segment(self, segment: tuple[int, int], batch: Batch, may_defer: bool) -> bool:
+        """Fetch and store what is missing of `segment`; False if it was put off."""
+        self._stage("fetching")
+        pieces, deferred = self._claim_missing(segment, batch, may_defer)
+        if deferred:  # its free parts now, the rest later
+            self.track.candles_stored(self.symbol, sum(self._fetch_piece(piece, batch) for piece in pieces))
+            return False
+        if not pieces:  # stored meanwhile (by another job, or by one we waited for)
+            self.track.segment_done(self.symbol, 0, requested=False)
+            return True
+        self.track.segment_done(self.symbol, sum(self._fetch_piece(piece, batch) for piece in pieces))
+        return True
+
+    def _fetch_piece(self, piece: tuple[int, int], batch: Batch) -> int:
+        """Fetch one claimed missing range and store it (or batch it); the rows stored now."""
+        ctx = self.ctx
+        bars = self._fetch(piece)
+        covered = self._covered(piece, bars)
+        if covered is None:  # nothing published yet at the edge: record nothing
+            self._release(piece)
+            return 0
+        if covered != piece:
+            self._flush(batch)
+            return self._store_released(bars, covered, piece)
+        last = ctx.store.last_ts(ctx.provider.name, ctx.timeframe, self.symbol)  # another job may append
+        if last is not None and piece[0] <= last:  # lands before stored data: batch it
+            if not batch.continues(piece):
+                self._flush(batch)
+            batch.add(piece, bars)
+            if len(batch.bars) >= PREPEND_BATCH_BARS:
+                self._flush(batch)
+            return 0
+        self._flush(batch)
+        self._stage("saving")
+        return self._store_released(bars, piece, piece)
 
     def _flush(self, batch: Batch) -> None:
         if not batch.ranges:
             return
         self._stage("merging")
-        self.track.candles_stored(self.symbol, self._store(batch.bars, (batch.ranges[0][0], batch.ranges[-1][1])))
+        whole = (batch.ranges[0][0], batch.ranges[-1][1])
+        self.track.candles_stored(self.symbol, self._store_released(batch.bars, whole, whole))
         batch.clear()
+
+    def _store_released(self, bars: list[Bar], covered: tuple[int, int], claimed: tuple[int, int]) -> int:
+        """Store, then release the claims inside `claimed` (coverage first: see storage/claims.py)."""
+        try:
+            return self._store(bars, covered)
+        finally:
+            self._release(claimed)
+
+    def _release(self, claimed: tuple[int, int]) -> None:
+        if self.claims is not None:
+            self.claims.release(*claimed)
+
+    def _coverage(self) -> list[tuple[int, int]]:
+        ctx = self.ctx
+        return ctx.store.coverage(ctx.provider.name, ctx.timeframe, self.symbol)
+
+    def _claim_missing(self, segment: tuple[int, int], batch: Batch,
+                       may_defer: bool) -> tuple[list[tuple[int, int]], bool]:
+        """The parts of `segment` not stored yet, claimed by us, and whether the segment is put off.
+
+        Where another job holds a claim on any of them, wait until it is released and look again:
+        it has usually stored them by then (a job that failed or died leaves them to us); nothing
+        is held while waiting. With `may_defer`, a segment better put off (`worth_deferring`)
+        gives only its unclaimed parts now, and is put off."""
+        claims = self.claims
+        if claims is None:
+            return subtract(segment, self._coverage()), False
+        while True:
+            with claims.locked():
+                others = claims.others()  # claims first, coverage second (storage/claims.py)
+                missing = subtract(segment, self._coverage())
+                blocking = next((c for c in others if c.overlaps(missing)), None)
+                if blocking is None:
+                    claims.take(missing)
+                    return missing, False
+                if may_defer and worth_deferring(run_of(others, blocking), segment):
+                    taken = [(c.start, c.end) for c in others]
+                    free = [piece for gap in missing for piece in subtract(gap, taken)]
+                    claims.take(free)
+                    return free, True
+            self._flush(batch)  # what we hold is stored and released before we wait: no deadlock
+            self._wait_for(blocking)
+
+    def _wait_for(self, claim: Claim) -> None:
+        """Wait until `claim` is released (its job stored the range, stopped or died); cancel
+        stops the wait at once."""
+        self.track.waiting(self.symbol, claim.owner())
+        with claim.watch() as watch:
+            while not watch.released():
+                if self.ctx.token.wait(CLAIM_POLL_S):
+                    raise Cancelled
+        self._stage("fetching")
 
     def _store(self, bars: list[Bar], covered: tuple[int, int]) -> int:
         """Journal, then store; the rows the file gained or changed (what the job counts)."""
@@ -319,12 +415,6 @@ class SymbolPipeline:
             raise SymbolFailed(str(e)) from None
         except ProviderError as e:
             raise SymbolFailed(str(e)) from None
-
-    def _already_covered(self, segment: tuple[int, int]) -> bool:
-        """Another job may have stored this segment since we planned."""
-        ctx = self.ctx
-        coverage = ctx.store.coverage(ctx.provider.name, ctx.timeframe, self.symbol)
-        return not subtract(segment, coverage)
 
     def _wait_turn(self) -> float | None:
         """Block while paused, then wait for a pacing slot (returned); raise Cancelled when cancelled."""

@@ -17,8 +17,9 @@ from ktrdr_collect.engine.eta import (
 
 STAGES = (
     "validating", "head_timestamp", "loading_local", "analyzing_gaps",
-    "segmenting", "fetching", "merging", "saving", "done",
+    "segmenting", "fetching", "waiting", "merging", "saving", "done",
 )
+"""`waiting`: for a range another job has claimed (storage/claims.py); `waiting_for` says whose."""
 FINISHED = ("completed", "failed")
 
 
@@ -33,6 +34,8 @@ class SymbolProgress:
     requests: int = 0
     error: str | None = None
     planned: bool = False
+    waiting_for: str | None = None
+    """While `stage` is `waiting`: the label of the claim's owner (a job id), opaque here."""
 
     @property
     def fraction(self) -> float:
@@ -258,7 +261,13 @@ class ProgressTracker:
 
     def stage(self, symbol: str, stage: str) -> None:
         with self._lock:
-            self._set(symbol, stage=stage)
+            self._set(symbol, stage=stage, waiting_for=None)
+            self._bump()
+
+    def waiting(self, symbol: str, owner: str) -> None:
+        """The symbol waits for a range `owner` has claimed (stage `waiting`)."""
+        with self._lock:
+            self._set(symbol, stage="waiting", waiting_for=owner)
             self._bump()
 
     def planned(self, symbol: str, segments_total: int) -> None:
