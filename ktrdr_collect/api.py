@@ -60,46 +60,26 @@ def collect(
     ProcessingCancelledException carrying the partial results.
     """
     from ktrdr_collect import paths
-    from ktrdr_collect.inputs import parse_symbols
+    from ktrdr_collect.planning import plan_job
 
-    names = parse_symbols([symbols] if isinstance(symbols, str) else list(symbols))
-    root = Path(data_dir).expanduser() if data_dir is not None else paths.default_data_dir()
-    source = create_provider(provider, dict(options or {}))
-    _check_window(source, timeframe, start, end, days)
-    engine = ProcessingEngine(source, open_store(format, root), workers=workers)
-    bar = _progress_bar(len(names), provider) if progress else None
+    plan = plan_job(
+        [symbols] if isinstance(symbols, str) else list(symbols), timeframe, start, end,
+        days if start is None else None, provider,
+        Path(data_dir).expanduser() if data_dir is not None else paths.default_data_dir(),
+        default_days=days, options=options, recorded=False, workers=workers, fmt=format,
+    )
+    source = create_provider(plan.provider, plan.options)
+    engine = ProcessingEngine(source, open_store(plan.format, plan.data_dir), workers=plan.workers)
+    bar = _progress_bar(len(plan.symbols), plan.provider) if progress else None
     try:
         return engine.process_batch(
-            names, timeframe, start, end, progress_callback=bar.update_from if bar else None,
-            cancellation_token=cancellation_token, default_days=days,
+            plan.symbols, plan.timeframe, "earliest" if plan.start is None else plan.start_ts, plan.end_ts,
+            progress_callback=bar.update_from if bar else None, cancellation_token=cancellation_token,
         )
     finally:
         if bar is not None:
             bar.close()
         engine.provider.close()
-
-
-def _check_window(provider: Any, timeframe: str, start: Any, end: Any, days: int) -> None:
-    """The provider's limits (e.g. Yahoo's intraday history), checked before any request."""
-    import time
-
-    from ktrdr_collect.engine.engine import to_epoch
-    from ktrdr_collect.errors import InvalidInputError
-
-    now = int(time.time())
-    end_ts = to_epoch(end) if end is not None else now
-    if start is None:
-        start_ts = end_ts - days * 86400
-    elif start == "earliest":
-        start_ts = provider.earliest(timeframe)
-    else:
-        start_ts = to_epoch(start)
-    if end_ts <= start_ts:
-        raise InvalidInputError("end must be after start")
-    try:
-        provider.check_window(timeframe, start_ts, end_ts, now)
-    except ValueError as e:
-        raise InvalidInputError(f"provider {provider.name}: {e}") from None
 
 
 class _TqdmProgress:

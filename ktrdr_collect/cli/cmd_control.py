@@ -10,20 +10,20 @@ import typer
 
 from ktrdr_collect.cli import fmt
 from ktrdr_collect.cli.cmd_jobs import status_text
-from ktrdr_collect.cli.public import public
 from ktrdr_collect.errors import InvalidInputError
-from ktrdr_collect.jobs import actions, model
+from ktrdr_collect.jobs import actions
 from ktrdr_collect.jobs.folders import resolve
+from ktrdr_collect.jobs.record import JobState
 
 JOB_HELP = "Job id, unique prefix, or 'last'."
 TIMEOUT_EXIT = 124
 
 
-def _report(st: dict, json_: bool) -> int:  # type: ignore[type-arg]
+def _report(st: JobState, json_: bool) -> int:
     if json_:
-        print(json.dumps(public(st), indent=2))
+        print(json.dumps(st.public(), indent=2))
     else:
-        print(status_text(public(st)))
+        print(status_text(st))
     return 0
 
 
@@ -56,12 +56,12 @@ def wait(job: str = typer.Argument(..., help=JOB_HELP),
     if st is None:
         if not quiet:
             now = actions.quick_status(job_id)
-            print(f"Job {job_id} still {now['status']} after {timeout:g} s: {fmt.progress_line(now)}",
+            print(f"Job {job_id} still {now.status} after {timeout:g} s: {fmt.progress_line(now)}",
                   file=sys.stderr, flush=True)
         return TIMEOUT_EXIT
     if not quiet:
         print(fmt.summary_line(st), flush=True)
-    return model.exit_code(st["status"], int(st.get("symbols_failed") or 0)) or 0
+    return st.exit_code or 0
 
 
 def watch(job: str = typer.Argument(..., help=JOB_HELP),

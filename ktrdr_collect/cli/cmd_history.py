@@ -59,16 +59,16 @@ def list_(
     with History() as history:
         for err in history.broken:
             typer.echo(f"Warning: {clean(str(err))}", err=True)
-        rows = (clean_tree(r) for r in history.query(*filters))
+        jobs = history.query(*filters)
         if json_:
-            print_json_array(rows)
+            print_json_array(job.summary() for job in jobs)
         else:
             # fits 80 columns for typical rows (scripts read --json, which has every field in full)
             print_stream_table(
                 ["ID", "STATUS", "PROV", "TF", "SYMS", "CANDLES", "CREATED UTC", "ELAPSED", "NAME"],
-                ([r["id"], r["status"], r["provider"], r["timeframe"], f"{r['symbols_completed']}/{r['symbols_total']}",
-                  fmt.count(r["candles"]), fmt.when_short(r["created_at"], year), fmt.duration(r["elapsed_s"]),
-                  r.get("name") or ""] for r in rows),
+                ([j.id, j.status, j.provider, j.timeframe, f"{j.symbols_completed}/{j.symbols_total}",
+                  fmt.count(j.candles), fmt.when_short(j.created_at, year), fmt.duration(j.elapsed_s),
+                  clean(j.name or "")] for j in jobs),
                 right=("SYMS", "CANDLES", "ELAPSED"), empty="No jobs.", uncut=("ID", "STATUS", "CREATED UTC"),
             )
     return 0

@@ -9,11 +9,11 @@ from typing import Any
 import typer
 
 from ktrdr_collect.cli import fmt
-from ktrdr_collect.cli.public import public
 from ktrdr_collect.cli.tables import print_table
 from ktrdr_collect.errors import StateFileError
 from ktrdr_collect.jobs import model
 from ktrdr_collect.jobs.folders import LOG_FILE, job_folder, load_status, resolve
+from ktrdr_collect.jobs.record import JobState
 from ktrdr_collect.text import clean
 
 
@@ -21,34 +21,34 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
-def status_text(st: dict[str, Any]) -> str:
+def status_text(st: JobState) -> str:
     lines = [
-        f"Job {st['id']}" + (f" ({st['name']})" if st.get("name") else "") + f": {st['status']}"
-        + (f" (queued, {st['queue_ahead']} ahead)" if st.get("queue_ahead") is not None else ""),
-        f"  provider   {fmt.provider_label(st)} · {st['timeframe']} · {fmt.day(st['start'])} → {fmt.day(st['end'])}",
-        f"  progress   {st['percent']:.1f}% · {fmt.symbols_line(st)}"
-        + (f" · now: {', '.join(st['current_symbols'])}" if st["current_symbols"] else ""),
-        f"  data       {fmt.plural(st['candles'], 'candle')} · {fmt.plural(st['requests'], 'request')} · "
-        f"{fmt.plural(st['errors_count'], 'error')} · {st['throttled']} throttled",
-        f"  time       elapsed {fmt.duration(st['elapsed_s'])} · eta {fmt.duration(st['eta_s'])} · "
-        f"{st['rate_symbols_per_s']:.2f} symbols/s · {st['rate_candles_per_s']:.0f} candles/s",
-        f"  created    {fmt.when_utc(st['created_at'])} · started {fmt.when(st['started_at'])} · "
-        f"ended {fmt.when(st['completed_at'])}",
+        f"Job {st.id}" + (f" ({st.name})" if st.name else "") + f": {st.status}"
+        + (f" (queued, {st.queue_ahead} ahead)" if st.queue_ahead is not None else ""),
+        f"  provider   {fmt.provider_label(st)} · {st.timeframe} · {fmt.day(st.start)} → {fmt.day(st.end)}",
+        f"  progress   {st.percent:.1f}% · {fmt.symbols_line(st)}"
+        + (f" · now: {', '.join(st.current_symbols)}" if st.current_symbols else ""),
+        f"  data       {fmt.plural(st.candles, 'candle')} · {fmt.plural(st.requests, 'request')} · "
+        f"{fmt.plural(st.errors_count, 'error')} · {st.throttled} throttled",
+        f"  time       elapsed {fmt.duration(st.elapsed_s)} · eta {fmt.eta(st)} · "
+        f"{st.rate_symbols_per_s:.2f} symbols/s · {st.rate_candles_per_s:.0f} candles/s",
+        f"  created    {fmt.when_utc(st.created_at)} · started {fmt.when(st.started_at)} · "
+        f"ended {fmt.when(st.completed_at)}",
     ]
-    if st.get("retry_of"):
-        lines.append(f"  retry of   {st['retry_of']}")
-    if st.get("error"):
-        lines.append(f"  error      {st['error']}")
-    if st["status"] == model.INTERRUPTED:
-        lines.append(f"  (its process is gone; `collect resume {st['id']}` continues it)")
+    if st.retry_of:
+        lines.append(f"  retry of   {st.retry_of}")
+    if st.error:
+        lines.append(f"  error      {st.error}")
+    if st.status == model.INTERRUPTED:
+        lines.append(f"  (its process is gone; `collect resume {st.id}` continues it)")
     return clean("\n".join(lines), keep_newlines=True)
 
 
-def active_statuses() -> tuple[list[dict[str, Any]], list[StateFileError]]:
+def active_statuses() -> tuple[list[JobState], list[StateFileError]]:
     from ktrdr_collect.jobs.history import History
 
     with History() as history:
-        found = sorted(history.live, key=lambda s: s["id"], reverse=True)  # ids follow the creation sequence
+        found = sorted(history.live, key=lambda s: s.id, reverse=True)  # ids follow the creation sequence
         return found, history.broken
 
 
@@ -58,15 +58,15 @@ def status(
 ) -> int:
     """Show a job's progress snapshot, or every job that is not finished."""
     if job is not None:
-        st = public(load_status(resolve(job)))
+        st = load_status(resolve(job))
         if json_:
-            print_json(st)
+            print_json(st.public())
         else:
             print(status_text(st))
         return 0
     found, broken = active_statuses()
     if json_:
-        print_json([public(s) for s in found])
+        print_json([s.public() for s in found])
     elif not found:
         print("No unfinished jobs.")
     else:
@@ -81,16 +81,16 @@ def show(
     json_: bool = typer.Option(False, "--json", help="JSON output."),
 ) -> int:
     """Status plus a per-symbol table."""
-    st = public(load_status(resolve(job)))
+    st = load_status(resolve(job))
     if json_:
-        print_json(st)
+        print_json(st.public())
         return 0
     print(status_text(st))
     print()
     print_table(
         ["SYMBOL", "STATUS", "STAGE", "SEGMENTS", "CANDLES", "REQUESTS", "ERROR"],
-        [[e["symbol"], e["status"], e["stage"], f"{e['segments_done']}/{e['segments_total']}", fmt.count(e["candles"]),
-          str(e.get("requests", 0)), e["error"] or ""] for e in st["symbols"]],
+        [[e.symbol, e.label, e.stage, f"{e.segments_done}/{e.segments_total}", fmt.count(e.candles),
+          str(e.requests), clean(e.error or "")] for e in st.symbols],
         right=("SEGMENTS", "CANDLES", "REQUESTS"),
     )
     return 0
@@ -117,8 +117,7 @@ def logs(
             offset += end
         if not follow_:
             return 0
-        st = load_status(job_id)
-        if st["status"] in model.FINISHED or st["status"] == model.INTERRUPTED:
+        if load_status(job_id).over:
             follow_ = False  # one more read picks up the last lines
             continue
         time.sleep(0.2)

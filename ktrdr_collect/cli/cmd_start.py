@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
 from ktrdr_collect.config import load_settings
-from ktrdr_collect.errors import InvalidInputError, UsageError
-from ktrdr_collect.inputs import parse_options, parse_symbols, read_symbol_lines, resolve_window
-from ktrdr_collect.storage.open import open_store
-from ktrdr_collect.storage.timeframes import TIMEFRAMES
+from ktrdr_collect.errors import InvalidInputError
+from ktrdr_collect.inputs import parse_options, read_symbol_lines
 
 if TYPE_CHECKING:
     from ktrdr_collect.jobs.launch import JobRequest
@@ -36,55 +33,26 @@ def build_request(
     provider: str | None, options: list[str], workers: int | None, data_dir: Path | None,
     fmt: str | None, name: str | None, file: str | None,
 ) -> JobRequest:
+    """The job `start` asks for: config's defaults under the command line's, planned and checked
+    (planning.plan_job, the same plan the Python API makes) before any job folder exists."""
+    from ktrdr_collect.jobs.launch import JobRequest
+    from ktrdr_collect.planning import plan_job
+    from ktrdr_collect.providers.registry import canonical_name
+
     settings = load_settings()
     texts = list(symbols) + (read_symbol_file(file) if file else [])
-    if not texts:
-        raise UsageError("no symbols given (pass SYMBOL... or -f FILE)")
-    symbol_list = parse_symbols(texts)
-    timeframe = timeframe or settings["timeframe"]
-    if timeframe not in TIMEFRAMES:
-        raise InvalidInputError(f"unknown timeframe '{timeframe}' (choose from: {' '.join(TIMEFRAMES)})")
-    start_dt, end_dt = resolve_window(start, end, days, int(settings["default_days"]), datetime.now(UTC),
-                                    timeframe)
-    from ktrdr_collect.providers.registry import canonical_name, provider_class
-
     name_ = canonical_name(provider or settings["provider"])
-    cls = provider_class(name_)
-    if timeframe not in cls.timeframes:
-        raise InvalidInputError(f"provider {name_} has no {timeframe} bars (it has: {' '.join(cls.timeframes)})")
-    from ktrdr_collect.providers.base import reject_secret_options
-
-    cli_options = parse_options(options)
-    reject_secret_options(cls, cli_options)
-    merged = {**settings.provider_options(name_), **cli_options}
-    try:
-        instance = cls(merged)
-    except ValueError as e:
-        raise InvalidInputError(f"provider {name_}: {e}") from None
-    try:
-        earliest = instance.earliest(timeframe)
-        public = instance.public_options()
-        window_start = int(start_dt.timestamp()) if start_dt is not None else earliest
-        try:
-            instance.check_window(timeframe, window_start, int(end_dt.timestamp()), int(datetime.now(UTC).timestamp()))
-        except ValueError as e:
-            raise InvalidInputError(f"provider {name_}: {e}") from None
-    finally:
-        instance.close()
-    from ktrdr_collect.jobs.launch import JobRequest
-
-    workers = workers if workers is not None else int(settings["workers"])
-    if not 1 <= workers <= 256:
-        raise InvalidInputError(f"--workers must be between 1 and 256, got {workers}")
-    fmt = fmt or settings["format"]
-    root = (data_dir.expanduser() if data_dir else settings.data_dir).resolve()
-    open_store(fmt, root)
-    if name is not None and not name.strip():
-        raise InvalidInputError("--name must not be empty")
+    plan = plan_job(
+        texts, timeframe or settings["timeframe"], start, end, days, name_,
+        data_dir.expanduser() if data_dir else settings.data_dir,
+        default_days=int(settings["default_days"]), options=parse_options(options),
+        base_options=settings.provider_options(name_),
+        workers=workers if workers is not None else int(settings["workers"]), fmt=fmt or settings["format"], name=name,
+    )
     return JobRequest(
-        symbols=symbol_list, timeframe=timeframe, start=start_dt, end=end_dt, provider=name_,
-        options=merged, public_options=public, earliest_ts=earliest, workers=workers, data_dir=root,
-        format=fmt, name=name, synthetic=cls.synthetic,
+        symbols=plan.symbols, timeframe=plan.timeframe, start=plan.start, end=plan.end, provider=plan.provider,
+        options=plan.options, public_options=plan.public_options, earliest_ts=plan.earliest_ts, workers=plan.workers,
+        data_dir=plan.data_dir, format=plan.format, name=plan.name, synthetic=plan.synthetic,
     )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ktrdr_collect.text import clean
+
+if TYPE_CHECKING:
+    from ktrdr_collect.jobs.record import JobState, SymbolEntry
 
 
 def duration(seconds: float | None) -> str:
@@ -54,56 +57,67 @@ def when_short(iso: str | None, year: int) -> str:
     return iso[:10]
 
 
-def provider_label(status: dict[str, Any]) -> str:
-    label = status["provider"]
-    if status.get("synthetic") or label == "demo":
+def provider_label(status: JobState) -> str:
+    label = status.provider
+    if label == "demo" or status.synthetic:
         label += " (synthetic data)"
     return label
 
 
-def symbols_line(status: dict[str, Any]) -> str:
+def symbols_line(status: JobState) -> str:
     return (
-        f"{status['symbols_completed']}/{plural(status['symbols_total'], 'symbol')}"
-        + (f", {status['symbols_failed']} failed" if status["symbols_failed"] else "")
+        f"{status.symbols_completed}/{plural(status.symbols_total, 'symbol')}"
+        + (f", {status.symbols_failed} failed" if status.symbols_failed else "")
     )
 
 
-def progress_line(status: dict[str, Any]) -> str:
+def progress_line(status: JobState) -> str:
     """One plain line: what cron logs and pipes get."""
     return (
-        f"{status['id']} {status['status']} {status['percent']:.1f}% · {symbols_line(status)} · "
-        f"{plural(status['candles'], 'candle')} · {plural(status['requests'], 'request')} · "
-        f"elapsed {duration(status['elapsed_s'])} · eta {duration(status['eta_s'])}"
+        f"{status.id} {status.status} {status.percent:.1f}% · {symbols_line(status)} · "
+        f"{plural(status.candles, 'candle')} · {plural(status.requests, 'request')} · "
+        f"elapsed {duration(status.elapsed_s)} · eta {eta(status)}"
     )
 
 
-def summary_line(status: dict[str, Any]) -> str:
+def eta(status: JobState) -> str:
+    """The ETA as a reader should take it: `paused` while paused, `—` once the job is over."""
+    if status.status == "paused":
+        return "paused"
+    if status.over:
+        return "—"
+    return duration(status.eta_s)
+
+
+def summary_line(status: JobState) -> str:
     word = {"completed": "Completed", "failed": "Failed", "cancelled": "Cancelled",
-            "interrupted": "Interrupted"}.get(status["status"], status["status"].capitalize())
-    if status["status"] == "completed" and status["symbols_failed"]:
+            "interrupted": "Interrupted"}.get(status.status, status.status.capitalize())
+    if status.status == "completed" and status.symbols_failed:
         word = "Completed with failures"
     line = (
-        f"{word}: job {status['id']} · {symbols_line(status)} · {plural(status['candles'], 'candle')} · "
-        f"{plural(status['requests'], 'request')} · {duration(status['elapsed_s'])}"
+        f"{word}: job {status.id} · {symbols_line(status)} · {plural(status.candles, 'candle')} · "
+        f"{plural(status.requests, 'request')} · {duration(status.elapsed_s)}"
     )
-    if status["status"] == "completed" and status["requests"] == 0 and not status["symbols_failed"]:
+    if status.status == "completed" and status.requests == 0 and not status.symbols_failed:
         line += " · data already up to date"
-    if status.get("error"):
-        line += f" · {status['error']}"
-    if status["status"] == "interrupted":
-        line += f" · `collect resume {status['id']}` continues it"
+    if status.error:
+        line += f" · {status.error}"
+    if status.status == "interrupted":
+        line += f" · `collect resume {status.id}` continues it"
     return clean(line)
 
 
-def symbol_line(entry: dict[str, Any]) -> str:
-    if entry["status"] == "completed":
-        return f"{entry['symbol']}: completed, {plural(entry['candles'], 'candle')}"
-    return clean(f"{entry['symbol']}: {entry['status']}: {entry.get('error') or 'no reason given'}")
+def symbol_line(entry: SymbolEntry) -> str:
+    if entry.status == "completed":
+        return f"{entry.symbol}: completed, {plural(entry.candles, 'candle')}"
+    if not entry.error and entry.label != entry.status:
+        return f"{entry.symbol}: {entry.label}"
+    return clean(f"{entry.symbol}: {entry.label}: {entry.error or 'no reason given'}")
 
 
-def header_line(status: dict[str, Any]) -> str:
-    name = f" ({status['name']})" if status.get("name") else ""
+def header_line(status: JobState) -> str:
+    name = f" ({status.name})" if status.name else ""
     return clean(
-        f"Job {status['id']}{name} · {provider_label(status)} · {status['timeframe']} · "
-        f"{day(status['start'])} → {day(status['end'])} · {plural(status['symbols_total'], 'symbol')}"
+        f"Job {status.id}{name} · {provider_label(status)} · {status.timeframe} · "
+        f"{day(status.start)} → {day(status.end)} · {plural(status.symbols_total, 'symbol')}"
     )

@@ -5,23 +5,18 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from ktrdr_collect import paths
 from ktrdr_collect.errors import StateFileError
-from ktrdr_collect.jobs import model
 from ktrdr_collect.jobs.folders import load_status
 from ktrdr_collect.jobs.lock import is_locked
+from ktrdr_collect.jobs.record import JobState, SymbolEntry
 from ktrdr_collect.jobs.statefile import STATE_FILE
 
 POLL_S = 0.1
 
 
-def is_over(status: dict[str, Any]) -> bool:
-    return status["status"] in model.FINISHED or status["status"] == model.INTERRUPTED
-
-
-def follow(job_id: str, poll: float = POLL_S) -> Iterator[dict[str, Any]]:
+def follow(job_id: str, poll: float = POLL_S) -> Iterator[JobState]:
     """Yield the job's status every `poll` seconds until it ends (the last one yielded is final).
 
     A state file that cannot be read is retried for a second (a file system without atomic
@@ -29,7 +24,7 @@ def follow(job_id: str, poll: float = POLL_S) -> Iterator[dict[str, Any]]:
     """
     failures = 0
     unchanged = Unchanged(job_id)
-    status: dict[str, Any] | None = None
+    status: JobState | None = None
     while True:
         try:
             if status is None or not unchanged.still(status):
@@ -42,7 +37,7 @@ def follow(job_id: str, poll: float = POLL_S) -> Iterator[dict[str, Any]]:
             continue
         failures = 0
         yield status
-        if is_over(status):
+        if status.over:
             return
         time.sleep(poll)
 
@@ -55,21 +50,21 @@ class Unchanged:
         self.path = paths.job_dir(job_id) / STATE_FILE
         self.key: tuple[int, int, int] | None = None
 
-    def still(self, status: dict[str, Any]) -> bool:
+    def still(self, status: JobState) -> bool:
         try:
             st = os.stat(self.path)
         except OSError:
             return False
         key = (st.st_ino, st.st_size, st.st_mtime_ns)
         same, self.key = key == self.key, key
-        return same and status["status"] in model.ACTIVE and is_locked(self.path.parent)
+        return same and status.active and is_locked(self.path.parent)
 
 
-def finished_symbols(status: dict[str, Any], seen: set[str]) -> list[dict[str, Any]]:
+def finished_symbols(status: JobState, seen: set[str]) -> list[SymbolEntry]:
     """Symbols that reached completed/failed since the last call (updates `seen`)."""
     out = []
-    for entry in status.get("symbols", []):
-        if entry["status"] in ("completed", "failed") and entry["symbol"] not in seen:
-            seen.add(entry["symbol"])
+    for entry in status.symbols:
+        if entry.finished and entry.symbol not in seen:
+            seen.add(entry.symbol)
             out.append(entry)
     return out

@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,15 +14,17 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 from ktrdr_collect.cli import fmt
 from ktrdr_collect.cli.follow import finished_symbols
-from ktrdr_collect.cli.public import public, public_symbol
 from ktrdr_collect.text import clean
+
+if TYPE_CHECKING:
+    from ktrdr_collect.jobs.record import JobState, SymbolEntry
 
 PLAIN_INTERVAL_S = 10.0
 JSON_INTERVAL_S = 0.5
 
 
 class Renderer(Protocol):
-    def run(self, statuses: Iterable[dict[str, Any]]) -> dict[str, Any]: ...
+    def run(self, statuses: Iterable[JobState]) -> JobState: ...
 
 
 class JsonRenderer:
@@ -33,18 +35,19 @@ class JsonRenderer:
         self.out.write(json.dumps(event) + "\n")
         self.out.flush()
 
-    def run(self, statuses: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    def run(self, statuses: Iterable[JobState]) -> JobState:
         seen: set[str] = set()
         last_emit = 0.0
-        status: dict[str, Any] = {}
+        status = None
         for status in statuses:
             for entry in finished_symbols(status, seen):
-                self.emit({"event": "symbol", "job": status["id"], **public_symbol(entry)})
+                self.emit({"event": "symbol", "job": status.id, **entry.public()})
             now = time.monotonic()
             if now - last_emit >= JSON_INTERVAL_S:
-                self.emit({"event": "progress", **public(status)})
+                self.emit({"event": "progress", **status.public()})
                 last_emit = now
-        self.emit({"event": "finished", **public(status)})
+        assert status is not None, "follow() yields at least once"
+        self.emit({"event": "finished", **status.public()})
         return status
 
 
@@ -59,18 +62,19 @@ class PlainRenderer:
         self.out.write(text + "\n")
         self.out.flush()
 
-    def run(self, statuses: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    def run(self, statuses: Iterable[JobState]) -> JobState:
         seen: set[str] = set()
         last = time.monotonic()
-        status: dict[str, Any] = {}
+        status = None
         for i, status in enumerate(statuses):
             if i == 0:
                 self.line(fmt.header_line(status))
             for entry in finished_symbols(status, seen):
                 self.line(fmt.symbol_line(entry))
-            if time.monotonic() - last >= self.interval and status["status"] in ("running", "paused"):
+            if time.monotonic() - last >= self.interval and status.status in ("running", "paused"):
                 self.line(fmt.progress_line(status))
                 last = time.monotonic()
+        assert status is not None, "follow() yields at least once"
         self.line(fmt.summary_line(status))
         return status
 
@@ -78,15 +82,16 @@ class PlainRenderer:
 class QuietRenderer:
     """Nothing on stdout; failed symbols and errors on stderr."""
 
-    def run(self, statuses: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    def run(self, statuses: Iterable[JobState]) -> JobState:
         seen: set[str] = set()
-        status: dict[str, Any] = {}
+        status = None
         for status in statuses:
             for entry in finished_symbols(status, seen):
-                if entry["status"] == "failed":
+                if entry.status == "failed":
                     print(fmt.symbol_line(entry), file=sys.stderr)
-        if status.get("error"):
-            print(f"Error: {clean(status['error'])}", file=sys.stderr)
+        assert status is not None, "follow() yields at least once"
+        if status.error:
+            print(f"Error: {clean(status.error)}", file=sys.stderr)
         return status
 
 
@@ -104,40 +109,43 @@ class RichRenderer:
         )
         self.rows: dict[str, TaskID] = {}
 
-    def overall_info(self, st: dict[str, Any]) -> str:
-        rate = st["rate_symbols_per_s"]
-        state = "" if st["status"] == "running" else f"[yellow]{st['status']}[/] · "
+    def overall_info(self, st: JobState) -> str:
+        state = "" if st.status == "running" else f"[yellow]{st.status}[/] · "
+        trouble = "".join(f" · [yellow]{text}[/]" for n, text in (
+            (st.errors_count, fmt.plural(st.errors_count, "error")),
+            (st.throttled, f"{fmt.count(st.throttled)} throttled"),
+        ) if n)
+        rate = "" if st.over or st.status == "paused" else f" · {st.rate_symbols_per_s:.2f} sym/s"
         return (
-            f"{state}{st['percent']:5.1f}% · {st['symbols_completed'] + st['symbols_failed']}"
-            f"/{st['symbols_total']} symbols · {rate:.2f} sym/s · "
-            f"{fmt.plural(st['candles'], 'candle')} · ETA {fmt.duration(st['eta_s'])}"
+            f"{state}{st.percent:5.1f}% · {st.symbols_completed + st.symbols_failed}"
+            f"/{st.symbols_total} symbols{rate} · {fmt.plural(st.candles, 'candle')}{trouble} · ETA {fmt.eta(st)}"
         )
 
-    def symbol_info(self, e: dict[str, Any]) -> str:
+    def symbol_info(self, e: SymbolEntry) -> str:
         segment = ""
-        if e["segments_total"]:
-            segment = f" · segment {min(e['segments_done'] + 1, e['segments_total'])}/{e['segments_total']}"
-        return f"{e['stage']}{segment} · {fmt.plural(e['candles'], 'candle')}"
+        if e.segments_total:
+            segment = f" · segment {min(e.segments_done + 1, e.segments_total)}/{e.segments_total}"
+        return f"{e.stage}{segment} · {fmt.plural(e.candles, 'candle')}"
 
-    def update(self, st: dict[str, Any], overall: TaskID, seen: set[str]) -> None:
+    def update(self, st: JobState, overall: TaskID, seen: set[str]) -> None:
         p = self.progress
-        p.update(overall, completed=st["percent"], info=self.overall_info(st))
+        p.update(overall, completed=st.percent, info=self.overall_info(st))
         for entry in finished_symbols(st, seen):
-            mark = "[green]✓[/]" if entry["status"] == "completed" else "[red]✗[/]"
+            mark = "[green]✓[/]" if entry.status == "completed" else "[red]✗[/]"
             p.console.print(f"{mark} {escape(fmt.symbol_line(entry))}")
-        active = {e["symbol"]: e for e in st["symbols"] if e["status"] == "running"}
+        active = {e.symbol: e for e in st.symbols if e.status == "running"}
         for symbol in list(self.rows):
             if symbol not in active:
                 p.remove_task(self.rows.pop(symbol))
         for symbol, e in active.items():
             if symbol not in self.rows:
                 self.rows[symbol] = p.add_task(f"  {symbol}", total=1, info="")
-            p.update(self.rows[symbol], total=max(1, e["segments_total"]), completed=e["segments_done"],
-                     info=self.symbol_info(e))
+            p.update(self.rows[symbol], total=max(1, e.segments_total), completed=e.segments_done,
+                     info=escape(self.symbol_info(e)))
 
-    def run(self, statuses: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    def run(self, statuses: Iterable[JobState]) -> JobState:
         seen: set[str] = set()
-        status: dict[str, Any] = {}
+        status = None
         with self.progress:
             overall = None
             for status in statuses:
@@ -147,6 +155,9 @@ class RichRenderer:
                 self.update(status, overall, seen)
             for symbol in list(self.rows):
                 self.progress.remove_task(self.rows.pop(symbol))
+            if status is not None and overall is not None:  # the bar's last word is the job's end
+                self.progress.update(overall, info=self.overall_info(status))
+        assert status is not None, "follow() yields at least once"
         self.console.print(escape(fmt.summary_line(status)), highlight=False)
         return status
 

@@ -6,7 +6,7 @@ import sys
 
 from ktrdr_collect.cli.follow import follow
 from ktrdr_collect.cli.live import pick_renderer
-from ktrdr_collect.jobs import actions, model
+from ktrdr_collect.jobs import actions
 from ktrdr_collect.text import clean
 
 INTERRUPTED_BY_USER = 130
@@ -28,5 +28,5 @@ def watch_job(job_id: str, json_mode: bool = False, quiet: bool = False, cancel_
         return INTERRUPTED_BY_USER
     if cancel_on_interrupt:
         actions.wait_for_runner_exit(job_id)
-    return model.exit_code(status["status"], int(status.get("symbols_failed") or 0)) or 0
+    return status.exit_code or 0
 

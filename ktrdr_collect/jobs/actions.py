@@ -16,13 +16,13 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from ktrdr_collect import paths
 from ktrdr_collect.errors import CollectError, InvalidJobStateError
 from ktrdr_collect.jobs import control, model
 from ktrdr_collect.jobs.folders import LOG_FILE, iso_now, job_folder, load_status, reader_view
 from ktrdr_collect.jobs.lock import JobLock, holder_pid, is_locked
+from ktrdr_collect.jobs.record import JobState
 from ktrdr_collect.jobs.statefile import read_head, read_state, write_state
 from ktrdr_collect.text import clean
 
@@ -33,7 +33,7 @@ RESEND_S = 0.25
 STOPPED_GRACE_S = 0.3
 """A runner acknowledges within ~0.1 s; after this long without one, see whether it is stopped."""
 
-Done = Callable[[dict[str, Any], bool], bool]
+Done = Callable[[JobState, bool], bool]
 """Whether a command has done its work, given the job's status and whether its id was acknowledged."""
 
 
@@ -63,24 +63,25 @@ def append_log(job_id: str, message: str) -> None:
         os.close(fd)
 
 
-def quick_status(job_id: str) -> dict[str, Any]:
+def quick_status(job_id: str) -> JobState:
     """The job's status as `load_status` reports it, without reading its `symbols` (which may be
     missing or partial): for polling. A job whose runner is gone takes the careful way."""
     folder = job_folder(job_id)
     head = read_head(folder)
-    if head.get("status") in model.ACTIVE and not is_locked(folder):
+    if head.active and not is_locked(folder):
         return load_status(job_id)  # interrupted, or its runner just wrote its end and exited
     return reader_view(head, alive=True)
 
 
-def whole_status(job_id: str, quick: dict[str, Any]) -> dict[str, Any]:
+def whole_status(job_id: str, quick: JobState) -> JobState:
     """The whole status (symbols and all) once polling is over; `quick` itself if the job moved on
     in between (so the caller reports the status it decided on)."""
     whole = load_status(job_id)
-    return whole if whole["status"] == quick["status"] else quick
+    return whole if whole.status == quick.status else quick
 
 
-def _wait_until(job_id: str, done: Any, what: str, timeout: float = ACK_TIMEOUT_S) -> dict[str, Any]:
+def _wait_until(job_id: str, done: Callable[[JobState], bool], what: str,
+                timeout: float = ACK_TIMEOUT_S) -> JobState:
     deadline = time.monotonic() + timeout
     while True:
         status = quick_status(job_id)
@@ -91,9 +92,9 @@ def _wait_until(job_id: str, done: Any, what: str, timeout: float = ACK_TIMEOUT_
         time.sleep(POLL_S)
 
 
-def stopped_runner(folder: Path, status: dict[str, Any]) -> int | None:
+def stopped_runner(folder: Path, status: JobState) -> int | None:
     """The pid of the job's runner if that process is stopped (SIGSTOP, a debugger), else None."""
-    pid = holder_pid(folder) or status.get("pid")
+    pid = holder_pid(folder) or status.pid
     if not isinstance(pid, int) or pid <= 0:
         return None
     try:
@@ -114,13 +115,13 @@ class Delivery:
         self.sent = time.monotonic()
         self.next_check = self.sent + RESEND_S
 
-    def wait(self, done: Done, timeout: float = ACK_TIMEOUT_S) -> dict[str, Any]:
+    def wait(self, done: Done, timeout: float = ACK_TIMEOUT_S) -> JobState:
         while True:
             status = quick_status(self.job_id)
             acked = control.find_ack(status, self.id) is not None
             if done(status, acked):
                 return whole_status(self.job_id, status)
-            if status["status"] == model.INTERRUPTED:
+            if status.status == model.INTERRUPTED:
                 raise JobStoppedError(
                     f"job {self.job_id} stopped before it acted on {self.command}: it is interrupted "
                     f"(`collect resume {self.job_id}` continues it)"
@@ -134,7 +135,7 @@ class Delivery:
                 )
             time.sleep(POLL_S)
 
-    def check_queued(self, status: dict[str, Any]) -> None:
+    def check_queued(self, status: JobState) -> None:
         """Put our line back if the control file lost it; report a stopped runner at once."""
         now = time.monotonic()
         if now >= self.next_check:
@@ -148,12 +149,12 @@ class Delivery:
             )
 
 
-def _acked_or_over(status: dict[str, Any], acked: bool) -> bool:
-    return acked or status["status"] in model.FINISHED
+def _acked_or_over(status: JobState, acked: bool) -> bool:
+    return acked or status.finished
 
 
-def pause(job_id: str) -> dict[str, Any]:
-    model.check_pause(quick_status(job_id)["status"])
+def pause(job_id: str) -> JobState:
+    model.check_pause(quick_status(job_id).status)
     return Delivery(job_id, "pause").wait(_acked_or_over)
 
 
@@ -163,29 +164,26 @@ def _take_over(job_id: str) -> JobLock | None:
     return lock if lock.try_acquire(attempts=5, interval=0.01) else None
 
 
-def resume(job_id: str) -> dict[str, Any]:
-    status = quick_status(job_id)["status"]
+def resume(job_id: str) -> JobState:
+    status = quick_status(job_id).status
     model.check_resume(status)
     if status == model.PAUSED:
         return Delivery(job_id, "resume").wait(_acked_or_over)
     return _restart(job_id)
 
 
-def _restart(job_id: str) -> dict[str, Any]:
+def _restart(job_id: str) -> JobState:
     """Start a new runner for an interrupted job; fail (it stays interrupted) if it cannot start."""
     lock = _take_over(job_id)
     if lock is None:
-        current = quick_status(job_id)["status"]
+        current = quick_status(job_id).status
         raise InvalidJobStateError(f"Cannot resume job in {current} state (another process is resuming it)")
     folder = job_folder(job_id)
     try:
         state = read_state(folder)
-        if state["status"] not in model.ACTIVE:
-            model.check_resume(state["status"])
-        state["status"] = model.PENDING
-        state["error"] = None
-        state.pop("queued", None)  # a queued job that lost its queue entry reads interrupted
-        state["updated_at"] = iso_now()
+        if not state.active:
+            model.check_resume(state.status)
+        state.restart(iso_now())  # a queued job that lost its queue entry read interrupted: no longer queued
         control.skip_unread(folder, state)  # sent to a runner that died: those senders were told so
         write_state(folder, state, durable=True)
         append_log(job_id, f"job {job_id}: resumed after interruption")
@@ -194,28 +192,23 @@ def _restart(job_id: str) -> dict[str, Any]:
         spawn_runner(job_id, lock)
     finally:
         lock.release()
-    started = _wait_until(job_id, lambda st: st["status"] != model.PENDING, "start", timeout=ACK_TIMEOUT_S)
-    if started["status"] == model.INTERRUPTED:
-        reason = started.get("error") or "its runner exited at once (see runner.err in the job folder)"
+    started = _wait_until(job_id, lambda st: st.status != model.PENDING, "start", timeout=ACK_TIMEOUT_S)
+    if started.status == model.INTERRUPTED:
+        reason = started.error or "its runner exited at once (see runner.err in the job folder)"
         raise StartupError(
             f"job {job_id} is still interrupted: {reason} (fix that, then `collect resume {job_id}`)"
         )
     return started
 
 
-def _cancel_without_runner(job_id: str, lock: JobLock) -> dict[str, Any]:
+def _cancel_without_runner(job_id: str, lock: JobLock) -> JobState:
     folder = job_folder(job_id)
     try:
         state = read_state(folder)
-        model.check_cancel(state["status"])
-        queued = bool(state.pop("queued", None))
-        state["status"] = model.CANCELLED
-        state["completed_at"] = state["updated_at"] = iso_now()
-        state["current_symbols"] = []
-        state["eta_s"] = 0.0
-        for entry in state["symbols"]:
-            if entry["status"] in ("pending", "running"):
-                entry["status"] = "cancelled"
+        model.check_cancel(state.status)
+        queued = state.queued
+        state = state.view(alive=False)  # no runner: an active state is interrupted
+        state.cancel(iso_now())
         write_state(folder, state, durable=True)
         append_log(job_id, f"job {job_id}: cancelled " + ("while queued" if queued else "(no runner was alive)"))
     finally:
@@ -227,8 +220,8 @@ def _cancel_without_runner(job_id: str, lock: JobLock) -> dict[str, Any]:
     return reader_view(state, alive=False)
 
 
-def cancel(job_id: str) -> dict[str, Any]:
-    status = quick_status(job_id)["status"]
+def cancel(job_id: str) -> JobState:
+    status = quick_status(job_id).status
     model.check_cancel(status)
     if status in (model.PENDING, model.INTERRUPTED):
         lock = _take_over(job_id)
@@ -237,7 +230,7 @@ def cancel(job_id: str) -> dict[str, Any]:
     folder = job_folder(job_id)
     try:
         return Delivery(job_id, "cancel").wait(
-            lambda st, acked: st["status"] in model.FINISHED and not is_locked(folder)
+            lambda st, acked: st.finished and not is_locked(folder)
         )
     except JobStoppedError:  # its runner died first: cancel the job here
         lock = _take_over(job_id)
@@ -246,12 +239,12 @@ def cancel(job_id: str) -> dict[str, Any]:
         return _cancel_without_runner(job_id, lock)
 
 
-def wait(job_id: str, timeout: float | None = None, poll: float = 0.1) -> dict[str, Any] | None:
+def wait(job_id: str, timeout: float | None = None, poll: float = 0.1) -> JobState | None:
     """The job's final (or interrupted) status; None if `timeout` ran out first."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         status = quick_status(job_id)
-        if status["status"] in model.FINISHED or status["status"] == model.INTERRUPTED:
+        if status.over:
             wait_for_runner_exit(job_id)
             return whole_status(job_id, status)
         if deadline is not None and time.monotonic() >= deadline:

@@ -25,6 +25,7 @@ from typing import Any
 
 from ktrdr_collect import paths
 from ktrdr_collect.errors import CollectError
+from ktrdr_collect.jobs.record import JobState
 
 CONTROL_FILE = "control"
 COMMANDS = ("pause", "resume", "cancel")
@@ -103,24 +104,22 @@ def holds(folder: Path, command_id: str) -> bool:
     return at >= 0 and data.find(b"\n", at) >= 0
 
 
-def find_ack(state: dict[str, Any], command_id: str) -> dict[str, Any] | None:
-    for ack in state.get("control_acks") or []:
-        if isinstance(ack, dict) and ack.get("id") == command_id:
+def find_ack(state: JobState, command_id: str) -> dict[str, Any] | None:
+    for ack in state.control_acks:
+        if ack.get("id") == command_id:
             return ack
     return None
 
 
-def acked_ids(state: dict[str, Any]) -> list[str]:
-    return [a["id"] for a in state.get("control_acks") or [] if isinstance(a, dict) and isinstance(a.get("id"), str)]
+def acked_ids(state: JobState) -> list[str]:
+    return [a["id"] for a in state.control_acks if isinstance(a.get("id"), str)]
 
 
-def add_ack(state: dict[str, Any], command: Command, result: str) -> None:
-    acks = [a for a in state.get("control_acks") or [] if isinstance(a, dict)]
-    acks.append({"id": command.id, "cmd": command.cmd, "result": result})
-    state["control_acks"] = acks[-MAX_ACKS:]
+def add_ack(state: JobState, command: Command, result: str) -> None:
+    state.control_acks = [*state.control_acks, {"id": command.id, "cmd": command.cmd, "result": result}][-MAX_ACKS:]
 
 
-def skip_unread(folder: Path, state: dict[str, Any]) -> None:
+def skip_unread(folder: Path, state: JobState) -> None:
     """Mark every complete line in the control file as read (for a job restarted after its runner
     died: commands sent to the dead runner were reported unacknowledged, so they are void)."""
     try:
@@ -128,8 +127,8 @@ def skip_unread(folder: Path, state: dict[str, Any]) -> None:
     except OSError:
         data = b""
     end = data.rfind(b"\n") + 1
-    state["control_offset"] = end
-    state["control_tail"] = data[max(0, end - TAIL_BYTES):end].decode("latin-1")
+    state.control_offset = end
+    state.control_tail = data[max(0, end - TAIL_BYTES):end].decode("latin-1")
 
 
 def parse(lines: Iterable[bytes]) -> list[Command]:

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from ktrdr_collect import paths
 from ktrdr_collect.errors import AmbiguousJobError, JobNotFoundError, StateFileError
 from ktrdr_collect.jobs import model
 from ktrdr_collect.jobs.lock import is_locked
+from ktrdr_collect.jobs.record import JobState
 from ktrdr_collect.jobs.statefile import STATE_FILE, read_state
 
 _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -195,50 +195,40 @@ def resolve(ref: str) -> str:
     return matches[0]
 
 
-def reader_view(state: dict[str, Any], alive: bool) -> dict[str, Any]:
+def reader_view(state: JobState, alive: bool) -> JobState:
     """The status a reader reports: `interrupted` when the state is active but no runner lives,
     unless the job waits in the queue (jobs.queue): then `pending`, with `queue_ahead`."""
-    view = dict(state)
-    if view.get("status") == model.PENDING and view.get("queued") and not alive:
+    position = None
+    if state.status == model.PENDING and state.queued and not alive:
         from ktrdr_collect.jobs import queue
 
-        position = queue.ahead(str(view.get("id")))
-        if position is not None:  # waiting its turn, not dead
-            view["queue_ahead"] = position
-            alive = True
-    if view.get("status") in model.ACTIVE and not alive:
-        view["status"] = model.INTERRUPTED
-        view["current_symbols"] = []
-        view["eta_s"] = None
-    view["exit_code"] = model.exit_code(view["status"], int(view.get("symbols_failed") or 0))
-    return view
+        position = queue.ahead(state.id)  # None: its queue entry is gone, it reads interrupted
+    return state.view(alive, position)
 
 
-def load_status(job_id: str) -> dict[str, Any]:
+def load_status(job_id: str) -> JobState:
     folder = job_folder(job_id)
     state = read_state(folder)
-    if state.get("status") not in model.ACTIVE:
+    if not state.active:
         return _with_stop_reason(folder, reader_view(state, alive=False))
     if is_locked(folder):
         return reader_view(state, alive=True)
     # The runner may have written its final state and exited between our two reads: read again.
     state = read_state(folder)
-    alive = state.get("status") in model.ACTIVE and is_locked(folder)
+    alive = state.active and is_locked(folder)
     view = reader_view(state, alive=alive)
-    if view.get("queue_ahead") is not None:  # a reader polling a queued job recovers a stale queue
+    if view.queue_ahead is not None:  # a reader polling a queued job recovers a stale queue
         from ktrdr_collect.jobs import queue
 
         queue.nudge()
     return _with_stop_reason(folder, view)
 
 
-def _with_stop_reason(folder: Path, view: dict[str, Any]) -> dict[str, Any]:
+def _with_stop_reason(folder: Path, view: JobState) -> JobState:
     """An interrupted job whose runner could not record why in state.json (a full disk) shows the
     reason it left in runner.err instead, if that is newer than the state file."""
-    if view["status"] == model.INTERRUPTED and not view.get("error"):
-        reason = stop_reason(folder)
-        if reason:
-            view["error"] = reason
+    if view.status == model.INTERRUPTED and not view.error:
+        view.error = stop_reason(folder)
     return view
 
 
@@ -254,12 +244,3 @@ def stop_reason(folder: Path) -> str | None:
         return None
     marked = [line[len(STOP_MARK):] for line in tail.splitlines() if line.startswith(STOP_MARK)]
     return marked[-1] if marked else None
-
-
-def iter_statuses() -> Iterator[tuple[str, dict[str, Any] | StateFileError]]:
-    """Every job's status, newest first; a broken state file yields its error instead."""
-    for job_id in reversed(job_ids()):
-        try:
-            yield job_id, load_status(job_id)
-        except StateFileError as e:
-            yield job_id, e

@@ -16,18 +16,16 @@ import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 
 from ktrdr_collect import paths
 from ktrdr_collect.errors import StateFileError
-from ktrdr_collect.jobs import model
 from ktrdr_collect.jobs.folders import folder_names, has_state, load_status, stamp_of
 from ktrdr_collect.jobs.lock import is_locked
+from ktrdr_collect.jobs.record import JobState
 
 INDEX_FILE = "index.sqlite"
-INDEX_VERSION = 2
-HIDDEN = ("control_offset", "control_tail", "control_acks", "pid", "runs", "seq")
-"""Runner bookkeeping that is not part of a job's public status (list, status --json)."""
+INDEX_VERSION = 3
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -43,13 +41,8 @@ CREATE INDEX IF NOT EXISTS job_symbols_job ON job_symbols (job_id);
 """
 
 
-def _newest_first(s: dict[str, Any]) -> tuple[int, ...]:
-    return tuple(-ord(c) for c in s["id"])
-
-
-def summary(status: dict[str, Any]) -> dict[str, Any]:
-    """A status as `list` shows it: without per-symbol entries or internal bookkeeping."""
-    return {k: v for k, v in status.items() if k != "symbols" and k not in HIDDEN}
+def _newest_first(s: JobState) -> tuple[int, ...]:
+    return tuple(-ord(c) for c in s.id)
 
 
 def index_path() -> Path:
@@ -112,18 +105,29 @@ def open_index() -> sqlite3.Connection:
         return _connect(":memory:")
 
 
-def _insert(conn: sqlite3.Connection, status: dict[str, Any]) -> None:
+def _insert(conn: sqlite3.Connection, status: JobState) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO jobs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        (status["id"], status.get("name"), status["status"], status["provider"], status["created_at"],
-         status.get("completed_at"), status.get("elapsed_s"), status.get("symbols_completed"),
-         status.get("symbols_failed"), status.get("candles"), status.get("requests"), json.dumps(summary(status))),
+        (status.id, status.name, status.status, status.provider, status.created_at, status.completed_at,
+         status.elapsed_s, status.symbols_completed, status.symbols_failed, status.candles, status.requests,
+         json.dumps(status.summary())),
     )
-    conn.execute("DELETE FROM job_symbols WHERE job_id = ?", (status["id"],))
+    conn.execute("DELETE FROM job_symbols WHERE job_id = ?", (status.id,))
     conn.executemany(
-        "INSERT INTO job_symbols VALUES (?,?,?)",
-        [(status["id"], e["symbol"], e.get("error")) for e in status.get("symbols", [])],
+        "INSERT INTO job_symbols VALUES (?,?,?)", [(status.id, e.symbol, e.error) for e in status.symbols],
     )
+
+
+class FinishedRow(NamedTuple):
+    """What `stats` needs of a finished job, straight from the index's columns."""
+
+    provider: str
+    status: str
+    elapsed_s: float | None
+    symbols_completed: int | None
+    symbols_failed: int | None
+    candles: int | None
+    requests: int | None
 
 
 class History:
@@ -131,7 +135,7 @@ class History:
 
     def __init__(self) -> None:
         self.conn = open_index()
-        self.live: list[dict[str, Any]] = []
+        self.live: list[JobState] = []
         self.broken: list[StateFileError] = []
         self.sync()
 
@@ -160,7 +164,7 @@ class History:
             except StateFileError as e:
                 self.broken.append(e)
                 continue
-            if status["status"] in model.FINISHED:
+            if status.finished:
                 new_finished.append(status)
             else:
                 self.live.append(status)
@@ -206,9 +210,10 @@ class History:
         until: str | None = None,
         search: str | None = None,
         limit: int | None = None,
-    ) -> Iterator[dict[str, Any]]:
-        """Job summaries matching every filter, newest first (ISO strings compare as times), read
-        from the index as they are consumed: listing 20,000 jobs holds one row at a time."""
+    ) -> Iterator[JobState]:
+        """Jobs (without their per-symbol entries) matching every filter, newest first (ISO
+        strings compare as times), read from the index as they are consumed: listing 20,000 jobs
+        holds one row at a time."""
         where, args = ["1=1"], []
         if statuses:
             where.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -233,20 +238,19 @@ class History:
         sql = f"SELECT summary FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        finished = (json.loads(r[0]) for r in self.conn.execute(sql, args))
-        live = sorted((summary(s) for s in self.live if _live_matches(s, statuses, symbol, provider, since, until,
-                                                                      search)), key=_newest_first)
+        finished = (JobState.from_json(json.loads(r[0])) for r in self.conn.execute(sql, args))
+        live = sorted((s for s in self.live if _live_matches(s, statuses, symbol, provider, since, until, search)),
+                      key=_newest_first)
         merged = heapq.merge(finished, live, key=_newest_first)  # ids follow the creation sequence
         return itertools.islice(merged, limit)
 
-    def finished_since(self, since: str | None) -> list[dict[str, Any]]:
+    def finished_since(self, since: str | None) -> list[FinishedRow]:
         """The numbers stats need, straight from the index columns (no JSON decoding)."""
-        columns = ("provider", "status", "elapsed_s", "symbols_completed", "symbols_failed", "candles", "requests")
-        sql, args = f"SELECT {', '.join(columns)} FROM jobs", []
+        sql, args = f"SELECT {', '.join(FinishedRow._fields)} FROM jobs", []
         if since:
             sql += " WHERE coalesce(completed_at, created_at) >= ?"
             args.append(since)
-        return [dict(zip(columns, row, strict=True)) for row in self.conn.execute(sql, args)]
+        return [FinishedRow(*row) for row in self.conn.execute(sql, args)]
 
     def errors_since(self, since: str | None, top: int = 5) -> list[tuple[str, int]]:
         sql = ("SELECT s.error, count(*) FROM job_symbols s JOIN jobs j ON j.id = s.job_id "
@@ -262,7 +266,7 @@ class History:
         """(id, the newest time the job's state recorded, finished) for every readable job."""
         sql = "SELECT id, max(created_at, coalesce(completed_at, created_at)) FROM jobs"
         rows = [(r[0], r[1], True) for r in self.conn.execute(sql)]
-        live = [(s["id"], max(s["created_at"], s.get("updated_at") or s["created_at"]), False) for s in self.live]
+        live = [(s.id, max(s.created_at, s.updated_at or s.created_at), False) for s in self.live]
         return rows + live
 
 
@@ -271,15 +275,15 @@ def _like_literal(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _live_matches(s: dict[str, Any], statuses: list[str] | None, symbol: str | None, provider: str | None,
+def _live_matches(s: JobState, statuses: list[str] | None, symbol: str | None, provider: str | None,
                   since: str | None, until: str | None, search: str | None) -> bool:
-    symbols = [e["symbol"] for e in s.get("symbols", [])]
+    symbols = [e.symbol for e in s.symbols]
     checks = [
-        not statuses or s["status"] in statuses,
+        not statuses or s.status in statuses,
         not symbol or symbol in symbols,
-        not provider or s["provider"] == provider,
-        not since or s["created_at"] >= since,
-        not until or s["created_at"] <= until,
-        not search or any(search.lower() in h.lower() for h in (s["id"], s.get("name") or "", *symbols)),
+        not provider or s.provider == provider,
+        not since or s.created_at >= since,
+        not until or s.created_at <= until,
+        not search or any(search.lower() in h.lower() for h in (s.id, s.name or "", *symbols)),
     ]
     return all(checks)

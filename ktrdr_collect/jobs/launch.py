@@ -13,21 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from ktrdr_collect import paths
-from ktrdr_collect.jobs import model, queue
+from ktrdr_collect.jobs import queue
 from ktrdr_collect.jobs.folders import (
     LOG_FILE,
     RUNNER_ERR,
     NewFolder,
     create_folder,
     iso,
-    iso_now,
     iso_seconds,
     publish_folder,
 )
 from ktrdr_collect.jobs.lock import JobLock
+from ktrdr_collect.jobs.record import JobSpec, JobState, new_state
 from ktrdr_collect.jobs.statefile import write_state
 
-__all__ = ["LOG_FILE", "RUNNER_ERR", "JobRequest", "create_job", "spawn_runner"]
+__all__ = ["LOG_FILE", "RUNNER_ERR", "JobRequest", "create_job", "spawn_runner", "write_job"]
 
 
 @dataclass
@@ -49,55 +49,25 @@ class JobRequest:
     """`collect retry`: the job whose unfinished series this one collects again."""
 
 
-def initial_state(job_id: str, req: JobRequest, created: float | None = None,
-                  seq: int | None = None) -> dict[str, Any]:
-    now = iso(created) if created is not None else iso_now()
+def job_spec(req: JobRequest) -> JobSpec:
+    """The request as the job's fixed record (job.json)."""
     start_ts = req.start.timestamp() if req.start is not None else req.earliest_ts
-    return {
-        "schema": model.SCHEMA,
-        "id": job_id,
-        "name": req.name,
-        "status": model.PENDING,
-        "provider": req.provider,
-        "timeframe": req.timeframe,
-        "start": iso_seconds(start_ts),
-        "end": iso_seconds(req.end.timestamp()),
-        "created_at": now,
-        "started_at": None,
-        "updated_at": now,
-        "completed_at": None,
-        "symbols_total": len(req.symbols),
-        "symbols_completed": 0,
-        "symbols_failed": 0,
-        "percent": 0.0,
-        "candles": 0,
-        "requests": 0,
-        "current_symbols": [],
-        "elapsed_s": 0.0,
-        "rate_symbols_per_s": 0.0,
-        "rate_candles_per_s": 0.0,
-        "eta_s": None,
-        "errors_count": 0,
-        "throttled": 0,
-        "symbols": [
-            {"symbol": s, "status": "pending", "stage": "validating", "segments_done": 0,
-             "segments_total": 0, "candles": 0, "requests": 0, "error": None}
-            for s in req.symbols
-        ],
-        # beyond the contract: what the runner needs to (re)start the job
-        "earliest": req.start is None,
-        "options": req.public_options,
-        "workers": req.workers,
-        "data_dir": str(req.data_dir),
-        "format": req.format,
-        "synthetic": req.synthetic,
-        "seq": seq,
-        "control_offset": 0,
-        "control_acks": [],
-        "runs": 0,
-        "pid": None,
-        "error": None,
-    } | ({"retry_of": req.retry_of} if req.retry_of else {})
+    return JobSpec(
+        symbols=tuple(req.symbols), timeframe=req.timeframe, start=iso_seconds(start_ts),
+        end=iso_seconds(req.end.timestamp()), provider=req.provider, earliest=req.start is None,
+        options=dict(req.public_options), data_dir=str(req.data_dir), format=req.format, workers=req.workers,
+        name=req.name, synthetic=req.synthetic, retry_of=req.retry_of,
+    )
+
+
+def write_job(folder: Path, job_id: str, req: JobRequest, created: float | None = None, seq: int | None = None,
+              queued: bool = False) -> JobState:
+    """A new job's record in `folder`: job.json (the spec), then its first state.json."""
+    spec = job_spec(req)
+    state = new_state(job_id, spec, iso(time.time() if created is None else created), seq=seq, queued=queued)
+    spec.write(folder)
+    write_state(folder, state, durable=True)
+    return state
 
 
 def spawn_runner(job_id: str, lock: JobLock) -> subprocess.Popen[bytes]:
@@ -146,12 +116,10 @@ def _create(req: JobRequest, created: float, cap: int | None) -> str:
     try:
         if not lock.try_acquire():
             raise RuntimeError(f"job {new.job_id}: cannot lock a new job folder")
-        state = initial_state(new.job_id, req, created, seq=new.seq)
         queued = queue.must_wait(cap)
         if queued:
-            state[queue.QUEUED_KEY] = True
             queue.mark_queued(new.job_id)  # an entry whose folder never appears is dropped
-        write_state(new.staging, state, durable=True)
+        write_job(new.staging, new.job_id, req, created, seq=new.seq, queued=queued)
         lock.moved_to(publish_folder(new))
     except BaseException:
         lock.release()

@@ -14,14 +14,17 @@ ACTIVE = frozenset({PENDING, RUNNING, PAUSED})
 """States that need a live runner; seen without one they read as `interrupted`."""
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    PENDING: frozenset({RUNNING, CANCELLED, FAILED}),
-    RUNNING: frozenset({PAUSED, COMPLETED, FAILED, CANCELLED}),
-    PAUSED: frozenset({RUNNING, COMPLETED, FAILED, CANCELLED}),
+    PENDING: frozenset({RUNNING, CANCELLED, FAILED, INTERRUPTED}),
+    RUNNING: frozenset({PAUSED, COMPLETED, FAILED, CANCELLED, INTERRUPTED}),
+    PAUSED: frozenset({RUNNING, COMPLETED, FAILED, CANCELLED, INTERRUPTED}),
     INTERRUPTED: frozenset({PENDING, CANCELLED}),
     COMPLETED: frozenset(),
     FAILED: frozenset(),
     CANCELLED: frozenset(),
 }
+"""Enforced by jobs.record.JobState. A runner that stops before the end (a signal, a start-up error,
+a full disk) records `interrupted` itself; a runner that dies leaves its last status, which every
+reader shows as `interrupted`."""
 
 
 def can_transition(current: str, target: str) -> bool:

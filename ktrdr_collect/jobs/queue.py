@@ -30,11 +30,11 @@ from ktrdr_collect.errors import StateFileError
 from ktrdr_collect.jobs import model
 from ktrdr_collect.jobs.folders import folder_names, iso_now, stamp_of
 from ktrdr_collect.jobs.lock import JobLock, is_locked
+from ktrdr_collect.jobs.record import JobState
 from ktrdr_collect.jobs.statefile import read_head, read_state, write_state
 
 log = logging.getLogger("ktrdr_collect.job")
 QUEUE_DIR = ".queue"
-QUEUED_KEY = "queued"
 NUDGE_S = 1.0
 """A process that keeps reading a queued job (`wait`, a foreground `start`) recovers the queue at
 most this often."""
@@ -67,8 +67,8 @@ def ahead(job_id: str) -> int | None:
     return ids.index(job_id) if job_id in ids else None
 
 
-def is_queued(state: dict[str, object]) -> bool:
-    return state.get("status") == model.PENDING and bool(state.get(QUEUED_KEY))
+def is_queued(state: JobState) -> bool:
+    return state.status == model.PENDING and state.queued
 
 
 def mark_queued(job_id: str) -> None:
@@ -110,7 +110,7 @@ def running_ids(exclude: str | None = None) -> list[str]:
         except (StateFileError, OSError):
             out.append(name)
             continue
-        if head.get("status") in model.ACTIVE and not is_queued(head):
+        if head.active and not is_queued(head):
             out.append(name)
     return out
 
@@ -141,8 +141,7 @@ def _start_one(job_id: str) -> str:
             return GONE
         if not is_queued(state):
             return GONE  # cancelled while queued
-        state.pop(QUEUED_KEY, None)
-        state["started_at"] = state["updated_at"] = iso_now()
+        state.dequeue(iso_now())
         write_state(folder, state, durable=True)
         forget(job_id)
         from ktrdr_collect.jobs.actions import append_log

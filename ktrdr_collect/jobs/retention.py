@@ -26,7 +26,6 @@ from datetime import datetime
 from pathlib import Path
 
 from ktrdr_collect import paths
-from ktrdr_collect.jobs import model
 from ktrdr_collect.jobs.folders import CREATED_HERE, STAGING_SUFFIX, load_status, stateless_ids
 from ktrdr_collect.jobs.history import History
 from ktrdr_collect.jobs.lock import JobLock
@@ -105,7 +104,7 @@ def _remove(folder: Path, job_id: str, check_finished: bool) -> bool:
     if not lock.try_acquire():
         return False  # someone is acting on it right now: leave it
     try:
-        if check_finished and load_status(job_id)["status"] not in model.FINISHED:
+        if check_finished and not load_status(job_id).finished:
             return False
         if not check_finished and (folder / "state.json").exists():
             return False  # its state appeared meanwhile: a job after all

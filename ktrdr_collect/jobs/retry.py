@@ -11,7 +11,7 @@ from ktrdr_collect.errors import InvalidJobStateError
 from ktrdr_collect.jobs import model
 from ktrdr_collect.jobs.folders import job_folder, load_status
 from ktrdr_collect.jobs.launch import JobRequest
-from ktrdr_collect.jobs.statefile import read_state
+from ktrdr_collect.jobs.record import read_spec
 
 
 def _when(text: str) -> datetime:
@@ -21,20 +21,18 @@ def _when(text: str) -> datetime:
 def retry_request(job_id: str) -> JobRequest:
     """The request for JOB's series that did not complete; refused for a job not finished (an
     interrupted one is continued by `resume`) and for one with nothing left to do."""
-    status = load_status(job_id)["status"]
-    if status not in model.FINISHED:
-        hint = f"; `collect resume {job_id}` continues it" if status == model.INTERRUPTED else ""
-        raise InvalidJobStateError(f"Cannot retry {status} job{hint}")
-    state = read_state(job_folder(job_id))
-    symbols = [e["symbol"] for e in state["symbols"] if e["status"] != "completed"]
+    status = load_status(job_id)
+    if not status.finished:
+        hint = f"; `collect resume {job_id}` continues it" if status.status == model.INTERRUPTED else ""
+        raise InvalidJobStateError(f"Cannot retry {status.status} job{hint}")
+    spec = read_spec(job_folder(job_id), status)
+    symbols = [e.symbol for e in status.symbols if e.status != "completed"]
     if not symbols:
         raise InvalidJobStateError(f"job {job_id} has nothing to retry: every series completed")
-    start = _when(state["start"])
-    options = dict(state.get("options") or {})
+    start = _when(spec.start)
     return JobRequest(
-        symbols=symbols, timeframe=state["timeframe"], start=None if state.get("earliest") else start,
-        end=_when(state["end"]), provider=state["provider"], options=options, public_options=options,
-        earliest_ts=int(start.timestamp()), workers=int(state.get("workers") or 4),
-        data_dir=Path(state["data_dir"]), format=state.get("format") or "csv", name=state.get("name"),
-        synthetic=bool(state.get("synthetic")), retry_of=job_id,
+        symbols=symbols, timeframe=spec.timeframe, start=None if spec.earliest else start, end=_when(spec.end),
+        provider=spec.provider, options=dict(spec.options), public_options=dict(spec.options),
+        earliest_ts=int(start.timestamp()), workers=spec.workers, data_dir=Path(spec.data_dir), format=spec.format,
+        name=spec.name, synthetic=spec.synthetic, retry_of=job_id,
     )

@@ -33,11 +33,12 @@ from ktrdr_collect.engine.engine import ProcessingEngine
 from ktrdr_collect.engine.pipeline import RetryPolicy, SymbolResult
 from ktrdr_collect.engine.progress import FINISHED as SYMBOL_FINISHED
 from ktrdr_collect.engine.progress import BatchSnapshot, ProgressTracker, Summary, SymbolProgress, Totals
-from ktrdr_collect.errors import CollectError, StateFileError
+from ktrdr_collect.errors import CollectError, InvalidJobStateError, StateFileError
 from ktrdr_collect.jobs import control, model
 from ktrdr_collect.jobs.folders import LOG_FILE, STOP_MARK, iso_now
 from ktrdr_collect.jobs.journal import StoredJournal
 from ktrdr_collect.jobs.lock import JobLock
+from ktrdr_collect.jobs.record import JobState, SymbolEntry, read_spec
 from ktrdr_collect.jobs.statefile import STATE_FILE, Encoded, encode_entry, encode_state, read_state, write_state
 from ktrdr_collect.providers.registry import create_provider
 from ktrdr_collect.storage.open import open_store
@@ -67,47 +68,43 @@ def setup_logging(folder: Path) -> logging.Handler:
     return handler
 
 
-def symbol_entry(sp: SymbolProgress, cut_short: bool = False) -> dict[str, Any]:
+def symbol_entry(sp: SymbolProgress, timeframe: str, cut_short: bool = False) -> SymbolEntry:
     """A symbol's entry in state.json; `cut_short`: a symbol cancelled by a stop starts again."""
     status = "pending" if cut_short and sp.status == "cancelled" else sp.status
-    return {
-        "symbol": sp.symbol, "status": status, "stage": sp.stage, "segments_done": sp.segments_done,
-        "segments_total": sp.segments_total, "candles": sp.candles, "requests": sp.requests, "error": sp.error,
-    }
+    return SymbolEntry(sp.symbol, status, sp.stage, sp.segments_done, sp.segments_total, sp.candles, sp.requests,
+                       sp.error, timeframe)
 
 
-def apply_summary(state: dict[str, Any], snap: Summary | BatchSnapshot) -> None:
+def apply_summary(state: JobState, snap: Summary | BatchSnapshot) -> None:
     """The aggregates of a summary (or a snapshot) into the state; its `symbols` are not touched."""
-    state.update(
-        symbols_total=snap.total,
-        symbols_completed=snap.completed,
-        symbols_failed=snap.failed,
-        percent=snap.percent,
-        candles=snap.candles,
-        requests=snap.requests,
-        current_symbols=snap.current,
-        elapsed_s=snap.elapsed_s,
-        rate_symbols_per_s=snap.rate_symbols_per_s,
-        rate_candles_per_s=snap.rate_candles_per_s,
-        eta_s=snap.eta_s,
-        errors_count=snap.errors_count,
-        throttled=snap.throttled,
-    )
+    state.symbols_total = snap.total
+    state.symbols_completed = snap.completed
+    state.symbols_failed = snap.failed
+    state.percent = snap.percent
+    state.candles = snap.candles
+    state.requests = snap.requests
+    state.current_symbols = list(snap.current)
+    state.elapsed_s = snap.elapsed_s
+    state.rate_symbols_per_s = snap.rate_symbols_per_s
+    state.rate_candles_per_s = snap.rate_candles_per_s
+    state.eta_s = snap.eta_s
+    state.errors_count = snap.errors_count
+    state.throttled = snap.throttled
 
 
-def tracker_symbols(state: dict[str, Any], stored: dict[str, int]) -> list[SymbolProgress]:
+def tracker_symbols(entries: list[SymbolEntry], stored: dict[str, int]) -> list[SymbolProgress]:
     """Finished symbols are kept as they are; the rest start again (gap analysis skips what is
     stored). Candle counts come from the journal, which never lags behind the data files."""
     out = []
-    for e in state["symbols"]:
-        candles = stored.get(e["symbol"], e["candles"])
-        if e["status"] in SYMBOL_FINISHED:
+    for e in entries:
+        candles = stored.get(e.symbol, e.candles)
+        if e.status in SYMBOL_FINISHED:
             out.append(SymbolProgress(
-                e["symbol"], e["status"], e["stage"], e["segments_done"], e["segments_total"],
-                candles, e.get("requests", 0), e["error"], planned=True,
+                e.symbol, e.status, e.stage, e.segments_done, e.segments_total, candles, e.requests, e.error,
+                planned=True,
             ))
         else:
-            out.append(SymbolProgress(e["symbol"], candles=candles, requests=e.get("requests", 0)))
+            out.append(SymbolProgress(e.symbol, candles=candles, requests=e.requests))
     return out
 
 
@@ -146,6 +143,7 @@ class Runner:
         self.folder = paths.job_dir(job_id)
         self.lock = lock
         self.state = read_state(self.folder)
+        self.spec = read_spec(self.folder, self.state)
         self.token = CancellationToken()
         self.gate = PauseGate()
         self.cancel_requested = False
@@ -168,11 +166,10 @@ class Runner:
         self.writes = WriteStats()
         acks = control.acked_ids(self.state)
         self.control = control.ControlReader(
-            self.folder, int(self.state.get("control_offset") or 0), str(self.state.get("control_tail") or ""),
-            seen=acks, warn=log.warning,
+            self.folder, self.state.control_offset, self.state.control_tail, seen=acks, warn=log.warning,
         )
         self.tracker: ProgressTracker | None = None
-        self.symbols: list[str] = [e["symbol"] for e in self.state["symbols"]]
+        self.symbols: list[str] = [e.symbol for e in self.state.symbols]
         self.journal = StoredJournal(self.folder)
 
     # -- state.json --------------------------------------------------------------------
@@ -185,7 +182,7 @@ class Runner:
         """Write state.json if the last write's cost allows it by now, or if the status changed
         since; False if the write has to wait."""
         with self._write_lock:
-            if self.clock() < self._next_write and self.state["status"] == self._written_status:
+            if self.clock() < self._next_write and self.state.status == self._written_status:
                 return False
             self._write(False, {})
             return True
@@ -197,28 +194,31 @@ class Runner:
         write_state(self.folder, Encoded(payload), durable=durable)
         cost = self.cpu_clock() - cpu
         self.writes.add(len(payload), cost)
-        self._written_status = self.state["status"]
+        self._written_status = self.state.status
         self._next_write = started + max(MIN_WRITE_INTERVAL_S, cost / WRITE_CPU_SHARE,
                                          len(payload) / WRITE_BYTES_PER_S)
 
     def _encode(self, overrides: dict[str, Any]) -> bytes:
         state = self.state
+        timeframe = state.timeframe
         if self.tracker is None:  # before the run starts: the symbols as they were read
-            lines = [encode_entry(e) for e in state["symbols"]]
+            lines = [encode_entry(e.to_json()) for e in state.symbols]
         else:
             everything = self._lines is None or self._cut_short
             summary, changed = self.tracker.drain(everything)
             apply_summary(state, summary)
             if everything or self._lines is None:
-                self._lines = [encode_entry(symbol_entry(sp, self._cut_short)) for sp in changed]
+                self._lines = [encode_entry(symbol_entry(sp, timeframe, self._cut_short).to_json())
+                               for sp in changed]
                 self._line_of = {sp.symbol: i for i, sp in enumerate(changed)}
             else:
                 for sp in changed:
-                    self._lines[self._line_of[sp.symbol]] = encode_entry(symbol_entry(sp))
+                    self._lines[self._line_of[sp.symbol]] = encode_entry(symbol_entry(sp, timeframe).to_json())
             lines = self._lines
-        state.update(overrides)
-        state["updated_at"] = iso_now()
-        return encode_state({k: v for k, v in state.items() if k != "symbols"}, lines)
+        for key, value in overrides.items():
+            setattr(state, key, value)
+        state.updated_at = iso_now()
+        return encode_state(state.head(), lines)
 
     def try_publish(self, paced: bool = False) -> bool:
         """From the background threads. A state.json that cannot be written (a full disk) stops the
@@ -237,11 +237,12 @@ class Runner:
             log.error("job %s: %s; stopping (`collect resume %s` continues it)", self.job_id, reason, self.job_id)
         self.token.cancel()
 
-    def set_status(self, status: str) -> None:
-        old = self.state["status"]
-        if old != status:
-            self.state["status"] = status
-            log.info("job %s: %s -> %s", self.job_id, old, status)
+    def change(self, step: Callable[..., None], *args: Any) -> None:
+        """One step of the state machine (a JobState method), logged."""
+        old = self.state.status
+        step(*args)
+        if self.state.status != old:
+            log.info("job %s: %s -> %s", self.job_id, old, self.state.status)
 
     # -- threads -----------------------------------------------------------------------
     def control_loop(self) -> None:
@@ -262,21 +263,21 @@ class Runner:
         with self._write_lock:
             for command, result in results:
                 control.add_ack(self.state, command, result)
-            self.state["control_offset"] = self.control.offset
-            self.state["control_tail"] = self.control.tail_text()
+            self.state.control_offset = self.control.offset
+            self.state.control_tail = self.control.tail_text()
 
     def apply(self, command: str) -> str:
-        status = self.state["status"]
+        status = self.state.status
         assert self.tracker is not None
         if command == "pause" and status == model.RUNNING:
             self.gate.pause()
             self.tracker.pause()
-            self.set_status(model.PAUSED)
+            self.change(self.state.pause)
             return model.PAUSED
         if command == "resume" and status == model.PAUSED:
             self.tracker.resume()
             self.gate.resume()
-            self.set_status(model.RUNNING)
+            self.change(self.state.unpause)
             return model.RUNNING
         if command == "cancel":
             if not self.cancel_requested:
@@ -319,41 +320,34 @@ class Runner:
     # -- the run -----------------------------------------------------------------------
     def prepare(self) -> tuple[Any, ProcessingEngine]:
         """Everything the run needs; an error here is a start-up error (the job stays resumable)."""
-        state = self.state
+        state, spec = self.state, self.spec
         settings = load_settings()
-        provider = create_provider(
-            state["provider"], {**settings.provider_options(state["provider"]), **state.get("options", {})}
-        )
+        provider = create_provider(spec.provider, {**settings.provider_options(spec.provider), **spec.options})
         try:
-            store = open_store(state.get("format", "csv"), Path(state["data_dir"]))
+            store = open_store(spec.format, Path(spec.data_dir))
             retry = RetryPolicy(max_throttle_wait_s=float(settings.values["max_rate_limit_wait"]))
-            engine = ProcessingEngine(provider, store, workers=int(state.get("workers", 4)), retry=retry)
+            engine = ProcessingEngine(provider, store, workers=spec.workers, retry=retry)
             stored = self.journal.candles(
-                lambda symbol, ranges: store.count(state["provider"], state["timeframe"], symbol, ranges))
-            symbols = tracker_symbols(state, stored)
-            carried = Totals(state["requests"], state["throttled"], state["errors_count"],
-                             sum(sp.candles for sp in symbols), state["elapsed_s"])
-            self.tracker = engine.new_tracker(symbols, state["timeframe"], carried=carried)
-            del state["symbols"]  # the tracker has them now (and writes them): no second copy
+                lambda symbol, ranges: store.count(spec.provider, spec.timeframe, symbol, ranges))
+            symbols = tracker_symbols(state.symbols, stored)
+            carried = Totals(state.requests, state.throttled, state.errors_count,
+                             sum(sp.candles for sp in symbols), state.elapsed_s)
+            self.tracker = engine.new_tracker(symbols, spec.timeframe, carried=carried)
+            state.symbols = []  # the tracker has them now (and writes them): no second copy
         except BaseException:
             provider.close()
             raise
         return provider, engine
 
     def begin(self) -> None:
-        state = self.state
-        state["runs"] = int(state.get("runs") or 0) + 1
-        state["started_at"] = state.get("started_at") or iso_now()
-        state["pid"] = os.getpid()
-        state["error"] = None
-        self.set_status(model.RUNNING)
+        self.change(self.state.begin, os.getpid(), iso_now())
         self.publish(durable=True)
 
     def run(self) -> int:
         state = self.state
-        if state["status"] in model.FINISHED:
-            log.info("job %s is already %s", self.job_id, state["status"])
-            return model.exit_code(state["status"], state["symbols_failed"]) or 0
+        if state.finished:
+            log.info("job %s is already %s", self.job_id, state.status)
+            return state.exit_code or 0
         try:
             provider, engine = self.prepare()
         except Exception as e:  # bad config or environment, provider not installed, ...
@@ -366,7 +360,7 @@ class Runner:
         return self.process(provider, engine)
 
     def process(self, provider: Any, engine: ProcessingEngine) -> int:
-        state = self.state
+        spec = self.spec
         assert self.tracker is not None
         threads = [threading.Thread(target=self.control_loop, name="ktrdr-control", daemon=True),
                    threading.Thread(target=self.writer_loop, name="ktrdr-state", daemon=True)]
@@ -374,8 +368,8 @@ class Runner:
             t.start()
         try:
             engine.process_batch(
-                self.symbols, state["timeframe"],
-                start="earliest" if state.get("earliest") else state["start"], end=state["end"],
+                self.symbols, spec.timeframe,
+                start="earliest" if spec.earliest else spec.start, end=spec.end,
                 cancellation_token=self.token, gate=self.gate, tracker=self.tracker,
                 symbol_callback=self.on_symbol, on_stored=self.journal.record,
             )
@@ -398,14 +392,14 @@ class Runner:
                 self.cancel_requested = True
                 late.append((command, "cancelling"))
             else:
-                late.append((command, f"ignored: job is ending ({self.state['status']})"))
+                late.append((command, f"ignored: job is ending ({self.state.status})"))
         self.acknowledge(late)
         snap = self.tracker.summary()
         if self.stop_reason is not None and not self.cancel_requested:
             return self.stop_midway(self.stop_reason)
-        status = model.CANCELLED if self.cancel_requested else model.final_status(snap.completed, snap.failed)
-        self.set_status(status)
-        self.state["completed_at"] = iso_now()
+        apply_summary(self.state, snap)
+        self.change(self.state.cancel if self.cancel_requested else self.state.finish, iso_now())
+        status = self.state.status
         try:
             self.publish(durable=True, final=True)
         except OSError as e:
@@ -428,16 +422,16 @@ class Runner:
         log.error("job %s interrupted: %s; fix the cause and run `collect resume %s`", self.job_id, reason,
                   self.job_id)
         print(f"{STOP_MARK}{reason}", file=sys.stderr, flush=True)
-        self.set_status(model.INTERRUPTED)
-        self.state.update(error=reason, completed_at=None)
+        self.change(self.state.interrupt, reason)
         self.write_last(current_symbols=[], eta_s=None)
         return model.exit_code(model.INTERRUPTED) or 6
 
     def fail(self, message: str) -> int:
         log.error("job %s failed: %s", self.job_id, message)
-        self.state["error"] = message
-        self.set_status(model.FAILED)
-        self.state["completed_at"] = iso_now()
+        try:
+            self.change(self.state.fail, message, iso_now())
+        except InvalidJobStateError:  # it had ended already: its status stands
+            return self.state.exit_code or 4
         self.write_last(eta_s=0.0, current_symbols=[])
         return 4
 

@@ -25,6 +25,7 @@ from typing import Any
 from ktrdr_collect import files
 from ktrdr_collect.errors import StateFileError
 from ktrdr_collect.jobs.model import SCHEMA
+from ktrdr_collect.jobs.record import JobState
 
 STATE_FILE = "state.json"
 SYMBOLS_KEY = b'\n "symbols": '
@@ -62,9 +63,11 @@ def encode(data: dict[str, Any]) -> bytes:
     return encode_state(head, [encode_entry(e) for e in data["symbols"]])
 
 
-def write_json_atomic(path: Path, data: dict[str, Any] | Encoded, durable: bool = False) -> None:
+def write_json_atomic(path: Path, data: JobState | dict[str, Any] | Encoded, durable: bool = False) -> None:
     """Readers see the old file or the new one; a full disk or a link at `path` leaves the old file
     untouched and raises OSError (files.atomic_write)."""
+    if isinstance(data, JobState):
+        data = data.to_json()
     payload = data.payload if isinstance(data, Encoded) else encode(data)
     files.atomic_write(path, payload, mode=files.PRIVATE_FILE_MODE, durable=durable)
 
@@ -80,7 +83,17 @@ def _checked(folder: Path, path: Path, data: Any) -> dict[str, Any]:
     return data
 
 
-def read_state(folder: Path) -> dict[str, Any]:
+def read_state(folder: Path) -> JobState:
+    """The job's state.json, typed (a missing, corrupt or too-new file raises StateFileError)."""
+    return _typed(read_raw(folder))
+
+
+def _typed(data: dict[str, Any]) -> JobState:
+    return JobState.from_json(data)
+
+
+def read_raw(folder: Path) -> dict[str, Any]:
+    """state.json as the JSON object it holds (checked for a schema this version understands)."""
     path = folder / STATE_FILE
     try:
         data = json.loads(path.read_bytes())
@@ -107,21 +120,26 @@ def _head_bytes(path: Path) -> bytes | None:
     return start[:at - 1] + b"\n}"
 
 
-def read_head(folder: Path) -> dict[str, Any]:
-    """The state without `symbols` (it may be missing or partial): its first KiB when the file
-    has the layout `encode_state` writes, else the whole file. For readers that poll."""
+def read_head(folder: Path) -> JobState:
+    """The state without `symbols` (empty, or all of them when the file has another layout): its
+    first KiB when the file has the layout `encode_state` writes, else the whole file. For readers
+    that poll."""
+    return _typed(read_head_raw(folder))
+
+
+def read_head_raw(folder: Path) -> dict[str, Any]:
     path = folder / STATE_FILE
     try:
         head = _head_bytes(path)
     except OSError:
-        head = None  # read_state says what is wrong
+        head = None  # read_raw says what is wrong
     if head is None:
-        return read_state(folder)
+        return read_raw(folder)
     try:
         return _checked(folder, path, json.loads(head))
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return read_state(folder)
+        return read_raw(folder)
 
 
-def write_state(folder: Path, data: dict[str, Any] | Encoded, durable: bool = False) -> None:
+def write_state(folder: Path, data: JobState | dict[str, Any] | Encoded, durable: bool = False) -> None:
     write_json_atomic(folder / STATE_FILE, data, durable=durable)

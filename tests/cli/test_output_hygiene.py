@@ -20,6 +20,7 @@ from ktrdr_collect.cli.live import JsonRenderer, PlainRenderer, QuietRenderer, R
 from ktrdr_collect.cli.main import app
 from ktrdr_collect.engine.cancellation import CancellationToken
 from ktrdr_collect.jobs.folders import LOG_FILE
+from ktrdr_collect.jobs.record import JobState
 from ktrdr_collect.providers.base import PermanentError, ProviderError, TransientError
 from ktrdr_collect.providers.binance import BinanceProvider
 from ktrdr_collect.providers.http import get_json
@@ -140,8 +141,9 @@ def failing_job(home: Path, api: Running) -> str:
 def test_a_hostile_provider_reaches_no_file_and_no_command(home: Path, hostile_api: Running) -> None:
     job_id = failing_job(home, hostile_api)
     folder = home / "jobs" / job_id
-    state = json.loads((folder / "state.json").read_text())
-    assert "base_url" not in state["options"]
+    spec = json.loads((folder / "job.json").read_text())
+    assert "base_url" not in spec["options"]
+    assert_clean((folder / "job.json").read_bytes())
     assert_clean((folder / "state.json").read_bytes())
     assert_clean((folder / LOG_FILE).read_bytes())
     for args in (["status", job_id], ["status", job_id, "--json"], ["show", job_id], ["show", job_id, "--json"],
@@ -172,7 +174,7 @@ def plant(home: Path) -> str:
     state = json.loads((folder / "state.json").read_text())
     state["name"] = f"nightly{CLEAR}"
     state["error"] = f"{HOSTILE} https://u:{SECRET}@h"
-    state["options"]["base_url"] = f"https://h/?apikey={SECRET}"
+    state["options"] = {"base_url": f"https://h/?apikey={SECRET}"}  # where older versions kept options
     state["symbols"][1]["error"] = f"{HOSTILE} token={SECRET}"
     (folder / "state.json").write_text(json.dumps(state))
     with open(folder / LOG_FILE, "a", encoding="utf-8") as log:
@@ -191,9 +193,9 @@ def test_every_command_renders_hostile_state_cleanly(home: Path) -> None:
     assert "\\x1b]52" in run("show", job_id).stdout
 
 
-def hostile_status(home: Path) -> dict[str, Any]:
+def hostile_status(home: Path) -> JobState:
     job_id = plant(home)
-    return json.loads((home / "jobs" / job_id / "state.json").read_text())
+    return JobState.from_json(json.loads((home / "jobs" / job_id / "state.json").read_text()))
 
 
 def test_live_renderers_print_no_control_characters(home: Path, capsys: pytest.CaptureFixture[str]) -> None:

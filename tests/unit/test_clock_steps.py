@@ -12,7 +12,7 @@ import pytest
 
 from ktrdr_collect.jobs import folders, retention
 from ktrdr_collect.jobs.folders import create_folder, job_ids, publish_folder, resolve
-from ktrdr_collect.jobs.launch import JobRequest, initial_state
+from ktrdr_collect.jobs.launch import JobRequest, write_job
 from ktrdr_collect.jobs.statefile import write_state
 
 DAY = 86400.0
@@ -24,10 +24,10 @@ REQ = JobRequest(symbols=["AAPL"], timeframe="1d", start=datetime(2024, 1, 1, tz
 def make_job(now: float, status: str = "completed") -> str:
     """A job created, and (unless `status` says otherwise) finished, under a clock reading `now`."""
     new = create_folder(now)
-    state = initial_state(new.job_id, REQ, created=now, seq=new.seq)
-    state["status"] = status
+    state = write_job(new.staging, new.job_id, REQ, created=now, seq=new.seq)
+    state.status = status  # set up as found on disk (not a transition)
     if status in ("completed", "failed", "cancelled"):
-        state["completed_at"] = state["updated_at"] = folders.iso(now + 60)
+        state.completed_at = state.updated_at = folders.iso(now + 60)
     write_state(new.staging, state)
     publish_folder(new)
     return new.job_id
@@ -46,7 +46,7 @@ def test_ids_follow_the_creation_sequence_whatever_the_clock_does(home: Path) ->
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     assert all(len(i) <= 16 and set(i) <= set("abcdefghijklmnopqrstuvwxyz0123456789-") for i in ids)
     assert resolve("last") == ids[-1]
-    seqs = [folders.read_state(home / "jobs" / i)["seq"] for i in ids]
+    seqs = [folders.read_state(home / "jobs" / i).seq for i in ids]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
 

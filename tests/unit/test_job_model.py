@@ -3,6 +3,7 @@ import pytest
 from ktrdr_collect.errors import InvalidJobStateError
 from ktrdr_collect.jobs import model
 from ktrdr_collect.jobs.folders import new_job_id, reader_view
+from ktrdr_collect.jobs.record import JobState
 
 
 def test_transitions() -> None:
@@ -50,11 +51,14 @@ def test_exit_codes() -> None:
 
 
 def test_reader_sees_interrupted_only_without_runner() -> None:
-    state = {"status": "running", "symbols_failed": 0, "current_symbols": ["A"], "eta_s": 3.0}
-    assert reader_view(state, alive=True)["status"] == "running"
+    state = JobState("j", "demo", "1d", "2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z", "2024-03-01T00:00:00Z",
+                     status="running", current_symbols=["A"], eta_s=3.0)
+    assert reader_view(state, alive=True).status == "running"
     dead = reader_view(state, alive=False)
-    assert dead["status"] == "interrupted" and dead["exit_code"] == 6 and dead["current_symbols"] == []
-    assert reader_view({**state, "status": "completed"}, alive=False)["status"] == "completed"
+    assert dead.status == "interrupted" and dead.exit_code == 6 and dead.current_symbols == []
+    assert state.status == "running"  # the view is a copy
+    state.status = "completed"
+    assert reader_view(state, alive=False).status == "completed"
 
 
 def test_job_ids_sort_by_creation_time() -> None:

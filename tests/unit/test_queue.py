@@ -26,10 +26,9 @@ def make_job(status: str = "running", queued: bool = False) -> str:
     folder.mkdir(mode=0o700)
     req = launch.JobRequest(symbols=["AAPL"], timeframe="1d", start=datetime(2024, 1, 1, tzinfo=UTC),
                             end=datetime(2024, 2, 1, tzinfo=UTC), provider="demo")
-    state = launch.initial_state(job_id, req)
-    state["status"] = status
+    state = launch.write_job(folder, job_id, req, queued=queued)
+    state.status = status  # set up as found on disk (not a transition)
     if queued:
-        state["queued"] = True
         queue.mark_queued(job_id)
     write_state(folder, state)
     return job_id
@@ -117,12 +116,12 @@ def test_a_queued_job_reads_pending_and_one_without_its_entry_interrupted(
     hold(make_job("running"), locks)  # reading a queued job recovers the queue: keep the slot taken
     a, b = make_job("pending", queued=True), make_job("pending", queued=True)
     st = load_status(b)
-    assert st["status"] == "pending" and st["queue_ahead"] == 1 and st["exit_code"] is None
+    assert st.status == "pending" and st.queue_ahead == 1 and st.exit_code is None
     queue.forget(a)
-    assert load_status(b)["queue_ahead"] == 0
+    assert load_status(b).queue_ahead == 0
     queue.forget(b)  # lost its entry: nothing would ever start it, so it shows as resumable
-    assert load_status(b)["status"] == "interrupted"
-    assert "queue_ahead" not in load_status(b)
+    assert load_status(b).status == "interrupted"
+    assert load_status(b).queue_ahead is None
 
 
 def test_dispatch_starts_the_oldest_for_the_free_slots(home: Path, locks: list[JobLock],
@@ -132,7 +131,7 @@ def test_dispatch_starts_the_oldest_for_the_free_slots(home: Path, locks: list[J
     queued = [make_job("pending", queued=True) for _ in range(3)]
     assert queue.dispatch() == [queued[0]] and spawned == [queued[0]]
     state = read_state(paths.job_dir(queued[0]))
-    assert "queued" not in state and state["status"] == "pending" and state["started_at"]
+    assert not state.queued and state.status == "pending" and state.started_at
     assert queue.queued_ids() == queued[1:]
     hold(queued[0], locks)  # its runner
     assert queue.dispatch() == []  # both slots taken
@@ -168,8 +167,8 @@ def test_cancel_of_a_queued_job(home: Path, spawned: list[str]) -> None:
     set_limit(1)
     job_id = make_job("pending", queued=True)
     st = actions.cancel(job_id)
-    assert st["status"] == "cancelled" and st["completed_at"]
-    assert "queued" not in read_state(paths.job_dir(job_id))
+    assert st.status == "cancelled" and st.completed_at
+    assert not read_state(paths.job_dir(job_id)).queued
     assert queue.queued_ids() == [] and spawned == []
 
 
@@ -182,8 +181,8 @@ def test_create_job_queues_beyond_the_limit(home: Path, locks: list[JobLock], sp
     hold(first, locks)  # its runner
     second = launch.create_job(req)
     assert spawned == [first] and queue.queued_ids() == [second]
-    assert read_state(paths.job_dir(second))["queued"] is True
-    assert load_status(second)["status"] == "pending"
+    assert read_state(paths.job_dir(second)).queued is True
+    assert load_status(second).status == "pending"
 
 
 def test_recover_never_fails_a_command(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,18 +23,21 @@ from ktrdr_collect.errors import StateFileError
 from ktrdr_collect.jobs import control, model, statefile
 from ktrdr_collect.jobs import runner as runner_mod
 from ktrdr_collect.jobs.folders import create_folder, publish_folder
-from ktrdr_collect.jobs.launch import JobRequest, initial_state
+from ktrdr_collect.jobs.launch import JobRequest, write_job
 from ktrdr_collect.jobs.lock import JobLock
-from ktrdr_collect.jobs.statefile import encode, encode_state, read_head, read_state, write_state
+from ktrdr_collect.jobs.record import CONTRACT_KEYS
+from ktrdr_collect.jobs.statefile import (
+    encode,
+    encode_state,
+    read_head,
+    read_head_raw,
+    read_raw,
+    read_state,
+    write_state,
+)
 
 N = 20_000
 TICK = runner_mod.MIN_WRITE_INTERVAL_S
-CONTRACT_KEYS = {
-    "schema", "id", "name", "status", "provider", "timeframe", "start", "end", "created_at",
-    "started_at", "updated_at", "completed_at", "symbols_total", "symbols_completed",
-    "symbols_failed", "percent", "candles", "requests", "current_symbols", "elapsed_s",
-    "rate_symbols_per_s", "rate_candles_per_s", "eta_s", "errors_count", "throttled", "symbols",
-}
 
 
 class Clock:
@@ -68,7 +71,7 @@ def make_job(n: int) -> str:
                      end=end, provider="demo", options={"latency_ms": 0}, public_options={"latency_ms": 0},
                      data_dir=paths.default_data_dir())
     new = create_folder()
-    write_state(new.staging, initial_state(new.job_id, req, seq=new.seq))
+    write_job(new.staging, new.job_id, req, seq=new.seq)
     publish_folder(new)
     return new.job_id
 
@@ -173,7 +176,7 @@ def test_only_the_symbols_that_changed_are_encoded_again(
     job.publish()
     assert len(encoded) <= done  # each finished symbol once (today: 20,000 per write)
     state = read_state(job.folder)
-    assert [e["status"] for e in state["symbols"][:done]] == ["completed"] * done
+    assert [e.status for e in state.symbols[:done]] == ["completed"] * done
 
 
 def test_the_file_holds_the_whole_snapshot_and_agrees_with_the_tracker(job: runner_mod.Runner) -> None:
@@ -186,14 +189,14 @@ def test_the_file_holds_the_whole_snapshot_and_agrees_with_the_tracker(job: runn
     job.tracker.symbol_finished("S000000", "failed", "boom")  # already completed: ignored
     job.publish()
     state = json.loads((job.folder / "state.json").read_bytes())
-    assert set(state) >= CONTRACT_KEYS and list(state)[-1] == "symbols"
+    assert set(state) >= set(CONTRACT_KEYS) and list(state)[-1] == "symbols"
     snap = job.tracker.snapshot()
     assert [e["symbol"] for e in state["symbols"]] == [f"S{i:06d}" for i in range(N)]
-    assert state["symbols"] == [runner_mod.symbol_entry(sp) for sp in snap.symbols]
+    assert state["symbols"] == [runner_mod.symbol_entry(sp, "1d").to_json() for sp in snap.symbols]
     assert state["symbols_total"] == N and state["symbols_completed"] == done == snap.completed
     assert state["percent"] == snap.percent and state["current_symbols"] == snap.current == ["S019999"]
     assert state["candles"] == snap.candles == 5 * done + 5
-    head = read_head(job.folder)
+    head = read_head_raw(job.folder)
     assert head == {k: v for k, v in state.items() if k != "symbols"}
 
 
@@ -206,7 +209,7 @@ def test_a_command_is_acknowledged_in_the_file_after_one_poll_whatever_the_pacin
     job.control_step()  # one poll of the control channel
     head = read_head(job.folder)  # what a sender reads: the head, not 3 MB
     assert control.find_ack(head, sent) == {"id": sent, "cmd": "pause", "result": "paused"}
-    assert head["status"] == model.PAUSED and len(writes.sizes) == 1
+    assert head.status == model.PAUSED and len(writes.sizes) == 1
     on_disk = json.loads((job.folder / "state.json").read_bytes())
     assert on_disk["status"] == model.PAUSED and len(on_disk["symbols"]) == N
 
@@ -217,16 +220,16 @@ def test_a_status_change_is_written_at_once_not_paced(job: runner_mod.Runner, mo
     assert not job.publish_if_due()
     job.apply("pause")  # as the control thread does, before it writes
     assert job.publish_if_due() and len(writes.sizes) == 1
-    assert read_head(job.folder)["status"] == model.PAUSED
+    assert read_head(job.folder).status == model.PAUSED
 
 
 def test_a_sender_reads_only_the_head(job: runner_mod.Runner, monkeypatch: pytest.MonkeyPatch) -> None:
     def whole_file(folder: Path) -> dict[str, Any]:
         raise AssertionError("read the whole state file")
 
-    monkeypatch.setattr(statefile, "read_state", whole_file)
+    monkeypatch.setattr(statefile, "read_raw", whole_file)
     head = read_head(job.folder)
-    assert head["status"] == model.RUNNING and head["symbols_total"] == N and "symbols" not in head
+    assert head.status == model.RUNNING and head.symbols_total == N and head.symbols == []
 
 
 # -- the file format ---------------------------------------------------------------------------
@@ -244,8 +247,8 @@ def test_encoded_state_reads_back_the_same(tmp_path: Path, n: int) -> None:
     write_state(tmp_path, state)
     raw = (tmp_path / "state.json").read_bytes()
     assert json.loads(raw) == state and raw.endswith(b"\n}\n")
-    assert read_state(tmp_path) == state
-    assert read_head(tmp_path) == {k: v for k, v in state.items() if k != "symbols"}
+    assert read_raw(tmp_path) == state
+    assert read_head_raw(tmp_path) == {k: v for k, v in state.items() if k != "symbols"}
 
 
 @pytest.mark.parametrize("layout", [
@@ -257,8 +260,8 @@ def test_encoded_state_reads_back_the_same(tmp_path: Path, n: int) -> None:
 def test_any_layout_gives_the_right_head(tmp_path: Path, layout: Any) -> None:
     state = sample()
     (tmp_path / "state.json").write_text(layout(state))
-    assert read_state(tmp_path) == state
-    head = read_head(tmp_path)
+    assert read_raw(tmp_path) == state
+    head = read_head_raw(tmp_path)
     head.pop("symbols", None)
     assert head == {k: v for k, v in state.items() if k != "symbols"}
 
@@ -267,7 +270,7 @@ def test_a_head_too_long_for_the_quick_read_is_read_whole(tmp_path: Path) -> Non
     state = sample()
     state["options"] = {"long": "x" * (statefile.HEAD_BYTES + 10)}
     write_state(tmp_path, state)
-    assert read_head(tmp_path) == state
+    assert read_head_raw(tmp_path) == state
 
 
 def test_a_corrupt_or_missing_state_is_an_error_for_the_quick_read_too(tmp_path: Path) -> None:
