@@ -291,6 +291,42 @@ def count_rows(path: Path) -> int:
     return max(0, lines - 1) if first.isalpha() else lines
 
 
+def summarize(path: Path) -> tuple[int | None, int | None, int, int]:
+    """``(first_ts, last_ts, rows, size)`` of a CSV in one pass over its bytes: the first and last
+    lines are parsed, the rest only counted (no full parse); a missing file is all empty."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed below; one open per file keeps listing fast)
+    except FileNotFoundError:
+        return None, None, 0, 0
+    with f:
+        head = f.read(_COUNT_CHUNK)
+        lines, tail = head.count(b"\n"), head
+        while chunk := f.read(_COUNT_CHUNK):
+            lines += chunk.count(b"\n")
+            tail = tail[-_TAIL_CHUNK:] + chunk
+        size = f.tell()
+    rows = max(0, lines - 1) if head[:1].isalpha() else lines
+    if rows == 0:
+        return None, None, 0, size
+    return first_data_ts(head), last_ts_of(last_complete_line(tail)), rows, size
+
+
+def first_data_ts(head: bytes) -> int | None:
+    for raw in head.split(b"\n")[:-1]:
+        line = raw.decode("utf-8", "replace")
+        if not is_header_or_blank(line):
+            return parse_row(line.rstrip("\r"))[0]
+    return None
+
+
+def last_complete_line(tail: bytes) -> str | None:
+    lines = tail[: tail.rfind(b"\n") + 1].split(b"\n")[:-1]
+    for raw in reversed(lines):
+        if raw.strip():
+            return raw.decode("utf-8", "replace")
+    return None
+
+
 def make_folder(path: Path, root: Path) -> None:
     """The data file's folder, below the data dir, never through a link."""
     files.make_dirs(path.parent, files.DATA_DIR_MODE, root=root)

@@ -443,6 +443,27 @@ def live_parts(folder: Path) -> list[Part]:
     return split_live(committed_parts(folder))[0]
 
 
+def summarize(folder: Path) -> tuple[int | None, int | None, int, int]:
+    """``(first_ts, last_ts, rows, size)`` of a dataset from part names and footers (no data read)."""
+    for attempt in range(10):
+        try:
+            parts = live_parts(folder)
+            rows = sum(pq.read_metadata(p.path).num_rows for p in parts)
+            size = sum(os.stat(p.path).st_size for p in parts)
+            break
+        except FileNotFoundError:  # a concurrent merge replaced a part we listed: list again
+            if attempt == 9:
+                raise
+    if not parts:
+        return None, None, 0, 0
+    return parts[0].first, max(p.last for p in parts), rows, size
+
+
+def raw_bars(folder: Path) -> list[Bar]:
+    """Every stored bar as the parts hold them, in part order (unsorted, duplicates kept)."""
+    return [bar for part in live_parts(folder) for bar in read_part(part.path)]
+
+
 def read_dataset(folder: Path, start: int | None, end: int | None) -> list[Bar]:
     bars: list[Bar] = []
     for part in live_parts(folder):
