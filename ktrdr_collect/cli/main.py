@@ -100,9 +100,18 @@ def root(
 
 
 def _register() -> None:
-    from ktrdr_collect.cli import cmd_config, cmd_control, cmd_history, cmd_jobs, cmd_providers, cmd_retry, cmd_start
+    from ktrdr_collect.cli import (
+        cmd_config,
+        cmd_control,
+        cmd_data,
+        cmd_history,
+        cmd_jobs,
+        cmd_providers,
+        cmd_retry,
+        cmd_start,
+    )
 
-    for module in (cmd_start, cmd_retry, cmd_jobs, cmd_history, cmd_control, cmd_providers, cmd_config):
+    for module in (cmd_start, cmd_retry, cmd_jobs, cmd_history, cmd_control, cmd_providers, cmd_config, cmd_data):
         module.register(app)
 
 
