@@ -117,6 +117,15 @@ class Settings:
         value = self.values.get("data_dir")
         return Path(value).expanduser() if value else paths.default_data_dir()
 
+    def data_dir_source(self, flag: Path | None = None) -> tuple[Path, str]:
+        """The effective data dir and where it comes from: ``flag (--data-dir)``, the environment,
+        the config file, or ``default (<home>/data)``."""
+        if flag is not None:
+            return Path(flag).expanduser(), "flag (--data-dir)"
+        if self.values.get("data_dir"):
+            return self.data_dir, self.sources["data_dir"]
+        return self.data_dir, "default (<home>/data)"
+
     def provider_options(self, name: str) -> dict[str, Any]:
         return dict(self.providers.get(name, {}))
 
@@ -242,6 +251,9 @@ def unset_value(key: str, path: Path | None = None) -> bool:
 def effective(key: str) -> tuple[Any, str]:
     """(value, source) for `config get`."""
     settings = load_settings()
+    if key == "data_dir":  # never "(unset)": the folder data goes to, and why
+        path, source = settings.data_dir_source()
+        return str(path), source
     if key in KEYS:
         return settings.values[key], settings.sources[key]
     if key.startswith("providers."):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import typer
@@ -31,6 +32,8 @@ def show(json_: bool = typer.Option(False, "--json", help="JSON output.")) -> in
     """Effective settings with where each comes from (default, config file, environment)."""
     settings = config.load_settings()
     rows = [{"key": k, "value": settings.values[k], "source": settings.sources[k]} for k in config.KEYS]
+    data_dir, source = settings.data_dir_source()  # the effective folder, never "(unset)"
+    rows[list(config.KEYS).index("data_dir")].update(value=str(data_dir), source=source)
     for name, table in sorted(settings.providers.items()):
         secret = secret_options(name)
         for option, value in sorted(table.items()):
@@ -49,9 +52,10 @@ def show(json_: bool = typer.Option(False, "--json", help="JSON output.")) -> in
 
 @config_app.command()
 def get(key: str = typer.Argument(..., help="A key, e.g. workers or providers.demo.latency_ms.")) -> int:
-    """Print one effective setting."""
-    value, _ = config.effective(key)
+    """Print one effective setting (where it comes from goes to stderr)."""
+    value, source = config.effective(key)
     print(show_value(value))
+    print(f"# from {source}", file=sys.stderr)
     return 0
 
 
