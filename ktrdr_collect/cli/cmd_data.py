@@ -241,8 +241,10 @@ def path_(symbol: str = typer.Argument(None, help="A symbol: print its file (def
 @data_app.command()
 def verify(symbols: list[str] = SYMBOLS_ARG, provider: str = PROVIDER_OPT, timeframe: str = TIMEFRAME_OPT,
            fmt: str = FORMAT_OPT, data_dir: Path = DATA_DIR_OPT, json_: bool = JSON_OPT) -> int:
-    """Read every stored bar and check it: order, duplicates, OHLC, sessions, holes, price-scale
-    breaks, coverage. Exit 0 when clean, 3 when something is found (one line per finding)."""
+    """Read every stored bar and check it; exit 3 when something is found.
+
+    Rules: order, duplicates, OHLC, sessions, holes, price-scale breaks, coverage; one line per
+    finding naming the series, timestamp and rule. Exit 0 when clean."""
     from ktrdr_collect.storage.verify import verify_series
 
     sc = scope(data_dir, provider, timeframe, fmt, symbols)
