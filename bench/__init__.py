@@ -16,4 +16,5 @@ BENCHMARKS = (
     "yahoo_exchanges",
     "eta_accuracy",
     "ib_pacing",
+    "redis_pacing",
 )
