@@ -1,0 +1,83 @@
+"""End to end: jobs on the same series cooperate through claims (storage/claims.py): two running
+jobs never fetch one range, and a killed job's claims die with it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from e2e_helpers import (
+    COLLECT,
+    LONG_WINDOW,
+    YEAR_WINDOW,
+    collect,
+    csv_bytes,
+    data_dir,
+    env_for,
+    extra_home,
+    job_diagnostics,
+    job_folders,
+    poll_until,
+    read_state,
+    runner_gone,
+    runner_pid,
+    start_detached,
+    status_json,
+    wait_for_requests,
+    wait_rc,
+)
+
+SYMBOLS = ["CA", "CB", "CC", "CD"]
+OPTS = [*LONG_WINDOW, "-o", "max_bars=250", "-w", "2"]
+
+
+def reference(tmp_path: Path, symbols: list[str], opts: list[str]) -> tuple[dict[str, bytes], int]:
+    """The files and request count of one job alone."""
+    with extra_home(tmp_path / "reference-home") as ref:
+        r = collect(ref, "start", *symbols, *opts, "-o", "latency_ms=0", "-q")
+        assert r.returncode == 0, (r.returncode, r.stderr, job_diagnostics(ref))
+        return csv_bytes(data_dir(ref)), status_json(ref, "last")["requests"]
+
+
+def start_together(home: Path, n: int, *args: str) -> list[str]:
+    """`collect start -d ARGS` n times at once; their job ids."""
+    procs = [subprocess.Popen([*COLLECT, "start", *args, "--detach"], env=env_for(home), stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    ids = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        ids.append(out.strip())
+    return ids
+
+
+def test_two_identical_jobs_started_together_fetch_each_range_once(home: Path, tmp_path: Path) -> None:
+    files, alone = reference(tmp_path, SYMBOLS, OPTS)
+    ids = start_together(home, 2, *SYMBOLS, *OPTS, "-o", "latency_ms=20")
+    for job_id in ids:
+        assert wait_rc(home, job_id, timeout=120) == 0, job_diagnostics(home)
+    total = sum(read_state(home, job_id)["requests"] for job_id in ids)
+    assert total <= 1.05 * alone, (total, alone)
+    assert csv_bytes(data_dir(home)) == files
+    assert not list(data_dir(home).glob(".ktrdr/*.claims/*.claim"))  # every claim released
+
+
+def test_a_job_waits_for_another_and_a_kill_frees_its_claims(home: Path, tmp_path: Path) -> None:
+    """B waits for the range A is fetching (stage `waiting`); A is killed with SIGKILL: its claim
+    dies with it, and B fetches the rest (not what A stored) and completes with the same file."""
+    opts = [*YEAR_WINDOW, "-o", "max_bars=250", "-w", "1"]
+    files, alone = reference(tmp_path, ["CW"], opts)
+    first = start_detached(home, "CW", *opts, "-o", "latency_ms=500")
+    wait_for_requests(home, first, at_least=2, timeout=30)  # A has stored a segment, fetches the next
+    second = start_detached(home, "CW", *opts, "-o", "latency_ms=0")
+    poll_until(lambda: read_state(home, second)["symbols"][0]["stage"] == "waiting", 30,
+               what="the second job to wait for the first")
+    pid = runner_pid(home, first)
+    os.kill(pid, signal.SIGKILL)
+    poll_until(lambda: runner_gone(home, first, pid), 10, what="the killed runner to be gone")
+    assert wait_rc(home, second, timeout=60) == 0, job_diagnostics(home)
+    assert read_state(home, second)["requests"] < alone  # what A stored was not fetched again
+    assert csv_bytes(data_dir(home)) == files
+    assert {p.name for p in job_folders(home)} == {first, second}
