@@ -39,7 +39,8 @@ SOCKET_TIMEOUT_S = 5.0
 
 # KEYS[1]: the budget's sorted set (member: a booking's id, score: its start time, Redis clock);
 # KEYS[2]: its epoch, a random value set by the first call that finds none: a new one means the log
-#          was lost (Redis restarted without persistence, flushed, failed over).
+#          was lost (Redis restarted without persistence, flushed, failed over). Both expire one
+#          window after the last booking, when no host has anything left to put back.
 # ARGV: op, member, value (correct, put: a time, Redis clock), spacing, horizon, margin,
 #       tolerance, then count, span for each window.
 # Returns {slot, now, epoch}; numbers as strings (a Lua number would be cut to an integer).
@@ -50,7 +51,7 @@ local value, spacing, horizon = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(A
 local margin, tolerance = tonumber(ARGV[6]), tonumber(ARGV[7])
 local windows = {}
 for i = 8, #ARGV, 2 do windows[#windows + 1] = {tonumber(ARGV[i]), tonumber(ARGV[i + 1])} end
-redis.call('SET', KEYS[2], member, 'NX')
+redis.call('SET', KEYS[2], member, 'NX', 'PX', math.ceil((horizon + spacing + tolerance) * 1000))
 local epoch = redis.call('GET', KEYS[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -81,7 +82,9 @@ end
 
 local function keep(slot)
   redis.call('ZADD', key, fmt(slot), member)
-  redis.call('PEXPIRE', key, math.ceil((slot - now + horizon + spacing + tolerance) * 1000))
+  local ttl = math.ceil((math.max(slot, now) - now + horizon + spacing + tolerance) * 1000)
+  if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+  if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
 
 local slot = 0
@@ -253,7 +256,7 @@ class RedisPacer:
             self._epoch = epoch
             sent = [(m, s) for m, s in self._sent.items() if s > now - self.horizon]
             self._sent = dict(sent)
-        if lost:
+        if lost and sent:
             log.warning("pacing: the Redis log %s was lost (restart or flush); putting back this host's %d "
                         "recent requests", self.key, len(sent))
             for m, s in sent:

@@ -259,3 +259,14 @@ def test_ci_installs_redis_server_when_missing() -> None:
     assert script.index("if ! command -v redis-server") < install < script.index(".venv/bin/pytest -q")
     assert "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/pytest -q" in script
     assert subprocess.run(["bash", "-n", str(REPO / ".ci" / "run")]).returncode == 0
+
+
+def test_every_key_expires_after_its_window(redis_url: str) -> None:
+    pacer = RedisPacer(redis_url, "t:ttl", [(2, 30.0)])
+    for _ in range(3):
+        pacer.delay(no_sleep)  # the third books 30.6 s ahead
+    client = redis_client(redis_url)
+    horizon_ms = 30.0 * (1 + MARGIN) * 1000
+    for key in ("t:ttl", "t:ttl:epoch"):
+        ttl = client.pttl(key)
+        assert horizon_ms + 25_000 < ttl <= 2 * horizon_ms + 2_000, (key, ttl)
