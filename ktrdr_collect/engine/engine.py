@@ -17,7 +17,8 @@ from ktrdr_collect.engine.pipeline import BatchContext, RetryPolicy, Store, Symb
 from ktrdr_collect.engine.progress import FINISHED, ProcessingProgress, ProgressTracker
 from ktrdr_collect.inputs import parse_datetime
 from ktrdr_collect.providers.base import Provider
-from ktrdr_collect.providers.pacing import SharedPacer, pacer_for, same_pacing
+from ktrdr_collect.providers.pacing import Pacer, Sharing, pacer_for, same_pacing
+from ktrdr_collect.providers.redis_pacing import credential_of
 from ktrdr_collect.storage.claims import ClaimBook
 
 log = logging.getLogger("ktrdr_collect.engine")
@@ -75,9 +76,10 @@ class ProcessingEngine:
         workers: int = 4,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
-        pacer: SharedPacer | None = None,
+        pacer: Pacer | None = None,
         now: Callable[[], float] = time.time,
         owner: str | None = None,
+        sharing: Sharing | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -91,15 +93,19 @@ class ProcessingEngine:
         self.claims = ClaimBook(owner)
         """Ranges this engine fetches are claimed under `owner` (a job id; default: the pid), so
         that other jobs wait for them instead of fetching them too (storage/claims.py)."""
+        self.sharing = sharing
+        """Where pacing budgets live: Redis, shared by every host, or this machine's files (None:
+        config `pacing_url`; see providers/redis_pacing.py)."""
         self.pacer = pacer if pacer is not None else pacer_for(provider.name, provider.rate_limit,
-                                                               provider.rate_windows)
+                                                               provider.rate_windows, sharing=sharing,
+                                                               credential=credential_of(provider))
         """The provider's default pacer (`rate_limit`, `rate_windows`). A job's requests go through
         `pacer_of(timeframe)`: this one, unless the provider paces that timeframe otherwise."""
         self._injected_pacer = pacer
-        self._pacers: dict[str, SharedPacer | None] = {}
+        self._pacers: dict[str, Pacer | None] = {}
         self._pacers_lock = threading.Lock()
 
-    def pacer_of(self, timeframe: str) -> SharedPacer | None:
+    def pacer_of(self, timeframe: str) -> Pacer | None:
         """The machine-wide pacer for this timeframe's requests: the injected one, else the one of
         `provider.pacing_for(timeframe)`, built once per timeframe."""
         if self._injected_pacer is not None:
@@ -109,12 +115,13 @@ class ProcessingEngine:
                 self._pacers[timeframe] = self._build_pacer(timeframe)
             return self._pacers[timeframe]
 
-    def _build_pacer(self, timeframe: str) -> SharedPacer | None:
+    def _build_pacer(self, timeframe: str) -> Pacer | None:
         default = (self.provider.rate_limit, self.provider.rate_windows)
         rate, windows = self.provider.pacing_for(timeframe)
         if same_pacing((rate, windows), default):
             return self.pacer
-        return pacer_for(self.provider.name, rate, windows, default=default)
+        return pacer_for(self.provider.name, rate, windows, default=default, sharing=self.sharing,
+                         credential=credential_of(self.provider))
 
     def rate_limit_for(self, timeframe: str | None = None) -> float | None:
         """Sustained requests per second the pacer allows (the ETA's cap): for `timeframe`, or

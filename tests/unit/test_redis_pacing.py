@@ -270,3 +270,26 @@ def test_every_key_expires_after_its_window(redis_url: str) -> None:
     for key in ("t:ttl", "t:ttl:epoch"):
         ttl = client.pttl(key)
         assert horizon_ms + 25_000 < ttl <= 2 * horizon_ms + 2_000, (key, ttl)
+
+
+def test_the_engine_keys_its_budget_by_a_hash_of_the_credential(home: Path) -> None:
+    from ktrdr_collect.engine.engine import ProcessingEngine
+    from ktrdr_collect.providers.base import OptionSpec
+    from ktrdr_collect.providers.demo import DemoProvider
+    from ktrdr_collect.storage.csv_store import CsvStore
+
+    class KeyedDemo(DemoProvider):
+        name = "keyed"
+        option_specs = (*DemoProvider.option_specs, OptionSpec("api_key", str, "", "account key", secret=True))
+
+    url = "redis://127.0.0.1:1/0"
+    engine = ProcessingEngine(KeyedDemo({"rate_limit": 5, "api_key": "k-123"}), CsvStore(home / "data"),
+                              sharing=Sharing(url))
+    pacer = engine.pacer_of("1d")
+    assert isinstance(pacer, RedisPacer)
+    assert pacer.key == budget_key("keyed", credential_id("keyed", {"api_key": "k-123"})) and "k-123" not in pacer.key
+    other = ProcessingEngine(KeyedDemo({"rate_limit": 5, "api_key": "k-456"}), CsvStore(home / "data"),
+                             sharing=Sharing(url))
+    assert other.pacer.key != pacer.key  # type: ignore[union-attr]
+    files = ProcessingEngine(KeyedDemo({"rate_limit": 5}), CsvStore(home / "data"), sharing=Sharing())
+    assert isinstance(files.pacer, SharedPacer)  # without a URL: this machine's file, as before
