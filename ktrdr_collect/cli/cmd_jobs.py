@@ -35,6 +35,9 @@ def status_text(st: JobState) -> str:
         f"  created    {fmt.when_utc(st.created_at)} · started {fmt.when(st.started_at)} · "
         f"ended {fmt.when(st.completed_at)}",
     ]
+    if st.health is not None:
+        reasons = "; ".join(st.health["reasons"])
+        lines.append(f"  health     {st.health['word']}" + (f" ({reasons})" if reasons else ""))
     if st.retry_of:
         lines.append(f"  retry of   {st.retry_of}")
     if st.error:
@@ -89,7 +92,7 @@ def show(
     print()
     print_table(
         ["SYMBOL", "STATUS", "STAGE", "SEGMENTS", "CANDLES", "REQUESTS", "ERROR"],
-        [[e.symbol, e.label, e.stage, f"{e.segments_done}/{e.segments_total}", fmt.count(e.candles),
+        [[e.symbol, e.label, e.stage_label, f"{e.segments_done}/{e.segments_total}", fmt.count(e.candles),
           str(e.requests), clean(e.error or "")] for e in st.symbols],
         right=("SEGMENTS", "CANDLES", "REQUESTS"),
     )

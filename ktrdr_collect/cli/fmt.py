@@ -74,10 +74,16 @@ def symbols_line(status: JobState) -> str:
 def progress_line(status: JobState) -> str:
     """One plain line: what cron logs and pipes get."""
     return (
-        f"{status.id} {status.status} {status.percent:.1f}% · {symbols_line(status)} · "
+        f"{status.id} {status_word(status)} {status.percent:.1f}% · {symbols_line(status)} · "
         f"{plural(status.candles, 'candle')} · {plural(status.requests, 'request')} · "
         f"elapsed {duration(status.elapsed_s)} · eta {eta(status)}"
     )
+
+
+def status_word(status: JobState) -> str:
+    """The status, with the health when it is not `healthy` (`running, degraded`)."""
+    word = status.health["word"] if status.health else "healthy"
+    return status.status if word == "healthy" else f"{status.status}, {word}"
 
 
 def eta(status: JobState) -> str:

@@ -111,6 +111,9 @@ class RichRenderer:
 
     def overall_info(self, st: JobState) -> str:
         state = "" if st.status == "running" else f"[yellow]{st.status}[/] · "
+        word = st.health["word"] if st.health else "healthy"
+        if word != "healthy":
+            state += f"[{'red' if word == 'struggling' else 'yellow'}]{word}[/] · "
         trouble = "".join(f" · [yellow]{text}[/]" for n, text in (
             (st.errors_count, fmt.plural(st.errors_count, "error")),
             (st.throttled, f"{fmt.count(st.throttled)} throttled"),
@@ -125,7 +128,7 @@ class RichRenderer:
         segment = ""
         if e.segments_total:
             segment = f" · segment {min(e.segments_done + 1, e.segments_total)}/{e.segments_total}"
-        return f"{e.stage}{segment} · {fmt.plural(e.candles, 'candle')}"
+        return f"{e.stage_label}{segment} · {fmt.plural(e.candles, 'candle')}"
 
     def update(self, st: JobState, overall: TaskID, seen: set[str]) -> None:
         p = self.progress

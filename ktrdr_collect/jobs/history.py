@@ -16,7 +16,7 @@ import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ktrdr_collect import paths
 from ktrdr_collect.errors import StateFileError
@@ -238,7 +238,7 @@ class History:
         sql = f"SELECT summary FROM jobs WHERE {' AND '.join(where)} ORDER BY id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        finished = (JobState.from_json(json.loads(r[0])) for r in self.conn.execute(sql, args))
+        finished = (_from_summary(json.loads(r[0])) for r in self.conn.execute(sql, args))
         live = sorted((s for s in self.live if _live_matches(s, statuses, symbol, provider, since, until, search)),
                       key=_newest_first)
         merged = heapq.merge(finished, live, key=_newest_first)  # ids follow the creation sequence
@@ -273,6 +273,14 @@ class History:
 def _like_literal(text: str) -> str:
     """`text` as a LIKE pattern matching only itself: % and _ are literal, as in a substring search."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _from_summary(data: dict[str, Any]) -> JobState:
+    """A finished job as the index keeps it (its health as it ended)."""
+    job = JobState.from_json(data)
+    if "health" in data:
+        job.health = {"word": data["health"], "reasons": list(data.get("health_reasons") or [])}
+    return job
 
 
 def _live_matches(s: JobState, statuses: list[str] | None, symbol: str | None, provider: str | None,

@@ -14,6 +14,7 @@ fields itself (`JobSpec.from_state`), and keys this version does not know are ke
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,11 @@ CONTRACT_KEYS = (
 )
 """CONTRACT.md, "Status snapshot"."""
 PUBLIC_ADDITIONS = ("error", "exit_code", "retry_of", "queue_ahead", "health", "health_reasons")
-"""Documented in docs/cli.md ("Status additions"): why a job stopped, its exit code, the job it
+"""Documented in docs/jobs.md ("Status additions"): why a job stopped, its exit code, the job it
 retries, its place in the queue, and its health (jobs.health)."""
 SYMBOL_KEYS = ("symbol", "timeframe", "status", "stage", "segments_done", "segments_total", "candles", "error")
-SYMBOL_ADDITIONS = ("requests",)
+SYMBOL_ADDITIONS = ("requests", "waiting_for")
+"""`waiting_for` only while the series waits for another job's claimed range."""
 
 SYMBOL_PENDING, SYMBOL_RUNNING, SYMBOL_CANCELLED = "pending", "running", "cancelled"
 SYMBOL_COMPLETED, SYMBOL_FAILED = "completed", "failed"
@@ -121,6 +123,12 @@ class SymbolEntry:
     requests: int = 0
     error: str | None = None
     timeframe: str | None = None
+    waiting_for: str | None = None
+    """While `stage` is `waiting`: the job whose claimed range this series waits for."""
+
+    @property
+    def stage_label(self) -> str:
+        return f"waiting for {self.waiting_for}" if self.stage == "waiting" and self.waiting_for else self.stage
 
     @property
     def finished(self) -> bool:
@@ -133,9 +141,12 @@ class SymbolEntry:
         return "not started" if self.status == SYMBOL_CANCELLED and untouched else self.status
 
     def to_json(self) -> dict[str, Any]:
-        return {"symbol": self.symbol, "timeframe": self.timeframe, "status": self.status, "stage": self.stage,
-                "segments_done": self.segments_done, "segments_total": self.segments_total,
-                "candles": self.candles, "requests": self.requests, "error": self.error}
+        out = {"symbol": self.symbol, "timeframe": self.timeframe, "status": self.status, "stage": self.stage,
+               "segments_done": self.segments_done, "segments_total": self.segments_total,
+               "candles": self.candles, "requests": self.requests, "error": self.error}
+        if self.waiting_for is not None:
+            out["waiting_for"] = self.waiting_for
+        return out
 
     def public(self) -> dict[str, Any]:
         out = self.to_json()
@@ -147,7 +158,7 @@ class SymbolEntry:
     def from_json(cls, e: dict[str, Any], timeframe: str | None = None) -> SymbolEntry:
         return cls(str(e["symbol"]), str(e.get("status") or SYMBOL_PENDING), str(e.get("stage") or "validating"),
                    int(e.get("segments_done") or 0), int(e.get("segments_total") or 0), int(e.get("candles") or 0),
-                   int(e.get("requests") or 0), e.get("error"), e.get("timeframe") or timeframe)
+                   int(e.get("requests") or 0), e.get("error"), e.get("timeframe") or timeframe, e.get("waiting_for"))
 
 
 # -- the state -------------------------------------------------------------------------------
@@ -188,6 +199,8 @@ class JobState:
     error: str | None = None
     retry_of: str | None = None
     # bookkeeping (never public)
+    progress_at: str | None = None
+    """When a series last moved (the runner's wall clock): what `health` reads a stall from."""
     synthetic: bool = False
     """The provider makes its data up (demo): every view says so."""
     seq: int | None = None
@@ -294,6 +307,9 @@ class JobState:
             out.status = model.INTERRUPTED
             out.current_symbols = []
             out.eta_s = None
+        from ktrdr_collect.jobs.health import assess
+
+        out.health = assess(out, time.time())
         return out
 
     # -- the state machine --

@@ -72,7 +72,7 @@ def symbol_entry(sp: SymbolProgress, timeframe: str, cut_short: bool = False) ->
     """A symbol's entry in state.json; `cut_short`: a symbol cancelled by a stop starts again."""
     status = "pending" if cut_short and sp.status == "cancelled" else sp.status
     return SymbolEntry(sp.symbol, status, sp.stage, sp.segments_done, sp.segments_total, sp.candles, sp.requests,
-                       sp.error, timeframe)
+                       sp.error, timeframe, sp.waiting_for)
 
 
 def apply_summary(state: JobState, snap: Summary | BatchSnapshot) -> None:
@@ -207,6 +207,8 @@ class Runner:
             everything = self._lines is None or self._cut_short
             summary, changed = self.tracker.drain(everything)
             apply_summary(state, summary)
+            if changed:
+                state.progress_at = iso_now()
             if everything or self._lines is None:
                 self._lines = [encode_entry(symbol_entry(sp, timeframe, self._cut_short).to_json())
                                for sp in changed]
@@ -326,7 +328,7 @@ class Runner:
         try:
             store = open_store(spec.format, Path(spec.data_dir))
             retry = RetryPolicy(max_throttle_wait_s=float(settings.values["max_rate_limit_wait"]))
-            engine = ProcessingEngine(provider, store, workers=spec.workers, retry=retry)
+            engine = ProcessingEngine(provider, store, workers=spec.workers, retry=retry, owner=self.job_id)
             stored = self.journal.candles(
                 lambda symbol, ranges: store.count(spec.provider, spec.timeframe, symbol, ranges))
             symbols = tracker_symbols(state.symbols, stored)
