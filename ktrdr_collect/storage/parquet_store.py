@@ -414,6 +414,10 @@ class ParquetStore:
         kept = series.outside(old, start, end)
         if hit:
             commit_parts(path, merge_bars([kept], []), hit)
+        if start is None and end is None:  # the whole series: the empty dataset folder goes too
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+                files.fsync_dir(path.parent)
         return len(old) - len(kept)
 
     def _open_dataset(self, path: Path) -> None:
