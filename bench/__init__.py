@@ -12,6 +12,7 @@ BENCHMARKS = (
     "history_scale",
     "startup",
     "shared_pacing",
+    "cooperation",
     "yahoo_requests",
     "yahoo_exchanges",
     "eta_accuracy",
