@@ -308,7 +308,10 @@ def summarize(path: Path) -> tuple[int | None, int | None, int, int]:
     rows = max(0, lines - 1) if head[:1].isalpha() else lines
     if rows == 0:
         return None, None, 0, size
-    return first_data_ts(head), last_ts_of(last_complete_line(tail)), rows, size
+    first = first_data_ts(head)
+    if first is None:  # the first line is longer than a chunk: read it as a line
+        first = first_ts_of(path)
+    return first, last_ts_of(last_complete_line(tail)), rows, size
 
 
 def first_data_ts(head: bytes) -> int | None:

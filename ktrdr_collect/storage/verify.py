@@ -121,11 +121,16 @@ def stored_splits(path: Path) -> list[tuple[int, float]]:
 
 
 def order_findings(key: SeriesKey, bars: Sequence[Bar]) -> Iterator[Finding]:
-    for prev, bar in zip(bars, bars[1:], strict=False):
-        if bar[0] == prev[0]:
-            yield Finding(key, bar[0], "duplicate", "timestamp stored twice")
-        elif bar[0] < prev[0]:
-            yield Finding(key, bar[0], "order", f"comes after {format_ts(prev[0])}")
+    seen: set[int] = set()
+    previous: int | None = None
+    for bar in bars:
+        ts = bar[0]
+        if ts in seen:
+            yield Finding(key, ts, "duplicate", "timestamp stored twice")
+        elif previous is not None and ts < previous:
+            yield Finding(key, ts, "order", f"comes after {format_ts(previous)}")
+        seen.add(ts)
+        previous = ts
 
 
 def ohlc_problem(bar: Bar) -> str | None:
