@@ -11,8 +11,8 @@ waits until the claim is released, then reads coverage again and fetches only wh
   A claim file whose flock anyone can take is dead; whoever sees one removes it.
 - Claims are examined and taken under the folder's ``lock`` (a short flock, never held across a
   provider request or a store write; it is not the store's write lock).
-- A claim is made under a hidden temp name, flocked, written, then renamed into place: nobody
-  ever sees a claim file that is not yet held.
+- A claim file is created, flocked and written under that lock too, and claims are only ever
+  judged under it: nobody sees a claim file that is not yet held.
 - Readers look at the claims first and at coverage second, and an owner records coverage before
   it releases: a reader sees either the claim or the stored range, never neither.
 """
@@ -125,6 +125,8 @@ class SeriesClaims:
         self.owner = owner[:MAX_OWNER_CHARS]
         self._held: dict[Path, _Held] = {}
         self._mutex = threading.Lock()
+        self._lock_fd: int | None = None
+        """The folder's lock file, kept open while the holder uses it (one holder, one thread)."""
 
     @property
     def held(self) -> list[Interval]:
@@ -134,13 +136,14 @@ class SeriesClaims:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """The folder's lock: hold it to look at claims and take some (briefly)."""
-        files.make_dirs(self.folder, files.DATA_DIR_MODE, root=self.root)
-        fd = files.open_nofollow(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, files.DATA_FILE_MODE)
+        if self._lock_fd is None:
+            files.make_dirs(self.folder, files.DATA_DIR_MODE, root=self.root)
+            self._lock_fd = files.open_nofollow(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, files.DATA_FILE_MODE)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)  # closing drops the flock
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def others(self) -> list[Claim]:
         """Live claims of other holders, ascending; dead ones (their process gone) are removed.
@@ -151,9 +154,6 @@ class SeriesClaims:
         for entry in os.scandir(self.folder):
             path = Path(entry.path)
             if path in mine:
-                continue
-            if files.is_temp_name(entry.name):  # a claim its maker died making (makers hold the lock)
-                self._remove_if_dead(path)
                 continue
             match = CLAIM_RE.match(entry.name)
             if match is None:
@@ -186,17 +186,14 @@ class SeriesClaims:
             self._take_one(start, end)
 
     def _take_one(self, start: int, end: int) -> None:
-        token = secrets.token_hex(6)
-        tmp = self.folder / f".{token}{files.TMP_SUFFIX}"
-        fd = files.open_nofollow(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, files.DATA_FILE_MODE)
+        path = self.folder / f"{start}_{end}.{secrets.token_hex(6)}.claim"
+        fd = files.open_nofollow(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, files.DATA_FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             doc = {"owner": self.owner, "pid": os.getpid(), "range": [start, end]}
             files.write_all(fd, (json.dumps(doc) + "\n").encode())
-            path = self.folder / f"{start}_{end}.{token}.claim"
-            os.rename(tmp, path)
         except BaseException:
-            files.remove_quietly(tmp)
+            files.remove_quietly(path)
             os.close(fd)
             raise
         with self._mutex:
@@ -212,11 +209,15 @@ class SeriesClaims:
             _drop(h)
 
     def release_all(self) -> None:
+        """Release every claim held, and close the folder's lock file (reopened if used again)."""
         with self._mutex:
             done = list(self._held.values())
             self._held.clear()
         for h in done:
             _drop(h)
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            os.close(fd)
 
 
 def _drop(held: _Held) -> None:
