@@ -10,6 +10,7 @@ BENCHMARKS = (
     "huge_job",
     "many_jobs",
     "history_scale",
+    "data_list",
     "startup",
     "shared_pacing",
     "cooperation",
