@@ -4,14 +4,17 @@ jobs never fetch one range, and a killed job's claims die with it."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from e2e_helpers import (
     COLLECT,
     LONG_WINDOW,
     YEAR_WINDOW,
+    check_csv,
     collect,
     csv_bytes,
     data_dir,
@@ -81,3 +84,43 @@ def test_a_job_waits_for_another_and_a_kill_frees_its_claims(home: Path, tmp_pat
     assert read_state(home, second)["requests"] < alone  # what A stored was not fetched again
     assert csv_bytes(data_dir(home)) == files
     assert {p.name for p in job_folders(home)} == {first, second}
+
+
+def requests_or_done(home: Path, ids: list[str], after: int) -> bool:
+    states = [read_state(home, j) for j in ids]
+    return sum(s["requests"] for s in states) > after or all(s["status"] != "running" for s in states)
+
+
+def kill(home: Path, job_id: str) -> None:
+    pid = runner_pid(home, job_id)
+    os.kill(pid, signal.SIGKILL)
+    poll_until(lambda: runner_gone(home, job_id, pid), 10, what="the killed runner to be gone")
+
+
+def test_kill9_among_cooperating_jobs_then_resume_gives_identical_files(home: Path, tmp_path: Path) -> None:
+    """Two identical jobs; each in turn is killed with SIGKILL at a random moment (its claims die
+    with it) and resumed: the files are those of one uninterrupted job."""
+    rng = random.Random(20261130)
+    files, alone = reference(tmp_path, SYMBOLS, OPTS)
+    ids = start_together(home, 2, *SYMBOLS, *OPTS, "-o", "latency_ms=60")
+    kills = 0
+    for victim in ids * 2:
+        total = sum(read_state(home, j)["requests"] for j in ids)
+        poll_until(lambda: requests_or_done(home, ids, total), 30, what="more requests")  # noqa: B023
+        time.sleep(rng.uniform(0.0, 0.2))  # a random moment, not synchronisation
+        if read_state(home, victim)["status"] != "running":
+            continue
+        kill(home, victim)
+        kills += 1
+        if status_json(home, victim)["status"] == "interrupted":
+            r = collect(home, "resume", victim)
+            assert r.returncode == 0, r.stderr
+    assert kills >= 2, "the jobs finished before they could be killed"
+    for job_id in ids:
+        assert wait_rc(home, job_id, timeout=120) == 0, job_diagnostics(home)
+    got = csv_bytes(data_dir(home))
+    assert got == files
+    for name in got:
+        check_csv(data_dir(home) / name)
+    total = sum(read_state(home, j)["requests"] for j in ids)
+    assert total <= alone + 2 * kills, (total, alone, kills)  # at most the requests in flight at each kill
