@@ -71,6 +71,22 @@ def _names(value: Any) -> str:
     return ",".join(names)
 
 
+def _executor(value: Any) -> str:
+    from urllib.parse import urlsplit
+
+    text = _text(value)
+    if text == "threads":
+        return text
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "dask" or not parts.hostname or port is None:
+        raise ValueError("must be threads or dask://HOST:PORT (a Dask scheduler)")
+    return text
+
+
 @dataclass(frozen=True)
 class Key:
     name: str
@@ -96,6 +112,8 @@ KEYS: dict[str, Key] = {k.name: k for k in (
         "redis://HOST:PORT/DB: pace requests in Redis, shared by every host (default: this machine only)"),
     Key("pacing_per_host", "", _names,
         "comma list of providers that limit per IP: with pacing_url, each host gets its own budget"),
+    Key("executor", "threads", _executor,
+        "threads (this machine) or dask://HOST:PORT: run each series as a task on a Dask cluster"),
 )}
 
 
