@@ -153,6 +153,15 @@ def info_json(info: SeriesInfo) -> dict[str, Any]:
     }
 
 
+def print_json_array(items: Iterable[dict[str, Any]]) -> None:
+    """A JSON array, one item a line, written as the items come (the C encoder: fast at 10,000)."""
+    out = sys.stdout
+    out.write("[")
+    for n, item in enumerate(items):
+        out.write(("," if n else "") + "\n" + json.dumps(item))
+    out.write("\n]\n")
+
+
 def info_row(info: SeriesInfo) -> list[str]:
     tf = info.key.timeframe
     holes = "?" if info.holes is None else f"{info.holes:,}"
@@ -198,7 +207,7 @@ def list_(symbols: list[str] = SYMBOLS_ARG, provider: str = PROVIDER_OPT, timefr
     try:
         infos = list_series(sc.root, sc.keys_or_error(), sc.calendar_for)
         if json_:
-            print(json.dumps([info_json(i) for i in infos], indent=1))
+            print_json_array(info_json(i) for i in infos)
             return 0
         count = print_groups(infos)
     finally:

@@ -255,7 +255,7 @@ class CsvStore:
 # --- the file operations the store uses ---------------------------------------------------------
 
 
-def first_ts_of(path: Path) -> int | None:
+def first_ts_of(path: Path | str) -> int | None:
     try:
         with open(path, encoding="utf-8", newline="") as f:
             for line in f:
@@ -291,15 +291,15 @@ def count_rows(path: Path) -> int:
     return max(0, lines - 1) if first.isalpha() else lines
 
 
-def summarize(path: Path) -> tuple[int | None, int | None, int, int]:
+def summarize(path: Path | str) -> tuple[int | None, int | None, int, int]:
     """``(first_ts, last_ts, rows, size)`` of a CSV in one pass over its bytes: the first and last
     lines are parsed, the rest only counted (no full parse); a missing file is all empty."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 (closed below; one open per file keeps listing fast)
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below; one open per file keeps listing fast)
     except FileNotFoundError:
         return None, None, 0, 0
     with f:
-        head = f.read(_COUNT_CHUNK)
+        head = f.read(_COUNT_CHUNK) or b""
         lines, tail = head.count(b"\n"), head
         while chunk := f.read(_COUNT_CHUNK):
             lines += chunk.count(b"\n")
@@ -315,18 +315,24 @@ def summarize(path: Path) -> tuple[int | None, int | None, int, int]:
 
 
 def first_data_ts(head: bytes) -> int | None:
-    for raw in head.split(b"\n")[:-1]:
-        line = raw.decode("utf-8", "replace")
+    """The first bar's time from the start of a file (None if its line is not all in ``head``)."""
+    start = 0
+    while (end := head.find(b"\n", start)) >= 0:
+        line = head[start:end].decode("utf-8", "replace")
         if not is_header_or_blank(line):
             return parse_row(line.rstrip("\r"))[0]
+        start = end + 1
     return None
 
 
 def last_complete_line(tail: bytes) -> str | None:
-    lines = tail[: tail.rfind(b"\n") + 1].split(b"\n")[:-1]
-    for raw in reversed(lines):
-        if raw.strip():
-            return raw.decode("utf-8", "replace")
+    """The last complete non-blank line of the end of a file."""
+    end = tail.rfind(b"\n")
+    while end > 0:
+        start = tail.rfind(b"\n", 0, end) + 1
+        if tail[start:end].strip():
+            return tail[start:end].decode("utf-8", "replace")
+        end = start - 1
     return None
 
 

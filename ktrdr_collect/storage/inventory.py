@@ -10,11 +10,14 @@ the provider); storage knows no provider.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ktrdr_collect import files
 from ktrdr_collect.storage import series
 from ktrdr_collect.storage.calendar import Calendar
 from ktrdr_collect.storage.gaps import Interval
@@ -35,6 +38,11 @@ class SeriesKey:
     timeframe: str
     symbol: str
     format: str
+    stem: str = field(default="", compare=False, repr=False)
+    """The file name without suffix (file_stem(symbol)), when the listing already knows it."""
+
+    def file_stem(self) -> str:
+        return self.stem or file_stem(self.symbol)
 
     def sort_key(self) -> tuple[str, int, str, str]:
         return self.provider, timeframe_seconds(self.timeframe), self.symbol, self.format
@@ -137,25 +145,33 @@ def find_series(root: Path, symbols: Iterable[str] = (), provider: str | None = 
             for (stem, form), has_data in series_in(root / prov / tf).items():
                 if (wanted and stem not in wanted) or (fmt is not None and form != fmt):
                     continue
-                key = SeriesKey(prov, tf, symbol_of_stem(stem), form)
-                if has_data or series.read_coverage_file(coverage_path(root, key)):
+                key = SeriesKey(prov, tf, symbol_of_stem(stem), form, stem)
+                if has_data or series.read_coverage_file(paths_of(root, key)[1]):
                     keys.append(key)
     keys.sort(key=SeriesKey.sort_key)
     return keys
 
 
-def summarize(root: Path, key: SeriesKey) -> tuple[int | None, int | None, int, int]:
+def paths_of(root: Path, key: SeriesKey) -> tuple[str, str]:
+    """``(data, record)`` paths as strings (cheaper than Path objects, thousands at a time)."""
+    folder = f"{root}/{key.provider}/{key.timeframe}"
+    stem = key.file_stem()
+    return (f"{folder}/{stem}{FORMATS[key.format]}",
+            f"{folder}/{series.META_DIR}/{stem}{TAGS[key.format]}{series.COVERAGE_SUFFIX}")
+
+
+def summarize(root: Path, key: SeriesKey, path: str | None = None) -> tuple[int | None, int | None, int, int]:
     """``(first, last, rows, size)`` without a full read."""
-    path = data_path(root, key)
+    path = path or paths_of(root, key)[0]
     if key.format == "csv":
         from ktrdr_collect.storage.csv_store import summarize as csv_summary
 
         return csv_summary(path)
     try:
         from ktrdr_collect.storage.parquet_store import summarize as parquet_summary
-    except ImportError:  # pyarrow missing: what the part names say, rows unknown (0)
+    except ImportError:  # pyarrow missing: rows unknown (0)
         return None, None, 0, 0
-    return parquet_summary(path)
+    return parquet_summary(Path(path))
 
 
 class HoleCounter:
@@ -177,19 +193,115 @@ class HoleCounter:
 
 
 def describe(root: Path, key: SeriesKey, calendar: Calendar | None = None,
-             counter: HoleCounter | None = None) -> SeriesInfo:
-    first, last, rows, size = summarize(root, key)
-    recorded = series.read_coverage_file(coverage_path(root, key))
+             counter: HoleCounter | None = None, index: Index | None = None) -> SeriesInfo:
+    """One series' entry; ``index`` (a folder's cache) spares reading files that did not change."""
+    data, record = paths_of(root, key)
+    summary = index.lookup(key, data, record) if index is not None else None
+    if summary is None:
+        first, last, rows, size = summarize(root, key, data)
+        recorded = series.read_coverage_file(record)
+        if index is not None:
+            index.store(key, data, record, (first, last, rows, size), recorded)
+    else:
+        (first, last, rows, size), recorded = summary
     ranges = series.derived_coverage(recorded, first, last)
     holes = None
     if calendar is not None:
         expected = (counter or HoleCounter()).expected(calendar, key.timeframe, ranges)
         holes = max(0, expected - rows)
-    return SeriesInfo(key, data_path(root, key), first, last, rows, size, ranges, holes)
+    return SeriesInfo(key, Path(data), first, last, rows, size, ranges, holes)
 
 
-def list_series(root: Path, keys: Iterable[SeriesKey], calendar_for: CalendarFor | None = None) -> Iterator[SeriesInfo]:
+def list_series(root: Path, keys: Iterable[SeriesKey], calendar_for: CalendarFor | None = None,
+                use_index: bool = True) -> Iterator[SeriesInfo]:
     counter = HoleCounter()
+    index: Index | None = None
     for key in keys:
+        folder = f"{root}/{key.provider}/{key.timeframe}"
+        if use_index and (index is None or index.folder != folder):
+            if index is not None:
+                index.save()
+            index = Index.load(folder)
         calendar = calendar_for(key.provider, key.symbol) if calendar_for else None
-        yield describe(root, key, calendar, counter)
+        yield describe(root, key, calendar, counter, index)
+    if index is not None:
+        index.save()
+
+
+# --- the listing cache --------------------------------------------------------------------------
+
+INDEX_FILE = "inventory.json"
+INDEX_VERSION = 1
+
+Signature = tuple[int, int, int] | None
+"""(size, mtime_ns, inode) of a file or folder; None when it does not exist."""
+Summary = tuple[int | None, int | None, int, int]
+
+
+def signature(path: str) -> Signature:
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+class Index:
+    """A folder's cache of series summaries (``.ktrdr/inventory.json``), each kept with the
+    signature (size, modification time, inode) of the data file and the coverage record it was
+    read from: an entry is used only while both are unchanged, so a write, a crash's leftover or
+    a hand edit is always read again. Only ``data list`` reads and writes it; losing it (or not
+    being allowed to write it) costs a slower listing, never a wrong one."""
+
+    def __init__(self, folder: str, entries: dict[str, list[object]]) -> None:
+        self.folder = folder
+        self.entries = entries
+        self.changed = False
+
+    @classmethod
+    def load(cls, folder: str) -> Index:
+        try:
+            with open(os.path.join(folder, series.META_DIR, INDEX_FILE), encoding="utf-8") as f:
+                doc = json.load(f)
+            entries = doc["entries"] if doc.get("version") == INDEX_VERSION else {}
+            if not isinstance(entries, dict):
+                entries = {}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            entries = {}
+        return cls(folder, entries)
+
+    @staticmethod
+    def name(key: SeriesKey) -> str:
+        return key.file_stem() + FORMATS[key.format]
+
+    def lookup(self, key: SeriesKey, data: str, record: str) -> tuple[Summary, list[Interval] | None] | None:
+        entry = self.entries.get(self.name(key))
+        try:
+            data_sig, record_sig, first, last, rows, size, ranges = entry  # type: ignore[misc]
+            if [data_sig, record_sig] != [as_list(signature(data)), as_list(signature(record))]:
+                return None
+            recorded = None if ranges is None else [(int(lo), int(hi)) for lo, hi in ranges]
+            return (first, last, int(rows), int(size)), recorded
+        except (TypeError, ValueError):
+            return None
+
+    def store(self, key: SeriesKey, data: str, record: str, summary: Summary, recorded: list[Interval] | None) -> None:
+        self.entries[self.name(key)] = [
+            as_list(signature(data)), as_list(signature(record)), *summary,
+            None if recorded is None else [list(r) for r in recorded],
+        ]
+        self.changed = True
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        meta = os.path.join(self.folder, series.META_DIR)
+        doc = json.dumps({"version": INDEX_VERSION, "entries": self.entries}, separators=(",", ":"))
+        with contextlib.suppress(OSError):  # a read-only data dir: no cache, same listing
+            if os.path.isdir(meta):
+                files.atomic_write(Path(meta) / INDEX_FILE, doc.encode(), mode=files.DATA_FILE_MODE, durable=False)
+        self.changed = False
+
+
+def as_list(sig: Signature) -> list[int] | None:
+    return None if sig is None else list(sig)

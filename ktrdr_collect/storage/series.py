@@ -182,12 +182,13 @@ def coverage_from_doc(doc: object) -> list[Interval] | None:
     return merge_intervals(parsed)
 
 
-def read_coverage_file(path: Path) -> list[Interval] | None:
+def read_coverage_file(path: Path | str) -> list[Interval] | None:
     """None when there is no record (derive one from the data); [] for a damaged record: the
     data may have holes a derived range would hide, so everything is fetched again (the merge
     keeps what is stored)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
     except FileNotFoundError:
         return None
     except (OSError, ValueError):  # ValueError: not UTF-8 text (UnicodeDecodeError)

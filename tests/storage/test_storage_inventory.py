@@ -104,3 +104,52 @@ def test_holes_are_unknown_without_a_calendar(tmp_path: Path) -> None:
     store.write("demo", "1d", "AAPL", demo_bars(MON, MON + 5 * DAY), (MON, MON + 5 * DAY))
     (info,) = inventory.list_series(tmp_path, inventory.find_series(tmp_path), lambda p, s: None)
     assert info.holes is None and info.rows == 5
+
+
+def test_the_listing_cache_is_used_only_while_the_files_are_unchanged(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store("csv", tmp_path)
+    bars = demo_bars(MON, MON + 30 * DAY)
+    store.write("demo", "1d", "AAPL", bars[:10], (MON, bars[10][0]))
+    store.write("demo", "1d", "MSFT", bars, (MON, MON + 30 * DAY))
+    cal = lambda provider, symbol: DEMO_CALENDAR  # noqa: E731
+
+    def listing() -> list[tuple[object, ...]]:
+        keys = inventory.find_series(tmp_path)
+        return [(i.key.symbol, i.first, i.last, i.rows, i.size, i.ranges, i.holes)
+                for i in inventory.list_series(tmp_path, keys, cal)]
+
+    first = listing()
+    cache = tmp_path / "demo" / "1d" / ".ktrdr" / inventory.INDEX_FILE
+    assert cache.exists()
+    reads: list[object] = []
+    real = inventory.summarize
+    monkeypatch.setattr(inventory, "summarize", lambda *a: reads.append(a[1].symbol) or real(*a))
+    assert listing() == first and reads == []  # nothing changed: no file read
+    store.write("demo", "1d", "AAPL", bars[10:20], (bars[10][0], bars[20][0]))  # an append
+    second = listing()
+    assert reads == ["AAPL"] and second[0][3] == 20 and second[1] == first[1]
+    store.erase("demo", "1d", "MSFT", bars[3][0], bars[5][0])  # a rewrite and a new record
+    assert listing()[1][3] == len(bars) - 2 and reads == ["AAPL", "MSFT"]
+    assert listing() == inventory_without_cache(tmp_path, cal)
+    cache.write_text("{not json")  # a damaged cache is just not used
+    assert listing() == inventory_without_cache(tmp_path, cal)
+
+
+def inventory_without_cache(root: Path, cal: inventory.CalendarFor) -> list[tuple[object, ...]]:
+    keys = inventory.find_series(root)
+    return [(i.key.symbol, i.first, i.last, i.rows, i.size, i.ranges, i.holes)
+            for i in inventory.list_series(root, keys, cal, use_index=False)]
+
+
+def test_a_cache_that_cannot_be_written_costs_nothing_but_time(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store("csv", tmp_path)
+    store.write("demo", "1d", "AAPL", demo_bars(MON, MON + 5 * DAY), (MON, MON + 5 * DAY))
+
+    def read_only(*_: object, **__: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(inventory.files, "atomic_write", read_only)  # a read-only data dir
+    (info,) = inventory.list_series(tmp_path, inventory.find_series(tmp_path))
+    assert info.rows == 5 and not (tmp_path / "demo" / "1d" / ".ktrdr" / inventory.INDEX_FILE).exists()
