@@ -75,8 +75,11 @@ def test_a_job_waits_for_another_and_a_kill_frees_its_claims(home: Path, tmp_pat
     first = start_detached(home, "CW", *opts, "-o", "latency_ms=500")
     wait_for_requests(home, first, at_least=2, timeout=30)  # A has stored a segment, fetches the next
     second = start_detached(home, "CW", *opts, "-o", "latency_ms=0")
-    poll_until(lambda: read_state(home, second)["symbols"][0]["stage"] == "waiting", 30,
-               what="the second job to wait for the first")
+    entry = poll_until(lambda: next((e for e in read_state(home, second)["symbols"] if e["stage"] == "waiting"), None),
+                       30, what="the second job to wait for the first")
+    assert entry["waiting_for"] == first
+    poll_until(lambda: f"waiting for {first}" in collect(home, "show", second).stdout, 30,
+               what=f"`show` to say 'waiting for {first}'")
     pid = runner_pid(home, first)
     os.kill(pid, signal.SIGKILL)
     poll_until(lambda: runner_gone(home, first, pid), 10, what="the killed runner to be gone")
