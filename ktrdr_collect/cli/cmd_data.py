@@ -80,6 +80,10 @@ class Scope:
         missing = [s for s in self.symbols if s not in stored]
         if missing:
             raise InvalidInputError(f"no stored series for {', '.join(missing)}{self.where()} in {self.root}")
+        if any(k.format == "parquet" for k in keys):
+            from ktrdr_collect.storage.open import open_store
+
+            open_store("parquet", self.root)  # without pyarrow: one clear error saying what to install
         return keys
 
     def where(self) -> str:

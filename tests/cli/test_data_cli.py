@@ -169,3 +169,31 @@ def test_erase_errors(home: Path) -> None:
         r = run("data", "erase", *args)
         assert r.exit_code == code and r.stderr.startswith(message), (args, r.stderr)
     assert len(json.loads(run("data", "list", "--json").stdout)) == 1
+
+
+def test_parquet_series_without_pyarrow_is_one_clear_error(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pyarrow")
+    collect("AAPL", extra=("--format", "parquet"))
+    assert json.loads(run("data", "list", "--json").stdout)[0]["format"] == "parquet"
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow.parquet", None)
+    for command in ("list", "verify"):
+        r = run("data", command)
+        assert r.exit_code == 1 and "needs pyarrow" in r.stderr, r.stderr
+
+
+def test_erase_in_each_format_or_one(home: Path) -> None:
+    pytest.importorskip("pyarrow")
+    collect("AAPL")
+    collect("AAPL", extra=("--format", "parquet"))
+    csv_before = files_of(home)
+    r = run("data", "erase", "AAPL", "-p", "demo", "-t", "1d", *CUT, "--format", "parquet", "--yes")
+    assert r.exit_code == 0 and r.stdout.splitlines()[0] == \
+        "erase demo 1d AAPL (parquet): 23 bars from 2023-03-01T00:00:00Z up to 2023-04-03T00:00:00Z"
+    assert files_of(home) == csv_before
+    listed = {(s["format"], s["rows"]) for s in json.loads(run("data", "list", "--json").stdout)}
+    assert listed == {("csv", BARS), ("parquet", BARS - 23)}
+    r = run("data", "erase", "AAPL", "-p", "demo", "-t", "1d", "--yes")
+    assert r.exit_code == 0 and f"Erased {BARS + BARS - 23} bars in 2 series." in r.stdout
+    assert run("data", "list").stdout.startswith("No data stored")
+    assert run("data", "verify").exit_code == 0
