@@ -108,3 +108,33 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
         with contextlib.suppress(redis.RedisError):
             client.flushdb()
         client.close()
+
+
+@dataclass
+class DaskCluster:
+    address: str
+    """tcp://127.0.0.1:PORT"""
+    home: Path
+    """KTRDR_COLLECT_HOME of the worker processes (their file pacer, when no pacing_url)."""
+
+    @property
+    def executor(self) -> str:
+        return self.address.replace("tcp://", "dask://")
+
+
+@pytest.fixture(scope="session")
+def dask_cluster() -> Iterator[DaskCluster]:
+    """A `distributed.LocalCluster` of 3 process workers on 127.0.0.1 for the whole session."""
+    import logging
+
+    from distributed import LocalCluster
+
+    with tempfile.TemporaryDirectory(prefix="ktrdr-dask-") as folder:
+        home = Path(folder) / "home"
+        cluster = LocalCluster(n_workers=3, threads_per_worker=2, processes=True, host="127.0.0.1",
+                               dashboard_address=None, silence_logs=logging.ERROR,
+                               env={"KTRDR_COLLECT_HOME": str(home)})
+        try:
+            yield DaskCluster(cluster.scheduler_address, home)
+        finally:
+            cluster.close()

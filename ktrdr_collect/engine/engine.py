@@ -13,11 +13,12 @@ from datetime import datetime
 from typing import Any
 
 from ktrdr_collect.engine.cancellation import CancellationToken, PauseGate, ProcessingCancelledException
+from ktrdr_collect.engine.dask_executor import executor_for
 from ktrdr_collect.engine.pipeline import BatchContext, RetryPolicy, Store, SymbolPipeline, SymbolResult
 from ktrdr_collect.engine.progress import FINISHED, ProcessingProgress, ProgressTracker
 from ktrdr_collect.inputs import parse_datetime
 from ktrdr_collect.providers.base import Provider
-from ktrdr_collect.providers.pacing import Pacer, Sharing, pacer_for, same_pacing
+from ktrdr_collect.providers.pacing import Pacer, Sharing, configured_sharing, pacer_for, same_pacing
 from ktrdr_collect.providers.redis_pacing import credential_of
 from ktrdr_collect.storage.claims import ClaimBook
 
@@ -80,6 +81,7 @@ class ProcessingEngine:
         now: Callable[[], float] = time.time,
         owner: str | None = None,
         sharing: Sharing | None = None,
+        executor: str | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -93,6 +95,8 @@ class ProcessingEngine:
         self.claims = ClaimBook(owner)
         """Ranges this engine fetches are claimed under `owner` (a job id; default: the pid), so
         that other jobs wait for them instead of fetching them too (storage/claims.py)."""
+        self.executor = executor
+        """`threads` (this process) or `dask://HOST:PORT` (a Dask cluster); None: config `executor`."""
         self.sharing = sharing
         """Where pacing budgets live: Redis, shared by every host, or this machine's files (None:
         config `pacing_url`; see providers/redis_pacing.py)."""
@@ -180,10 +184,7 @@ class ProcessingEngine:
             notifier.post(progress_callback, tracker.progress())
         results: dict[str, SymbolResult] = {}
 
-        def run_one(symbol: str) -> SymbolResult | None:
-            if token.is_cancelled:  # not started: no result (the future may not have been cancelled yet)
-                return None
-            result = SymbolPipeline(ctx, symbol).run()
+        def report(result: SymbolResult) -> SymbolResult:
             if notifier:
                 if symbol_callback:
                     notifier.post(symbol_callback, result)
@@ -191,8 +192,18 @@ class ProcessingEngine:
                     notifier.post(progress_callback, tracker.progress())
             return result
 
+        def run_one(symbol: str) -> SymbolResult | None:
+            if token.is_cancelled:  # not started: no result (the future may not have been cancelled yet)
+                return None
+            return report(SymbolPipeline(ctx, symbol).run())
+
         try:
-            self._run_pool(todo, run_one, token, results)
+            cluster = executor_for(self.executor)
+            if cluster is None:
+                self._run_pool(todo, run_one, token, results)
+            else:  # each symbol a task on a Dask cluster; results come back here (engine/dask_executor.py)
+                cluster.run(ctx, todo, lambda r: results.__setitem__(r.symbol, report(r)),
+                            owner=self.claims.owner, sharing=self.sharing or configured_sharing())
         finally:
             if notifier:
                 notifier.close()

@@ -1,0 +1,143 @@
+"""The Dask cluster executor on a LocalCluster of 3 process workers (tests/services.py): the same
+files as threads, pause/resume/cancel from the command line, refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ktrdr_collect.engine.dask_executor import DaskExecutor, ExecutorError, SeriesTask
+from ktrdr_collect.engine.engine import ProcessingEngine
+from ktrdr_collect.engine.pipeline import RetryPolicy
+from ktrdr_collect.providers.demo import DemoProvider
+from ktrdr_collect.storage.csv_store import CsvStore
+from tests.e2e.e2e_helpers import (
+    collect,
+    job_diagnostics,
+    poll_until,
+    read_state,
+    runner_gone,
+    start_detached,
+    status_json,
+    wait_for_requests,
+    wait_rc,
+)
+from tests.services import DaskCluster, free_port
+
+SYMBOLS = [f"D{i}" for i in range(9)]
+
+
+def stored_files(root: Path) -> dict[str, bytes]:
+    """Data and fetched-range records (not lock or claim files), by path under `root`."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and (p.suffix == ".csv" or p.name.endswith(".coverage.json"))}
+
+
+def test_a_batch_over_three_workers_stores_the_same_files_as_threads(home: Path, dask_cluster: DaskCluster) -> None:
+    options = {"latency_ms": 2, "max_bars": 40, "flaky_symbols": "D3"}
+    window = {"start": "2019-01-01", "end": "2024-01-01"}
+    threads = ProcessingEngine(DemoProvider(options), CsvStore(home / "threads"), workers=4, executor="threads")
+    expected = threads.process_batch(SYMBOLS, "1d", **window)  # type: ignore[arg-type]
+    engine = ProcessingEngine(DemoProvider(options), CsvStore(home / "dask"), workers=4,
+                              executor=dask_cluster.executor)
+    tracker = engine.new_tracker(SYMBOLS, "1d")
+    stored: list[tuple[str, tuple[int, int], int]] = []
+    results = engine.process_batch(SYMBOLS, "1d", tracker=tracker,
+                                   on_stored=lambda s, r, n: stored.append((s, r, n)), **window)  # type: ignore[arg-type]
+    assert [(r.symbol, r.status, r.candles, r.requests) for r in results] == \
+        [(r.symbol, r.status, r.candles, r.requests) for r in expected]
+    files = stored_files(home / "dask")
+    assert files == stored_files(home / "threads") and len(files) == 2 * len(SYMBOLS)
+    snap = tracker.snapshot()  # progress came back through Dask events
+    assert snap.requests == sum(r.requests for r in expected) and snap.candles == sum(r.candles for r in expected)
+    assert all(sp.status == "completed" and sp.segments_done == sp.segments_total > 0 for sp in snap.symbols)
+    assert snap.errors_count >= 1  # D3's transient failure, retried on its worker, counted here
+    assert {s for s, _, _ in stored} == set(SYMBOLS)  # the journal callback ran on the owner
+    assert not (home / "dask" / ".ktrdr").exists()  # the storage probe is cleaned up
+
+
+def test_pause_resume_and_cancel_reach_the_tasks(home: Path, tmp_path: Path, dask_cluster: DaskCluster,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    args = [*SYMBOLS[:6], "-t", "1h", "--start", "2022-01-01", "--end", "2022-07-01",
+            "-o", "latency_ms=60", "-o", "max_bars=60"]
+    monkeypatch.setenv("KTRDR_COLLECT_EXECUTOR", dask_cluster.executor)
+    job = start_detached(home, *args)
+    try:
+        wait_for_requests(home, job, at_least=3, timeout=60)
+        p = collect(home, "pause", job)
+        assert p.returncode == 0, p.stderr
+        at_pause = read_state(home, job)["requests"]
+        t0 = time.monotonic()
+        samples = []
+        while (t := time.monotonic() - t0) < 2.0:  # observing the quiet: no request starts after 1 s
+            samples.append((t, read_state(home, job)["requests"]))
+            time.sleep(0.05)
+        settled = [n for t, n in samples if t >= 1.0]
+        assert len(set(settled)) == 1, samples
+        assert settled[0] - at_pause <= 12, samples  # at most the requests in flight on 6 task threads
+        assert status_json(home, job)["status"] == "paused"
+
+        r = collect(home, "resume", job)
+        assert r.returncode == 0, r.stderr
+        assert wait_rc(home, job, timeout=120) == 0, job_diagnostics(home)
+    finally:
+        if not runner_gone(home, job):
+            collect(home, "cancel", job)
+    final = status_json(home, job)
+    assert final["symbols_completed"] == 6 and final["candles"] > 0
+    log = collect(home, "logs", job).stdout
+    assert f"running 6 series as tasks on the Dask cluster at {dask_cluster.executor} (3 workers" in log, log
+
+    # the same job on threads, in another home: byte-identical files
+    other = tmp_path / "other-home"
+    monkeypatch.setenv("KTRDR_COLLECT_EXECUTOR", "threads")
+    threaded = start_detached(other, *args, "-o", "latency_ms=0")
+    assert wait_rc(other, threaded, timeout=120) == 0
+    assert stored_files(home / "data") == stored_files(other / "data")
+
+    monkeypatch.setenv("KTRDR_COLLECT_EXECUTOR", dask_cluster.executor)
+    job = start_detached(home, *[f"C{i}" for i in range(6)], *args[6:])
+    try:
+        wait_for_requests(home, job, at_least=3, timeout=60)
+        c = collect(home, "cancel", job)
+        assert c.returncode == 0, c.stderr
+        t0 = time.monotonic()
+        assert wait_rc(home, job, timeout=30) == 5
+        assert time.monotonic() - t0 < 1.0  # the tasks stopped and the job ended within a second
+    finally:
+        if not runner_gone(home, job):
+            collect(home, "cancel", job)
+    assert poll_until(lambda: runner_gone(home, job), 10, what="runner exit")
+
+
+def test_workers_that_do_not_see_the_data_folder_are_refused(tmp_path: Path, dask_cluster: DaskCluster) -> None:
+    executor = DaskExecutor(dask_cluster.executor)
+    task = SeriesTask(batch="b", provider="demo", options={}, store_format="csv", store_root=str(tmp_path),
+                      timeframe="1d", start=0, end=1, retry=RetryPolicy(), owner="o", pacing_url=None,
+                      pacing_per_host=(), probe=str(tmp_path / "never-written"), probe_text="b")
+    client = executor._client()
+    try:
+        with pytest.raises(ExecutorError, match="does not see the data folder .*shared storage"):
+            executor._check_storage(client, task)
+    finally:
+        client.close()
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(home: Path) -> None:
+    pytest.importorskip("distributed")
+    engine = ProcessingEngine(DemoProvider({"latency_ms": 0}), CsvStore(home / "data"),
+                              executor=f"dask://127.0.0.1:{free_port()}")
+    engine_executor = DaskExecutor(engine.executor or "", connect_timeout_s=1.0)
+    with pytest.raises(ExecutorError, match="cannot reach the Dask scheduler"):
+        engine_executor._client()
+
+
+def test_dask_is_imported_only_when_used() -> None:
+    code = ("import sys, ktrdr_collect.engine.engine, ktrdr_collect.cli.main; "
+            "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
