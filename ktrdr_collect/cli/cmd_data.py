@@ -148,7 +148,7 @@ def info_json(info: SeriesInfo) -> dict[str, Any]:
     k = info.key
     return {
         "provider": k.provider, "timeframe": k.timeframe, "symbol": k.symbol, "format": k.format,
-        "path": str(info.path),
+        "path": info.path,
         "first": format_ts(info.first) if info.first is not None else None,
         "last": format_ts(info.last) if info.last is not None else None,
         "rows": info.rows, "size_bytes": info.size,

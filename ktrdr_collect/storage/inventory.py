@@ -56,7 +56,7 @@ class SeriesKey:
 @dataclass
 class SeriesInfo:
     key: SeriesKey
-    path: Path
+    path: str
     first: int | None
     last: int | None
     rows: int
@@ -209,7 +209,7 @@ def describe(root: Path, key: SeriesKey, calendar: Calendar | None = None,
     if calendar is not None:
         expected = (counter or HoleCounter()).expected(calendar, key.timeframe, ranges)
         holes = max(0, expected - rows)
-    return SeriesInfo(key, Path(data), first, last, rows, size, ranges, holes)
+    return SeriesInfo(key, data, first, last, rows, size, ranges, holes)
 
 
 def list_series(root: Path, keys: Iterable[SeriesKey], calendar_for: CalendarFor | None = None,

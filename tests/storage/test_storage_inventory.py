@@ -50,7 +50,7 @@ def test_listing_agrees_with_a_full_read(tmp_path: Path, fmt: str) -> None:
     infos = list(inventory.list_series(tmp_path, keys, lambda provider, symbol: DEMO_CALENDAR))
     for info in infos:
         assert (info.first, info.last, info.rows, info.ranges, info.holes) == full_read_view(store, info.key)
-        assert info.path == store.path(info.key.provider, info.key.timeframe, info.key.symbol)
+        assert info.path == str(store.path(info.key.provider, info.key.timeframe, info.key.symbol))
     aapl = infos[1]
     assert aapl.holes == 3 and len(aapl.ranges) == 2 and aapl.size > 0
     assert infos[3].rows == 0 and infos[3].ranges == [(MON, MON + 2 * DAY)]
