@@ -304,6 +304,9 @@ class SymbolPipeline:
         """Fetch and store what is missing of `segment`; False if it was put off."""
         self._stage("fetching")
         pieces, deferred = self._claim_missing(segment, batch, may_defer)
+        while pieces and self.claims is not None and self.ctx.gate.is_paused:
+            self._step_aside(pieces, batch)
+            pieces, deferred = self._claim_missing(segment, batch, may_defer)
         if deferred:  # its free parts now, the rest later
             self.track.candles_stored(self.symbol, sum(self._fetch_piece(piece, batch) for piece in pieces))
             return False
@@ -312,6 +315,15 @@ class SymbolPipeline:
             return True
         self.track.segment_done(self.symbol, sum(self._fetch_piece(piece, batch) for piece in pieces))
         return True
+
+    def _step_aside(self, pieces: list[tuple[int, int]], batch: Batch) -> None:
+        """Paused: store what we hold and release every claim before waiting at the gate, so that
+        other jobs are not held up by a paused one; claim again once resumed."""
+        self._flush(batch)
+        for piece in pieces:
+            self._release(piece)
+        if not self.ctx.gate.wait_open(self.ctx.token):
+            raise Cancelled
 
     def _fetch_piece(self, piece: tuple[int, int], batch: Batch) -> int:
         """Fetch one claimed missing range and store it (or batch it); the rows stored now."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ktrdr_collect.engine.cancellation import CancellationToken, ProcessingCancelledException
+from ktrdr_collect.engine.cancellation import CancellationToken, PauseGate, ProcessingCancelledException
 from ktrdr_collect.engine.engine import ProcessingEngine
 from ktrdr_collect.engine.pipeline import RetryPolicy, SymbolResult
 from ktrdr_collect.engine.progress import ProgressTracker
@@ -264,6 +264,32 @@ def test_overlapping_ranges_fetch_the_free_part_and_wait_for_the_claimed(tmp_pat
         assert not subtract((ts("2024-02-01"), mar), [(c[1], c[2]) for c in fetched_claimed])
     assert not subtract((ts("2024-02-01"), ts("2024-04-30")), CsvStore(tmp_path).coverage("scripted", "1d", "AAPL"))
     assert claim_files(tmp_path) == []
+
+
+def test_a_paused_job_releases_its_claims_so_others_go_on(tmp_path: Path) -> None:
+    """A backfill (segments before stored data, written in a batch under their claims) is paused:
+    it stores its batch and releases its claims; another job fetches the rest meanwhile."""
+    store_demo(tmp_path, ts("2024-03-01"), ts("2024-04-30"))
+    gate = PauseGate()
+    first = ScriptedProvider(on_fetch=lambda symbol, n: n == 2 and gate.pause(), max_bars=10)
+    second = ScriptedProvider(max_bars=10)
+    a, b = engine_on(tmp_path, first, "job-a"), engine_on(tmp_path, second, "job-b")
+    out: list[Any] = []
+    ta = threading.Thread(target=lambda: out.extend(a.process_batch(["AAPL"], "1d", START, END, gate=gate)),
+                          name="test-engine")
+    ta.start()
+    try:
+        poll(lambda: len(first.calls) == 2 and not claim_files(tmp_path), "the paused job to step aside")
+        assert ts("2024-01-01") in {lo for lo, _ in CsvStore(tmp_path).coverage("scripted", "1d", "AAPL")}
+        rb = b.process_batch(["AAPL"], "1d", START, END)  # while the first job is paused
+        assert [r.status for r in rb] == ["completed"] and len(second.calls) >= 1
+        assert not subtract((ts("2024-01-01"), ts("2024-04-30")), CsvStore(tmp_path).coverage("scripted", "1d", "AAPL"))
+    finally:
+        gate.resume()
+        ta.join(WAIT_S)
+    assert [r.status for r in out] == ["completed"] and len(first.calls) == 2  # nothing left to fetch
+    calls = [(lo, hi) for _, lo, hi in first.calls + second.calls]
+    assert all(x[1] <= y[0] or y[1] <= x[0] for i, x in enumerate(calls) for y in calls[i + 1:])  # no range twice
 
 
 def test_results_are_symbol_results() -> None:  # the type the engine hands back is unchanged
