@@ -252,3 +252,24 @@ def test_kill9_during_erase_then_start_gives_the_files_of_an_uninterrupted_run(
         collect("AAPL", "MSFT")
         assert files_of(other) == reference, kill_at
     assert killed == 2  # the record's rename, then the data file's
+
+
+def test_verify_reports_the_split_an_append_mixed_in_until_the_split_is_stored(home: Path) -> None:
+    """Issue 11's scenario: NVDA stored at ~1000, then a split-adjusted history (~100) appended."""
+    collect("NVDA")
+    path = home / "data/demo/1d/NVDA.csv"
+    header, *rows = path.read_text().splitlines()
+    cut = len(rows) // 2
+    scaled = []
+    for i, row in enumerate(rows):
+        ts, *values = row.split(",")
+        factor = 10.0 if i < cut else 1.0  # the old rows at the old price scale
+        scaled.append(",".join([ts, *(f"{float(v) * factor:g}" for v in values[:4]), values[4]]))
+    path.write_text("\n".join([header, *scaled]) + "\n")
+    r = run("data", "verify", "NVDA")
+    split_day = rows[cut].split(",")[0]
+    assert r.exit_code == 3 and r.stdout.startswith(f"demo 1d NVDA  {split_day}  scale: "), r.stdout
+    assert "(about 10:1) with no stored split" in r.stdout and len(r.stdout.splitlines()) == 1
+    (home / "data/demo/1d/NVDA.actions.csv").write_text(f"timestamp,type,value\n{split_day},split,10:1\n")
+    assert run("data", "verify", "NVDA").exit_code == 0
+    assert [s["symbol"] for s in json.loads(run("data", "list", "--json").stdout)] == ["NVDA"]  # not a series
