@@ -307,6 +307,8 @@ class SymbolPipeline:
         while pieces and self.claims is not None and self.ctx.gate.is_paused:
             self._step_aside(pieces, batch)
             pieces, deferred = self._claim_missing(segment, batch, may_defer)
+        if pieces != [segment]:
+            pieces = self._drop_sessionless(pieces)
         if deferred:  # its free parts now, the rest later
             self.track.candles_stored(self.symbol, sum(self._fetch_piece(piece, batch) for piece in pieces))
             return False
@@ -315,6 +317,21 @@ class SymbolPipeline:
             return True
         self.track.segment_done(self.symbol, sum(self._fetch_piece(piece, batch) for piece in pieces))
         return True
+
+    def _drop_sessionless(self, pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """Parts of a segment (what others left of it) where the symbol's calendar has no bar are
+        recorded as fetched without asking, like such gaps when planning."""
+        ctx = self.ctx
+        calendar = ctx.provider.calendar_for(self.symbol)
+        kept = []
+        for piece in pieces:
+            first = calendar.first_bar(ctx.timeframe, piece[0])
+            if first is None or first >= piece[1]:
+                ctx.store.write(ctx.provider.name, ctx.timeframe, self.symbol, [], piece)
+                self._release(piece)
+            else:
+                kept.append(piece)
+        return kept
 
     def _step_aside(self, pieces: list[tuple[int, int]], batch: Batch) -> None:
         """Paused: store what we hold and release every claim before waiting at the gate, so that

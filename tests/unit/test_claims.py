@@ -267,6 +267,34 @@ def test_overlapping_ranges_fetch_the_free_part_and_wait_for_the_claimed(tmp_pat
     assert claim_files(tmp_path) == []
 
 
+def test_what_others_left_of_a_segment_without_a_session_is_recorded_without_asking(tmp_path: Path) -> None:
+    """Another job held and stored Monday 1 to Saturday 13 January; this job's first segment runs
+    to Monday 15: the weekend left over holds no bar, so it is recorded, not requested."""
+    jan1, sat = ts("2024-01-01"), ts("2024-01-13")
+    held = series_claims(tmp_path, "job-a")
+    with held.locked():
+        held.take([(jan1, sat)])
+    provider = ScriptedProvider(max_bars=10)
+    engine = engine_on(tmp_path, provider, "job-b")
+    tracker = engine.new_tracker(["AAPL"], "1d")
+    out: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: out.extend(engine.process_batch(["AAPL"], "1d", START, END, tracker=tracker)),
+        name="test-engine")
+    thread.start()
+    try:
+        assert poll(lambda: waiting_for(tracker), "the engine to wait") == "job-a"  # a short claim: waited for
+        assert provider.calls == []
+        store_demo(tmp_path, jan1, sat)
+    finally:
+        held.release_all()
+        thread.join(WAIT_S)
+    assert [r.status for r in out] == ["completed"]
+    assert not overlapping(provider.calls, jan1, ts("2024-01-15"))
+    assert len(provider.calls) == 8  # the other 8 segments
+    assert not subtract((jan1, ts("2024-04-30")), CsvStore(tmp_path).coverage("scripted", "1d", "AAPL"))
+
+
 def test_a_paused_job_releases_its_claims_so_others_go_on(tmp_path: Path) -> None:
     """A backfill (segments before stored data, written in a batch under their claims) is paused:
     it stores its batch and releases its claims; another job fetches the rest meanwhile."""
