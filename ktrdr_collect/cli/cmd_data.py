@@ -240,13 +240,12 @@ def path_(symbol: str = typer.Argument(None, help="A symbol: print its file (def
         print(f"# data_dir from {sc.source}", file=sys.stderr)
         return 0
     from ktrdr_collect.inputs import normalize_symbol
+    from ktrdr_collect.storage.inventory import data_path
 
     keys = sc.keys([normalize_symbol(symbol)])
     if not keys:
         raise InvalidInputError(f"no stored series for {symbol.upper()}{sc.where()} in {sc.root}")
     for key in keys:
-        from ktrdr_collect.storage.inventory import data_path
-
         print(data_path(sc.root, key))
     return 0
 
@@ -275,8 +274,8 @@ def verify(symbols: list[str] = SYMBOLS_ARG, provider: str = PROVIDER_OPT, timef
     if json_:
         print(json.dumps({"series": len(keys), "findings": [f.to_json() for f in found]}, indent=1))
     else:
-        series = {f.key for f in found}
-        print(f"{len(keys):,} series checked: " + (f"{len(found):,} findings in {len(series):,}" if found
+        where = len({f.key for f in found})
+        print(f"{len(keys):,} series checked: " + (f"{len(found):,} findings in {where:,}" if found
                                                   else "no findings"), file=sys.stderr)
     return FOUND_EXIT if found else 0
 
