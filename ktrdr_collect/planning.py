@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ktrdr_collect import files
 from ktrdr_collect.errors import InvalidInputError, UsageError
 from ktrdr_collect.inputs import parse_symbols, resolve_window
 from ktrdr_collect.storage.timeframes import TIMEFRAMES
@@ -65,7 +66,7 @@ def check_data_dir(root: Path) -> Path:
     """The data folder, created if missing and checked writable now, not by the first write."""
     root = root.expanduser().resolve()
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        files.make_dirs(root, files.DATA_DIR_MODE, root=root)
     except OSError as e:
         raise InvalidInputError(f"cannot use data folder {root}: {e.strerror or e}") from None
     if not root.is_dir():

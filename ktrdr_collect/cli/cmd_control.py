@@ -15,7 +15,7 @@ from ktrdr_collect.jobs import actions
 from ktrdr_collect.jobs.folders import resolve
 from ktrdr_collect.jobs.record import JobState
 
-JOB_HELP = "Job id, unique prefix, or 'last'."
+JOB_HELP = "Job id, unique prefix, unique name, or 'last'."
 TIMEOUT_EXIT = 124
 
 

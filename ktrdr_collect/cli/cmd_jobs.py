@@ -56,7 +56,8 @@ def active_statuses() -> tuple[list[JobState], list[StateFileError]]:
 
 
 def status(
-    job: str = typer.Argument(None, help="Job id, unique prefix, or 'last'. Default: every unfinished job."),
+    job: str = typer.Argument(None, help="Job id, unique prefix, unique name, or 'last'. Default: every "
+                                         "unfinished job."),
     json_: bool = typer.Option(False, "--json", help="JSON output."),
 ) -> int:
     """Show a job's progress snapshot, or every job that is not finished."""
@@ -80,7 +81,7 @@ def status(
 
 
 def show(
-    job: str = typer.Argument(..., help="Job id, unique prefix, or 'last'."),
+    job: str = typer.Argument(..., help="Job id, unique prefix, unique name, or 'last'."),
     json_: bool = typer.Option(False, "--json", help="JSON output."),
 ) -> int:
     """Status plus a per-symbol table."""
@@ -100,7 +101,7 @@ def show(
 
 
 def logs(
-    job: str = typer.Argument(..., help="Job id, unique prefix, or 'last'."),
+    job: str = typer.Argument(..., help="Job id, unique prefix, unique name, or 'last'."),
     follow_: bool = typer.Option(False, "-f", "--follow", help="Keep printing until the job ends."),
 ) -> int:
     """The job's log: state changes, per-symbol results, retries, errors."""

@@ -8,7 +8,7 @@ import typer
 
 
 def retry(
-    job: str = typer.Argument(..., help="Job id, unique prefix, or 'last'."),
+    job: str = typer.Argument(..., help="Job id, unique prefix, unique name, or 'last'."),
     detach: bool = typer.Option(False, "-d", "--detach", help="Print the new job's id and return at once."),
     json_: bool = typer.Option(False, "--json", help="NDJSON events on stdout (with -d: the id as JSON)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Nothing on stdout but the id with -d; errors on stderr."),

@@ -12,6 +12,7 @@ symbols as for one of 4; the whole status is read once, to return it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -179,19 +180,33 @@ def _restart(job_id: str) -> JobState:
         current = quick_status(job_id).status
         raise InvalidJobStateError(f"Cannot resume job in {current} state (another process is resuming it)")
     folder = job_folder(job_id)
-    try:
-        state = read_state(folder)
-        if not state.active:
-            model.check_resume(state.status)
-        state.restart(iso_now())  # a queued job that lost its queue entry read interrupted: no longer queued
-        control.skip_unread(folder, state)  # sent to a runner that died: those senders were told so
-        write_state(folder, state, durable=True)
-        append_log(job_id, f"job {job_id}: resumed after interruption")
-        from ktrdr_collect.jobs.launch import spawn_runner
+    from ktrdr_collect.jobs import queue
 
-        spawn_runner(job_id, lock)
+    try:
+        cap = queue.limit()
+    except CollectError:  # a broken config: the runner says so, and the job stays interrupted
+        cap = None
+    try:
+        with queue.queue_lock() if cap is not None else contextlib.nullcontext():
+            state = read_state(folder)
+            if not state.active:
+                model.check_resume(state.status)
+            queued = queue.must_wait(cap, exclude=job_id)  # `max_running_jobs` holds for resumed jobs too
+            state.restart(iso_now(), queued=queued)
+            control.skip_unread(folder, state)  # sent to a runner that died: those senders were told so
+            write_state(folder, state, durable=True)
+            if queued:
+                queue.mark_queued(job_id)
+                append_log(job_id, f"job {job_id}: resumed after interruption; queued (max_running_jobs)")
+            else:
+                append_log(job_id, f"job {job_id}: resumed after interruption")
+                from ktrdr_collect.jobs.launch import spawn_runner
+
+                spawn_runner(job_id, lock)
     finally:
         lock.release()
+    if queued:
+        return load_status(job_id)  # pending, with its place in the queue
     started = _wait_until(job_id, lambda st: st.status != model.PENDING, "start", timeout=ACK_TIMEOUT_S)
     if started.status == model.INTERRUPTED:
         reason = started.error or "its runner exited at once (see runner.err in the job folder)"

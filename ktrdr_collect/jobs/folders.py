@@ -178,7 +178,7 @@ def publish_folder(new: NewFolder) -> Path:
 
 
 def resolve(ref: str) -> str:
-    """A full id, a unique prefix of one, or `last` -> the job id."""
+    """A full id, a unique prefix of one, a unique job name, or `last` -> the job id."""
     ids = job_ids()
     if ref == "last":
         if not ids:
@@ -188,11 +188,27 @@ def resolve(ref: str) -> str:
         return ref
     matches = [i for i in ids if i.startswith(ref)] if ref else []
     if not matches:
+        matches = named(ref)
+        if len(matches) > 1:
+            shown = ", ".join(matches[:5]) + (" ..." if len(matches) > 5 else "")
+            raise AmbiguousJobError(f"Job name '{ref}' is not unique: jobs {shown} have it (use an id)")
+    if not matches:
         raise JobNotFoundError(ref)
     if len(matches) > 1:
         shown = ", ".join(matches[:5]) + (" ..." if len(matches) > 5 else "")
         raise AmbiguousJobError(f"Job reference '{ref}' is ambiguous: matches {shown}")
     return matches[0]
+
+
+def named(name: str) -> list[str]:
+    """The jobs called `name` (`--name`), newest first: finished ones from the history index,
+    running ones from their state."""
+    if not name.strip():
+        return []
+    from ktrdr_collect.jobs.history import History
+
+    with History() as history:
+        return history.named(name)
 
 
 def reader_view(state: JobState, alive: bool) -> JobState:

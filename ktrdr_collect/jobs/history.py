@@ -244,6 +244,11 @@ class History:
         merged = heapq.merge(finished, live, key=_newest_first)  # ids follow the creation sequence
         return itertools.islice(merged, limit)
 
+    def named(self, name: str) -> list[str]:
+        """Ids of the jobs called `name`, newest first."""
+        rows = [r[0] for r in self.conn.execute("SELECT id FROM jobs WHERE name = ?", (name,))]
+        return sorted(rows + [s.id for s in self.live if s.name == name], reverse=True)
+
     def finished_since(self, since: str | None) -> list[FinishedRow]:
         """The numbers stats need, straight from the index columns (no JSON decoding)."""
         sql, args = f"SELECT {', '.join(FinishedRow._fields)} FROM jobs", []

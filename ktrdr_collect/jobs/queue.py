@@ -115,12 +115,12 @@ def running_ids(exclude: str | None = None) -> list[str]:
     return out
 
 
-def must_wait(cap: int | None) -> bool:
+def must_wait(cap: int | None, exclude: str | None = None) -> bool:
     """Whether a new job has to queue (call holding `queue_lock`): the slots are full, or older
     jobs are waiting already (a new job never overtakes them)."""
     if cap is None:
         return False
-    return bool(queued_ids()) or len(running_ids()) >= cap
+    return bool(queued_ids()) or len(running_ids(exclude)) >= cap
 
 
 STARTED, BUSY, GONE = "started", "busy", "gone"

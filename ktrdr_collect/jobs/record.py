@@ -319,7 +319,10 @@ class JobState:
         self.status = target
 
     def begin(self, pid: int, now: str) -> None:
-        """A runner starts (or restarts) the job."""
+        """A runner starts (or restarts) the job. Called holding the job's lock: a state left
+        running, paused or interrupted by an earlier runner is that runner's, which is gone."""
+        if self.status != model.PENDING and not self.finished:
+            self.restart(now)
         self._move(model.RUNNING)
         self.runs += 1
         self.started_at = self.started_at or now
@@ -362,14 +365,14 @@ class JobState:
         self.current_symbols = []
         self.eta_s = None
 
-    def restart(self, now: str) -> None:
+    def restart(self, now: str, queued: bool = False) -> None:
         """`resume` of an interrupted job (also one whose state still says it runs: its runner
-        died): pending again, for a new runner."""
+        died): pending again, for a new runner now or, `queued`, when a slot frees."""
         if self.status in model.ACTIVE:
             self.status = model.INTERRUPTED  # what every reader already sees
         self._move(model.PENDING)
         self.error = None
-        self.queued = False
+        self.queued = queued
         self.updated_at = now
 
     def dequeue(self, now: str) -> None:

@@ -33,6 +33,7 @@ from e2e_helpers import (
 )
 
 from ktrdr_collect.jobs.lock import is_locked
+from ktrdr_collect.jobs.record import JobState
 
 PAUSE_SYMBOLS = ["PA1", "PA2", "PA3", "PA4"]
 PAUSE_OPTS = [*YEAR_WINDOW, "-o", "max_bars=200", "-w", "2"]
@@ -227,10 +228,10 @@ def test_job_that_ends_while_being_read_is_not_reported_interrupted(
     real_read = folders.read_state
     seen: list[str] = []
 
-    def descheduled_reader(path: Path) -> dict:  # type: ignore[type-arg]
+    def descheduled_reader(path: Path) -> JobState:
         """Reads state.json, then (like a preempted reader) only gets on after the runner ended."""
         state = real_read(path)
-        seen.append(state["status"])
+        seen.append(state.status)
         poll_until(lambda: not is_locked(path), 30, what="the job to end")
         return state
 
@@ -244,4 +245,4 @@ def test_job_that_ends_while_being_read_is_not_reported_interrupted(
     assert seen[0] == "running"  # the first read saw the job running, the lock was free by the probe
     assert rc == 0 and read_state(home, job_id)["status"] == "completed"
     assert not is_locked(folder)
-    assert view["status"] != "interrupted"
+    assert view.status != "interrupted"

@@ -173,18 +173,18 @@ def break_config(home: Path, env: dict[str, str]) -> None:
 def uninstall_provider(home: Path, env: dict[str, str]) -> None:
     """As if the job's provider (a plugin) had been uninstalled since the job started."""
     for folder in (home / "jobs").iterdir():
-        if (folder / "state.json").exists():
-            state = json.loads((folder / "state.json").read_text())
-            state["provider"] = "plugin-gone"
-            (folder / "state.json").write_text(json.dumps(state))
+        if (folder / "job.json").exists():  # the spec: what the runner starts the provider from
+            spec = json.loads((folder / "job.json").read_text())
+            spec["provider"] = "plugin-gone"
+            (folder / "job.json").write_text(json.dumps(spec))
 
 
 def repair(home: Path, job_id: str) -> None:
     (home / "config.toml").unlink(missing_ok=True)
-    path = job_folder(home, job_id) / "state.json"
-    state = json.loads(path.read_text())
-    state["provider"] = "demo"
-    path.write_text(json.dumps(state))
+    path = job_folder(home, job_id) / "job.json"
+    spec = json.loads(path.read_text())
+    spec["provider"] = "demo"
+    path.write_text(json.dumps(spec))
 
 
 @pytest.mark.parametrize(("breakage", "reason"), [

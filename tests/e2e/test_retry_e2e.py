@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.e2e.e2e_helpers import collect, poll_until, read_state, runner_gone, start_detached, wait_rc
+from tests.e2e.e2e_helpers import (
+    collect,
+    job_folder,
+    poll_until,
+    read_state,
+    runner_gone,
+    start_detached,
+    wait_rc,
+)
 
 
 def test_retry_collects_what_did_not_complete_with_the_same_window_and_options(home: Path) -> None:
@@ -17,8 +25,12 @@ def test_retry_collects_what_did_not_complete_with_the_same_window_and_options(h
     assert wait_rc(home, new) == 4  # the same options: BAD fails again
     before, after = read_state(home, old), read_state(home, new)
     assert [e["symbol"] for e in after["symbols"]] == ["BAD"]
-    for key in ("provider", "timeframe", "start", "end", "options", "data_dir", "format", "workers"):
+    for key in ("provider", "timeframe", "start", "end"):
         assert after[key] == before[key], key
+    specs = [json.loads((job_folder(home, j) / "job.json").read_text()) for j in (old, new)]
+    for key in ("provider", "timeframe", "start", "end", "earliest", "options", "data_dir", "format", "workers"):
+        assert specs[1][key] == specs[0][key], key
+    assert specs[1]["symbols"] == ["BAD"] and specs[1]["retry_of"] == old
     assert json.loads(collect(home, "show", new, "--json").stdout)["retry_of"] == old
     assert f"retry of   {old}" in collect(home, "show", new).stdout
     assert "retry_of" not in read_state(home, old)
