@@ -34,7 +34,7 @@ from ktrdr_collect.providers.base import (
     TransientError,
     UnknownSymbolError,
 )
-from ktrdr_collect.providers.http import HttpFailure, RequestCancelled, get_json
+from ktrdr_collect.providers.http import HttpFailure, HttpPool, RequestCancelled, get_json
 from ktrdr_collect.storage.calendar import AlwaysOpenCalendar
 from ktrdr_collect.storage.timeframes import TIMEFRAMES, WEEK, timeframe_seconds
 
@@ -185,6 +185,8 @@ class BinanceProvider(Provider):
         self.rate_limit = o["rate_limit"] if o["rate_limit"] > 0 else None
         self.calendar = ListingCalendar()
         self.clock = clock
+        self.http = HttpPool()
+        """Kept-alive connections, shared by the job's workers (each request on its worker's thread)."""
 
     def earliest(self, timeframe: str) -> int:
         """The open of the first kline Binance can have for `timeframe` (1w: Monday 2017-07-10)."""
@@ -195,7 +197,7 @@ class BinanceProvider(Provider):
         params = {"symbol": market_id(symbol), "interval": timeframe, "startTime": start * 1000,
                   "endTime": end * 1000 - 1, "limit": limit}
         return get_json(f"{self.base_url}/api/v3/klines", params, self.options["timeout_s"], interrupt,
-                        classify=classify)
+                        classify=classify, pool=self.http)
 
     head_timestamp_is_request = True
 
@@ -217,3 +219,6 @@ class BinanceProvider(Provider):
             return []
         bars = parse_klines(body, int(self.clock() * 1000))
         return [b for b in bars if start <= b[0] < end]
+
+    def close(self) -> None:
+        self.http.close()

@@ -8,9 +8,13 @@ the transport, picked by `get_json(client=...)` (docs/providers/http.md):
   kept-alive connections. Yahoo refuses non-browser TLS clients since 2025. Needs the `yahoo` extra;
   without it the stdlib transport is used (`browser_client_available()` tells which).
 
-Either way the request runs on a short-lived helper thread while the caller waits on the job's
+A provider that owns an `HttpPool` passes it as `get_json(pool=...)`: its requests then go over kept-alive
+connections (urllib3) on the caller's own thread, which waits for the answer in 50 ms slices so a
+cancelled job stops waiting at once (no helper thread). Without urllib3 the pool falls back to "stdlib".
+
+Otherwise the request runs on a short-lived helper thread while the caller waits on the job's
 interrupt, so a cancelled job never waits for a slow server (the abandoned request ends by itself at
-its timeout), and both transports report failures the same way: HttpFailure for error responses,
+its timeout). Every transport reports failures the same way: HttpFailure for error responses,
 TransientError with the same messages for network trouble.
 """
 
@@ -309,6 +313,197 @@ def _browser_get(url: str, timeout: float, headers: Mapping[str, str]) -> bytes 
     return _response_failure(url, response)
 
 
+# --- the pooled transport (urllib3, imported on first use) ----------------------------------------
+
+POOL_SIZE = 32
+"""Idle connections an HttpPool keeps per host (more concurrent requests open extra ones, closed after use)."""
+
+
+@cache
+def _urllib3() -> ModuleType | None:
+    """`urllib3` (2.x), or None when it is not installed."""
+    try:
+        import urllib3
+        import urllib3.util.wait  # noqa: F401 - loads urllib3.util.wait
+    except ImportError:
+        return None
+    if not urllib3.__version__.startswith("2."):
+        return None
+    return urllib3
+
+
+def pooled_client_available() -> bool:
+    """Whether an HttpPool really keeps connections alive (urllib3 2.x is installed)."""
+    return _urllib3() is not None
+
+
+class _Waiting(threading.local):
+    """The interrupt of the request this thread is sending (read by the connection while it waits)."""
+
+    interrupt: Interrupt | None = None
+
+
+_WAITING = _Waiting()
+
+
+def _wait_for_answer(sock: Any, timeout: float | None) -> None:
+    """Before the status line is read: wait until the answer starts arriving, in `_POLL_S` slices,
+    raising RequestCancelled as soon as this thread's interrupt fires and TimeoutError (which urllib3
+    reports as a read timeout) after `timeout` seconds."""
+    interrupt = _WAITING.interrupt
+    if interrupt is None or sock is None:
+        return
+    pending = getattr(sock, "pending", None)  # TLS: bytes already decrypted are not seen by poll
+    if pending is not None and pending():
+        return
+    wait_for_read = _loaded_urllib3().util.wait.wait_for_read
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        if interrupt.is_cancelled:
+            raise RequestCancelled
+        left = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+        if left <= 0:
+            raise TimeoutError("timed out waiting for the answer")
+        if wait_for_read(sock, timeout=left):
+            return
+
+
+def _loaded_urllib3() -> ModuleType:
+    urllib3 = _urllib3()
+    if urllib3 is None:
+        raise RuntimeError("the pooled transport needs urllib3 2.x")
+    return urllib3
+
+
+@cache
+def _watched_pool_classes() -> dict[str, type]:
+    """urllib3's connection pools, whose connections wait for the answer with `_wait_for_answer`."""
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class WatchedHTTPConnection(HTTPConnection):
+        def getresponse(self) -> Any:  # type: ignore[override]
+            _wait_for_answer(self.sock, self.timeout if isinstance(self.timeout, int | float) else None)
+            return super().getresponse()
+
+    class WatchedHTTPSConnection(HTTPSConnection):
+        def getresponse(self) -> Any:  # type: ignore[override]
+            _wait_for_answer(self.sock, self.timeout if isinstance(self.timeout, int | float) else None)
+            return super().getresponse()
+
+    class WatchedHTTPConnectionPool(HTTPConnectionPool):
+        ConnectionCls = WatchedHTTPConnection
+
+    class WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+        ConnectionCls = WatchedHTTPSConnection
+
+    return {"http": WatchedHTTPConnectionPool, "https": WatchedHTTPSConnectionPool}
+
+
+def _pooled_failure(error: BaseException, url: str, timeout: float) -> TransientError:
+    """The TransientError the stdlib transport gives for the same trouble (urllib3's exceptions unwrapped)."""
+    exceptions = _loaded_urllib3().exceptions
+    if isinstance(error, exceptions.MaxRetryError) and error.reason is not None:
+        error = error.reason
+    if isinstance(error, exceptions.ReadTimeoutError) or (
+            isinstance(error, exceptions.ConnectTimeoutError) and not isinstance(error, exceptions.NewConnectionError)):
+        return TransientError(f"timed out after {timeout:g}s: {url}")
+    if isinstance(error, exceptions.NewConnectionError | exceptions.SSLError):
+        cause = error.__cause__ if isinstance(error.__cause__, OSError) else error
+        return TransientError(f"cannot connect: {cause}")
+    inner = error.args[1] if isinstance(error, exceptions.ProtocolError) and len(error.args) > 1 else error
+    if isinstance(inner, http.client.IncompleteRead | exceptions.IncompleteRead):
+        partial = inner.partial
+        got = partial if isinstance(partial, int) else len(partial)
+        return TransientError(f"connection dropped mid-response ({got} bytes read)")
+    if isinstance(inner, http.client.HTTPException | ConnectionError):
+        return TransientError(f"connection dropped: {type(inner).__name__}: {inner}")
+    return TransientError(f"network error: {inner}")
+
+
+class HttpPool:
+    """Kept-alive connections for one provider: bounded (`maxsize` idle connections per host),
+    thread-safe, each request sent and answered on the caller's thread.
+
+    Close it when the provider closes. Without urllib3 2.x every request takes the stdlib transport
+    (a connection per request, on a helper thread)."""
+
+    def __init__(self, maxsize: int = POOL_SIZE) -> None:
+        self.maxsize = maxsize
+        self._lock = threading.Lock()
+        self._pools: dict[tuple[str, str, int | None], Any] = {}
+        self._proxied: dict[str, Any] = {}
+
+    @property
+    def kept_alive(self) -> bool:
+        return pooled_client_available()
+
+    def _opener(self, url: str) -> tuple[Any, str]:
+        """(what to call `urlopen` on, the URL to give it) for `url`: the host's own connection pool, or
+        a manager sending through the proxy the environment names for it (as urllib does)."""
+        urllib3 = _loaded_urllib3()
+        parts = urllib.parse.urlsplit(url)
+        classes = _watched_pool_classes()
+        if parts.scheme not in classes or not parts.hostname:
+            raise TransientError(f"cannot connect: unsupported URL {url!r}")
+        proxy = urllib.request.getproxies().get(parts.scheme)
+        if proxy and urllib.request.proxy_bypass(parts.hostname):
+            proxy = None
+        with self._lock:
+            if proxy:
+                manager = self._proxied.get(proxy)
+                if manager is None:
+                    manager = urllib3.ProxyManager(proxy, num_pools=8, maxsize=self.maxsize, block=False,
+                                                   retries=False)
+                    manager.pool_classes_by_scheme = classes
+                    self._proxied[proxy] = manager
+                return manager, url
+            key = (parts.scheme, parts.hostname, parts.port)
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = classes[parts.scheme](parts.hostname, parts.port, maxsize=self.maxsize, block=False,
+                                             retries=False)
+                self._pools[key] = pool
+        target = parts.path or "/"
+        return pool, f"{target}?{parts.query}" if parts.query else target
+
+    def get(self, url: str, timeout: float, headers: Mapping[str, str],
+            interrupt: Interrupt | None = None) -> bytes | HttpFailure:
+        """GET `url`: the body of a 2xx answer, or the error response; network trouble raises
+        TransientError, a cancelled `interrupt` RequestCancelled (the connection is then closed)."""
+        if not self.kept_alive:
+            return _interruptible(lambda: _stdlib_get(url, timeout, headers), interrupt)
+        if interrupt is not None and interrupt.is_cancelled:
+            raise RequestCancelled
+        urllib3 = _loaded_urllib3()
+        sent = {"Accept": "application/json", "User-Agent": USER_AGENT, **headers}
+        opener, target = self._opener(url)
+        _WAITING.interrupt = interrupt
+        try:
+            response = opener.urlopen("GET", target, headers=sent, retries=False, redirect=False,
+                                      timeout=urllib3.Timeout(connect=timeout, read=timeout))
+        except urllib3.exceptions.HTTPError as e:
+            raise _pooled_failure(e, url, timeout) from None
+        except OSError as e:  # not wrapped by urllib3 (none expected)
+            raise TransientError(f"network error: {e}") from None
+        finally:
+            _WAITING.interrupt = None
+        if 200 <= response.status < 300:
+            return response.data
+        body, text = _decode(response.data)
+        return HttpFailure(url, response.status, Headers(response.headers.items()), body, text)
+
+    def close(self) -> None:
+        """Close every connection (requests in flight finish on theirs; the pool stays usable)."""
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), {}
+            proxied, self._proxied = list(self._proxied.values()), {}
+        for pool in pools:
+            pool.close()
+        for manager in proxied:
+            manager.clear()  # drops its pools; their connections close as the pools are collected
+
+
 def transport_for(client: str) -> Transport:
     """The transport `client` names; "browser" without curl_cffi is the stdlib one."""
     if client not in CLIENTS:
@@ -344,6 +539,33 @@ def _interruptible(fn: Callable[[], Any], interrupt: Interrupt | None) -> Any:
     return box["value"]
 
 
+def get_bytes(
+    url: str,
+    params: Mapping[str, Any] | None = None,
+    timeout: float = 30.0,
+    interrupt: Interrupt | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    classify: Classifier | None = None,
+    client: str = "stdlib",
+    pool: HttpPool | None = None,
+) -> bytes:
+    """GET `url` with `params` and return the body of the 2xx answer; errors as `get_json` raises them."""
+    transport = transport_for(client)
+    full = build_url(url, params)
+    sent = dict(headers or {})
+    if interrupt is not None and interrupt.is_cancelled:
+        raise RequestCancelled
+    mark_sent(interrupt)
+    if pool is not None and client == "stdlib":
+        result = pool.get(full, timeout, sent, interrupt)
+    else:
+        result = _interruptible(lambda: transport(full, timeout, sent), interrupt)
+    if isinstance(result, HttpFailure):
+        raise classify_failure(result, classify)
+    return result
+
+
 def get_json(
     url: str,
     params: Mapping[str, Any] | None = None,
@@ -353,23 +575,19 @@ def get_json(
     headers: Mapping[str, str] | None = None,
     classify: Classifier | None = None,
     client: str = "stdlib",
+    pool: HttpPool | None = None,
 ) -> Any:
     """GET `url` with `params` and return the decoded JSON body.
 
     `client` picks the transport: "stdlib" (urllib) or "browser" (curl_cffi as Chrome, falling back
-    to stdlib when curl_cffi is missing). Raises RateLimitedError (429/418, with Retry-After),
-    TransientError (5xx, timeouts, refused or dropped connections, truncated or malformed bodies),
-    PermanentError (other 4xx), whatever `classify` makes of an error response, RequestCancelled if
-    `interrupt` fires first, and ValueError for an unknown `client`.
+    to stdlib when curl_cffi is missing); with `pool`, "stdlib" requests go over the pool's kept-alive
+    connections. Raises RateLimitedError (429/418, with Retry-After), TransientError (5xx, timeouts,
+    refused or dropped connections, truncated or malformed bodies), PermanentError (other 4xx),
+    whatever `classify` makes of an error response, RequestCancelled if `interrupt` fires first, and
+    ValueError for an unknown `client`.
     """
-    transport = transport_for(client)
-    full = build_url(url, params)
-    sent = dict(headers or {})
-    mark_sent(interrupt)
-    result = _interruptible(lambda: transport(full, timeout, sent), interrupt)
-    if isinstance(result, HttpFailure):
-        raise classify_failure(result, classify)
-    body, text = _decode(result)
+    raw = get_bytes(url, params, timeout, interrupt, headers=headers, classify=classify, client=client, pool=pool)
+    body, text = _decode(raw)
     if body is None:
         snippet = " ".join(text.split())[:_BODY_SNIPPET]
         raise TransientError(f"malformed JSON from {url}: {snippet!r}")

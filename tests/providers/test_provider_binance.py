@@ -23,10 +23,12 @@ from ktrdr_collect.providers.base import (
 from ktrdr_collect.providers.binance import EARLIEST, BinanceProvider, classify, market_id, period_start
 from ktrdr_collect.providers.http import HttpFailure
 from ktrdr_collect.storage.csv_store import CsvStore
+from tests.providers.browser_fakes import serve_keep_alive
 from tests.providers.fake_apis import (
     BINANCE_LISTED,
     Running,
     binance_bars,
+    binance_route,
     drop_body,
     garbage,
     slow,
@@ -152,6 +154,23 @@ def test_engine_job_stores_exactly_the_servers_bars_then_asks_nothing(binance_ap
     again = ProcessingEngine(p, store, workers=3, retry=FAST).process_batch(symbols, "1h", start, end)
     assert [r.status for r in again] == ["completed"] * 3
     assert len(binance_api.api.requests) == 6  # nothing missing: not one request
+
+
+def test_a_jobs_requests_reuse_kept_alive_connections(tmp_path: Path) -> None:
+    pytest.importorskip("urllib3")
+    start, end = JAN1, JAN1 + 10 * 86400  # 240 1h bars per symbol, 12 requests of 20
+    symbols = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+    for api in serve_keep_alive(binance_route):
+        p = provider(api, max_bars=20)
+        try:
+            store = CsvStore(tmp_path / "data")
+            results = ProcessingEngine(p, store, workers=2, retry=FAST).process_batch(symbols, "1h", start, end)
+            assert [r.status for r in results] == ["completed"] * 3
+            assert store.read("binance", "1h", "SOL/USDT") == binance_bars("SOLUSDT", "1h", start, end)
+        finally:
+            p.close()  # before the server joins its connection threads
+        assert len(api.server.arrivals) == 36
+        assert api.connections <= 2  # one per worker at most, never one per request
 
 
 def test_engine_retries_transient_and_waits_out_rate_limits(binance_api: Running, tmp_path: Path) -> None:
