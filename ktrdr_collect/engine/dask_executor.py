@@ -42,6 +42,9 @@ log = logging.getLogger("ktrdr_collect.engine")
 DASK_MISSING = "executor dask needs Dask: pip install 'ktrdr-collect[dask]'"
 CONTROL_POLL_S = 0.1
 """How often a task reads the batch's control variable (pause, cancel)."""
+BEAT_S = 0.5
+OWNER_TIMEOUT_S = 3.0
+"""The owner moves its beat every BEAT_S; a task whose owner's beat stood still this long cancels itself."""
 EVENTS_DEADLINE_S = 30.0
 """Longest wait, after a task returned, for its last progress events to arrive."""
 PROBE_FOLDER = ".ktrdr"
@@ -180,22 +183,38 @@ class _Relay:
                                                "method": method, "args": args})
 
 
-def _apply_control(variable: Any, gate: PauseGate, token: CancellationToken) -> None:
-    try:
-        command = variable.get(timeout=5)
-    except Exception:  # the scheduler is briefly unreachable: keep the last state
-        return
-    if command == "cancel":
-        token.cancel()
-    elif command == "pause" and not gate.is_paused:
-        gate.pause()
-    elif command == "run" and gate.is_paused:
-        gate.resume()
+class _Follower:
+    """A task's copy of the batch's control: `[command, beat]` in a Dask Variable, written by the
+    owner. A beat that stops moving for `OWNER_TIMEOUT_S` means the owner is gone (its process was
+    killed): the task cancels itself instead of running on unowned."""
 
+    def __init__(self, variable: Any, gate: PauseGate, token: CancellationToken,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.variable, self.gate, self.token, self.clock = variable, gate, token, clock
+        self.beat: Any = None
+        self.beat_at = clock()
 
-def _follow_control(variable: Any, gate: PauseGate, token: CancellationToken, done: threading.Event) -> None:
-    while not done.wait(CONTROL_POLL_S) and not token.is_cancelled:
-        _apply_control(variable, gate, token)
+    def apply(self) -> None:
+        try:
+            command, beat = self.variable.get(timeout=5)
+        except Exception:  # unreachable, or deleted by an owner that ended: judged by the beat below
+            command, beat = None, self.beat
+        now = self.clock()
+        if beat != self.beat:
+            self.beat, self.beat_at = beat, now
+        elif now - self.beat_at > OWNER_TIMEOUT_S:
+            log.warning("the batch's owner stopped answering for %.0f s: cancelling its task", now - self.beat_at)
+            command = "cancel"
+        if command == "cancel":
+            self.token.cancel()
+        elif command == "pause" and not self.gate.is_paused:
+            self.gate.pause()
+        elif command == "run" and self.gate.is_paused:
+            self.gate.resume()
+
+    def follow(self, done: threading.Event) -> None:
+        while not done.wait(CONTROL_POLL_S) and not self.token.is_cancelled:
+            self.apply()
 
 
 def run_series(task: SeriesTask, symbol: str) -> dict[str, Any]:
@@ -213,10 +232,9 @@ def run_series(task: SeriesTask, symbol: str) -> dict[str, Any]:
         raise ExecutorError(f"this worker does not see the data folder {task.store_root} ({missing})")
     relay = _Relay(get_worker(), task.topic, symbol)
     token, gate, done = CancellationToken(), PauseGate(), threading.Event()
-    control = Variable(task.control, client=get_client())
-    _apply_control(control, gate, token)  # before anything starts: a task started after a cancel stops at once
-    follower = threading.Thread(target=_follow_control, args=(control, gate, token, done),
-                                name="ktrdr-dask-control", daemon=True)
+    control = _Follower(Variable(task.control, client=get_client()), gate, token)
+    control.apply()  # before anything starts: a task started after a cancel stops at once
+    follower = threading.Thread(target=control.follow, args=(done,), name="ktrdr-dask-control", daemon=True)
     follower.start()
     # secrets never travel with the task: a worker takes them from its own environment or config
     provider = create_provider(task.provider, {**load_settings().provider_options(task.provider), **task.options})
@@ -344,7 +362,7 @@ class DaskExecutor:
         from distributed import Variable, as_completed
 
         control = Variable(task.control, client=client)
-        control.set("run")
+        control.set(["run", 0])
         replay = _Replay(ctx)
         client.subscribe_topic(task.topic, replay)
         stop = threading.Event()
@@ -355,8 +373,9 @@ class DaskExecutor:
         by_key: dict[str, str] = {}
         running = as_completed(loop=client.loop)
 
-        def submit(count: int) -> None:
-            for i, symbol in itertools.islice(todo, count):
+        def submit(count: int, again: str | None = None) -> None:
+            items = [(uuid.uuid4().hex[:8], again)] if again else itertools.islice(todo, count)
+            for i, symbol in items:
                 future = client.submit(run_series, task, symbol, key=f"ktrdr-{task.batch}-{i}", pure=False)
                 by_key[future.key] = symbol
                 running.add(future)
@@ -367,8 +386,10 @@ class DaskExecutor:
                      len(symbols), self.executor, len(threads), sum(threads.values()))
             submit(max(2, 2 * sum(threads.values())))
             for future in running:
-                self._collect(future, by_key.pop(future.key), replay, ctx, finished)
-                if not ctx.token.is_cancelled:
+                symbol = by_key.pop(future.key)
+                if not self._collect(future, symbol, replay, ctx, finished):
+                    submit(1, again=symbol)
+                elif not ctx.token.is_cancelled:
                     submit(1)
         finally:
             stop.set()
@@ -377,9 +398,11 @@ class DaskExecutor:
             control.delete()
 
     def _collect(self, future: Any, symbol: str, replay: _Replay, ctx: BatchContext,
-                 finished: Callable[[SymbolResult], None]) -> None:
+                 finished: Callable[[SymbolResult], None]) -> bool:
+        """Apply a finished task's result; False when the series must run again (its task took
+        this owner for gone while it was not: a beat delayed past OWNER_TIMEOUT_S)."""
         if future.cancelled():
-            return
+            return True
         try:
             answer = future.result()
         except Exception as e:  # the task raised, or its worker died more often than Dask retries
@@ -388,19 +411,26 @@ class DaskExecutor:
             if not replay.wait_for(answer["attempt"], answer["events"], time.monotonic() + EVENTS_DEADLINE_S):
                 log.warning("%s: some progress events from the cluster did not arrive", symbol)
             result = SymbolResult(**answer["result"])
+            if result.status == "cancelled" and not ctx.token.is_cancelled:
+                log.warning("%s: its task stopped without a cancel (the owner's beat was late); running it again",
+                            symbol)
+                return False
         ctx.tracker.symbol_finished(result.symbol, result.status, result.error)
         finished(result)
+        return True
 
     @staticmethod
     def _mirror_control(ctx: BatchContext, control: Any, stop: threading.Event) -> None:
         """The owner's gate and token, copied into the batch's control variable as they change."""
-        last = "run"
+        last, beat, beat_at = "run", 0, time.monotonic()
         while not stop.is_set():
             command = "cancel" if ctx.token.is_cancelled else "pause" if ctx.gate.is_paused else "run"
-            if command != last:
+            now = time.monotonic()
+            if command != last or now - beat_at >= BEAT_S:
                 try:
-                    control.set(command)
-                    last = command
-                except Exception:
-                    log.warning("dask executor: cannot reach the scheduler to %s the tasks", command)
+                    control.set([command, beat + 1])
+                    last, beat, beat_at = command, beat + 1, now
+                except Exception as e:
+                    if command != last:
+                        log.warning("dask executor: cannot reach the scheduler to %s the tasks: %s", command, e)
             stop.wait(0.02)

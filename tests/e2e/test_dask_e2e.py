@@ -3,6 +3,8 @@ files as threads, pause/resume/cancel from the command line, refusals."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from ktrdr_collect.storage.csv_store import CsvStore
 from tests.e2e.e2e_helpers import (
     collect,
     job_diagnostics,
+    kill_runners,
     poll_until,
     read_state,
     runner_gone,
@@ -141,3 +144,44 @@ def test_dask_is_imported_only_when_used() -> None:
             "print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def worker_pids(cluster: DaskCluster) -> list[int]:
+    from distributed import Client
+
+    with Client(cluster.address, set_as_default=False) as client:
+        return sorted(client.run(os.getpid).values())
+
+
+def test_kill_9_of_a_worker_and_of_the_runner_then_resume_give_identical_data(
+        home: Path, tmp_path: Path, dask_cluster: DaskCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = [*[f"K{i}" for i in range(6)], "-t", "1h", "--start", "2021-01-01", "--end", "2023-01-01",
+            "-o", "latency_ms=100", "-o", "max_bars=50", "-o", "flaky_symbols=K2"]
+    monkeypatch.setenv("KTRDR_COLLECT_EXECUTOR", dask_cluster.executor)
+    job = start_detached(home, *args)
+    try:
+        wait_for_requests(home, job, at_least=10, timeout=60)
+        victim = worker_pids(dask_cluster)[0]
+        os.kill(victim, signal.SIGKILL)  # its tasks are run again by another worker
+        seen = read_state(home, job)["requests"]
+        poll_until(lambda: read_state(home, job)["requests"] >= seen + 40, 60, what="progress after the worker died")
+        requests_made_now = read_state(home, job)["requests"]
+        assert kill_runners(home) == [job]  # and now the owner itself
+        poll_until(lambda: runner_gone(home, job), 10, what="runner exit")
+        assert status_json(home, job)["status"] == "interrupted"
+        r = collect(home, "resume", job)
+        assert r.returncode == 0, r.stderr
+        assert wait_rc(home, job, timeout=180) == 0, job_diagnostics(home)
+    finally:
+        kill_runners(home)
+    assert requests_made_now > seen
+    final = status_json(home, job)
+    assert final["symbols_completed"] == 6
+    assert requests_made_now < 6 * 73 / 2  # both kills came in the first half of the job
+
+    other = tmp_path / "other-home"
+    monkeypatch.setenv("KTRDR_COLLECT_EXECUTOR", "threads")
+    threaded = start_detached(other, *args[:-4], "-o", "latency_ms=0", "-o", "max_bars=50")
+    assert wait_rc(other, threaded, timeout=120) == 0
+    assert stored_files(home / "data") == stored_files(other / "data")
+    poll_until(lambda: len(worker_pids(dask_cluster)) == 3, 60, what="the nanny to restart the worker")
