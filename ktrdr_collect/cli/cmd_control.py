@@ -10,13 +10,12 @@ import typer
 
 from ktrdr_collect.cli import fmt
 from ktrdr_collect.cli.cmd_jobs import status_text
-from ktrdr_collect.errors import InvalidInputError
+from ktrdr_collect.errors import EXIT_TIMEOUT, InvalidInputError
 from ktrdr_collect.jobs import actions
 from ktrdr_collect.jobs.folders import resolve
 from ktrdr_collect.jobs.record import JobState
 
 JOB_HELP = "Job id, unique prefix, unique name, or 'last'."
-TIMEOUT_EXIT = 124
 
 
 def _report(st: JobState, json_: bool) -> int:
@@ -58,7 +57,7 @@ def wait(job: str = typer.Argument(..., help=JOB_HELP),
             now = actions.quick_status(job_id)
             print(f"Job {job_id} still {now.status} after {timeout:g} s: {fmt.progress_line(now)}",
                   file=sys.stderr, flush=True)
-        return TIMEOUT_EXIT
+        return EXIT_TIMEOUT
     if not quiet:
         print(fmt.summary_line(st), flush=True)
     return st.exit_code or 0

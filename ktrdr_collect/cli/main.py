@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from ktrdr_collect import __version__
-from ktrdr_collect.errors import CollectError
+from ktrdr_collect.errors import EXIT_CTRL_C, EXIT_USAGE, CollectError
 from ktrdr_collect.text import clean
 
 try:  # recent Typer vendors Click; older releases depend on it
@@ -18,7 +18,6 @@ try:  # recent Typer vendors Click; older releases depend on it
 except ImportError:  # pragma: no cover - depends on the installed Typer
     from click import exceptions as click  # type: ignore[no-redef]
 
-INTERRUPTED = 130
 
 
 def debug_enabled() -> bool:
@@ -37,11 +36,11 @@ def run_guarded(invoke: Any) -> int:
         result = invoke()
     except click.UsageError as e:
         if type(e).__name__ == "NoArgsIsHelpError":  # help was printed already
-            return 2
+            return EXIT_USAGE
         hint = f" (try '{e.ctx.command_path} --help')" if e.ctx else ""
-        return error(e.format_message() + hint, 2)
+        return error(e.format_message() + hint, EXIT_USAGE)
     except (typer.Abort, KeyboardInterrupt):
-        return INTERRUPTED
+        return EXIT_CTRL_C
     except typer.Exit as e:
         return e.exit_code
     except CollectError as e:

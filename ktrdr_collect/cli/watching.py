@@ -6,10 +6,9 @@ import sys
 
 from ktrdr_collect.cli.follow import follow
 from ktrdr_collect.cli.live import pick_renderer
+from ktrdr_collect.errors import EXIT_CTRL_C
 from ktrdr_collect.jobs import actions
 from ktrdr_collect.text import clean
-
-INTERRUPTED_BY_USER = 130
 
 
 def watch_job(job_id: str, json_mode: bool = False, quiet: bool = False, cancel_on_interrupt: bool = False) -> int:
@@ -25,7 +24,7 @@ def watch_job(job_id: str, json_mode: bool = False, quiet: bool = False, cancel_
                 print(f"Error: {clean(str(e))}", file=sys.stderr)
         else:
             print(f"\nStopped watching; job {job_id} keeps running.", file=sys.stderr)
-        return INTERRUPTED_BY_USER
+        return EXIT_CTRL_C
     if cancel_on_interrupt:
         actions.wait_for_runner_exit(job_id)
     return status.exit_code or 0

@@ -127,18 +127,6 @@ class ProcessingProgress:
             return 100.0
         return 100.0 * self.completed_symbols / self.total_symbols
 
-    @classmethod
-    def from_snapshot(cls, snap: BatchSnapshot) -> ProcessingProgress:
-        current = snap.current
-        return cls(
-            total_symbols=snap.total,
-            completed_symbols=snap.finished,
-            current_symbol=current[0] if current else None,
-            errors_count=snap.errors_count,
-            elapsed_time_ms=snap.elapsed_s * 1000,
-            estimated_remaining_ms=None if snap.eta_s is None else snap.eta_s * 1000,
-        )
-
 
 @dataclass
 class Totals:

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from ktrdr_collect.errors import InvalidJobStateError
+from ktrdr_collect.errors import (
+    EXIT_CANCELLED,
+    EXIT_INTERRUPTED,
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    EXIT_SYMBOLS_FAILED,
+    InvalidJobStateError,
+)
 
 SCHEMA = 1
 
@@ -49,8 +56,8 @@ def check_cancel(status: str) -> None:
 def exit_code(status: str, symbols_failed: int = 0) -> int | None:
     """CONTRACT.md exit codes for a job; None while it is still going."""
     if status == COMPLETED:
-        return 3 if symbols_failed else 0
-    return {FAILED: 4, CANCELLED: 5, INTERRUPTED: 6}.get(status)
+        return EXIT_SYMBOLS_FAILED if symbols_failed else EXIT_OK
+    return {FAILED: EXIT_JOB_FAILED, CANCELLED: EXIT_CANCELLED, INTERRUPTED: EXIT_INTERRUPTED}.get(status)
 
 
 def final_status(symbols_completed: int, symbols_failed: int) -> str:

@@ -33,7 +33,14 @@ from ktrdr_collect.engine.engine import ProcessingEngine
 from ktrdr_collect.engine.pipeline import RetryPolicy, SymbolResult
 from ktrdr_collect.engine.progress import FINISHED as SYMBOL_FINISHED
 from ktrdr_collect.engine.progress import BatchSnapshot, ProgressTracker, Summary, SymbolProgress, Totals
-from ktrdr_collect.errors import CollectError, InvalidJobStateError, StateFileError
+from ktrdr_collect.errors import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_JOB_FAILED,
+    CollectError,
+    InvalidJobStateError,
+    StateFileError,
+)
 from ktrdr_collect.jobs import control, model
 from ktrdr_collect.jobs.folders import LOG_FILE, STOP_MARK, iso_now
 from ktrdr_collect.jobs.journal import StoredJournal
@@ -426,16 +433,16 @@ class Runner:
         print(f"{STOP_MARK}{reason}", file=sys.stderr, flush=True)
         self.change(self.state.interrupt, reason)
         self.write_last(current_symbols=[], eta_s=None)
-        return model.exit_code(model.INTERRUPTED) or 6
+        return EXIT_INTERRUPTED
 
     def fail(self, message: str) -> int:
         log.error("job %s failed: %s", self.job_id, message)
         try:
             self.change(self.state.fail, message, iso_now())
         except InvalidJobStateError:  # it had ended already: its status stands
-            return self.state.exit_code or 4
+            return self.state.exit_code or EXIT_JOB_FAILED
         self.write_last(eta_s=0.0, current_symbols=[])
-        return 4
+        return EXIT_JOB_FAILED
 
     def write_last(self, **overrides: Any) -> None:
         """The runner's last write: if it fails, the reader falls back to runner.err for the reason."""
@@ -462,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = take_lock(args.job_id, folder, args.lock_fd)
     if lock is None:
         print(f"job {args.job_id} already has a runner", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     lock.record_pid(os.getpid())
     try:
         handler = setup_logging(folder)
@@ -470,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     except (StateFileError, OSError) as e:  # nothing can be recorded in the job: say why here
         print(f"{STOP_MARK}{describe(e)}", file=sys.stderr, flush=True)
         lock.release()
-        return 1
+        return EXIT_ERROR
     signal.signal(signal.SIGTERM, runner.on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, runner.on_signal)
