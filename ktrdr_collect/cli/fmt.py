@@ -81,9 +81,10 @@ def progress_line(status: JobState) -> str:
 
 
 def status_word(status: JobState) -> str:
-    """The status, with the health when it is not `healthy` (`running, degraded`)."""
+    """The status, with the health of a job still going when it is not `healthy` (`running,
+    degraded`); an ended job's status says how it went."""
     word = status.health["word"] if status.health else "healthy"
-    return status.status if word == "healthy" else f"{status.status}, {word}"
+    return status.status if word == "healthy" or status.over else f"{status.status}, {word}"
 
 
 def eta(status: JobState) -> str:

@@ -48,3 +48,11 @@ def test_the_reader_view_carries_health_into_the_public_status() -> None:
     view = job(requests=100, throttled=50, status="completed").view(alive=False)
     out = view.public()
     assert out["health"] == "struggling" and out["health_reasons"] == ["50% of requests throttled"]
+
+
+def test_status_and_list_show_the_health_of_a_job_still_going() -> None:
+    from ktrdr_collect.cli.fmt import status_word
+
+    assert status_word(job(requests=100, throttled=30).view(alive=True)) == "running, struggling"
+    assert status_word(job(requests=100).view(alive=True)) == "running"
+    assert status_word(job(requests=100, throttled=30, status="completed").view(alive=False)) == "completed"
