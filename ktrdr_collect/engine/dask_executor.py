@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,17 +309,42 @@ class DaskExecutor:
         except (OSError, TimeoutError) as e:
             raise ExecutorError(f"cannot reach the Dask scheduler at {self.executor}: {e}") from None
 
-    def task_for(self, ctx: BatchContext, owner: str, sharing: Any) -> SeriesTask:
+    def task_for(self, ctx: BatchContext, owner: str, sharing: Any, batch: str, probe: str) -> SeriesTask:
         fmt, root = store_location(ctx.store)
-        if not Path(root).is_absolute():
-            raise ExecutorError(f"the data folder must be an absolute path for a Dask cluster, got {root}")
-        batch = uuid.uuid4().hex[:16]
-        probe = Path(root) / PROBE_FOLDER / f"dask-probe-{batch}"
         return SeriesTask(
             batch=batch, provider=ctx.provider.name, options=ctx.provider.public_options(), store_format=fmt,
             store_root=root, timeframe=ctx.timeframe, start=ctx.start, end=ctx.end, retry=ctx.retry, owner=owner,
             pacing_url=getattr(sharing, "url", None), pacing_per_host=tuple(sorted(getattr(sharing, "per_host", ()))),
-            probe=str(probe), probe_text=batch)
+            probe=probe, probe_text=batch)
+
+    @contextlib.contextmanager
+    def _session(self, store: Any) -> Iterator[tuple[Any, str, str]]:
+        """A client of the cluster whose every worker has read the probe file written under the
+        store's folder: (client, batch id, probe path). Refused when any worker cannot."""
+        _, root = store_location(store)
+        if not Path(root).is_absolute():
+            raise ExecutorError(f"the data folder must be an absolute path for a Dask cluster, got {root}")
+        batch = uuid.uuid4().hex[:16]
+        probe = Path(root) / PROBE_FOLDER / f"dask-probe-{batch}"
+        client = self._client()
+        try:
+            from ktrdr_collect import files
+
+            files.make_dirs(probe.parent, files.PRIVATE_DIR_MODE, root=Path(root))
+            files.atomic_write(probe, batch.encode(), mode=files.PRIVATE_FILE_MODE, durable=True)
+            self._check_storage(client, root, str(probe), batch)
+            yield client, batch, str(probe)
+        finally:
+            probe.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the folder goes too, unless the store keeps files there
+                probe.parent.rmdir()
+            client.close()
+
+    def check(self, store: Any) -> None:
+        """Raise ExecutorError unless the cluster answers and every worker sees `store`'s folder
+        (a job's runner can call it while preparing, so that a refusal leaves the job resumable)."""
+        with self._session(store):
+            pass
 
     def run(self, ctx: BatchContext, symbols: Sequence[str], finished: Callable[[SymbolResult], None],
             owner: str, sharing: Any) -> None:
@@ -327,34 +352,21 @@ class DaskExecutor:
         Returns when all are done, or, after a cancel, when every started task has stopped."""
         if not symbols:
             return
-        task = self.task_for(ctx, owner, sharing)
-        if task.pacing_url is None and ctx.pacer is not None:
+        if getattr(sharing, "url", None) is None and ctx.pacer is not None:
             log.warning("no pacing_url: each worker host paces %s on its own, so hosts sharing an account "
-                        "can exceed its limit; set pacing_url = redis://... (docs/scale-out.md)", task.provider)
-        probe = Path(task.probe)
-        client = self._client()
-        try:
-            from ktrdr_collect import files
+                        "can exceed its limit; set pacing_url = redis://... (docs/scale-out.md)", ctx.provider.name)
+        with self._session(ctx.store) as (client, batch, probe):
+            self._run(client, ctx, self.task_for(ctx, owner, sharing, batch, probe), symbols, finished)
 
-            files.make_dirs(probe.parent, files.PRIVATE_DIR_MODE, root=Path(task.store_root))
-            files.atomic_write(probe, task.probe_text.encode(), mode=files.PRIVATE_FILE_MODE, durable=True)
-            self._check_storage(client, task)
-            self._run(client, ctx, task, symbols, finished)
-        finally:
-            probe.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # the folder goes too, unless the store keeps files there
-                probe.parent.rmdir()
-            client.close()
-
-    def _check_storage(self, client: Any, task: SeriesTask) -> None:
-        answers = client.run(probe_storage, task.probe, task.probe_text)
+    def _check_storage(self, client: Any, root: str, probe: str, text: str) -> None:
+        answers = client.run(probe_storage, probe, text)
         if not answers:
             raise ExecutorError(f"the Dask cluster at {self.executor} has no workers")
         blind = {worker: why for worker, why in answers.items() if why is not None}
         if blind:
             worker, why = sorted(blind.items())[0]
             raise ExecutorError(
-                f"Dask worker {worker} does not see the data folder {task.store_root} ({why}): workers write "
+                f"Dask worker {worker} does not see the data folder {root} ({why}): workers write "
                 f"the data themselves, so it must be shared storage mounted at the same path on every worker")
 
     def _run(self, client: Any, ctx: BatchContext, task: SeriesTask, symbols: Sequence[str],

@@ -109,6 +109,13 @@ class ProcessingEngine:
         self._pacers: dict[str, Pacer | None] = {}
         self._pacers_lock = threading.Lock()
 
+    def check_executor(self) -> None:
+        """With a cluster executor: raise unless the cluster answers and its workers see the store's
+        folder (engine/dask_executor.py); nothing to check for threads."""
+        cluster = executor_for(self.executor)
+        if cluster is not None:
+            cluster.check(self.store)
+
     def pacer_of(self, timeframe: str) -> Pacer | None:
         """The machine-wide pacer for this timeframe's requests: the injected one, else the one of
         `provider.pacing_for(timeframe)`, built once per timeframe."""

@@ -3,6 +3,7 @@ files as threads, pause/resume/cancel from the command line, refusals."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ktrdr_collect.engine.dask_executor import DaskExecutor, ExecutorError, SeriesTask
+from ktrdr_collect.engine.dask_executor import DaskExecutor, ExecutorError
 from ktrdr_collect.engine.engine import ProcessingEngine
-from ktrdr_collect.engine.pipeline import RetryPolicy
 from ktrdr_collect.providers.demo import DemoProvider
 from ktrdr_collect.storage.csv_store import CsvStore
 from tests.e2e.e2e_helpers import (
@@ -34,10 +34,16 @@ from tests.services import DaskCluster, free_port
 SYMBOLS = [f"D{i}" for i in range(9)]
 
 
-def stored_files(root: Path) -> dict[str, bytes]:
-    """Data and fetched-range records (not lock or claim files), by path under `root`."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and (p.suffix == ".csv" or p.name.endswith(".coverage.json"))}
+def stored_files(root: Path) -> dict[str, object]:
+    """Data files (bytes) and fetched ranges, by path under `root` (not lock or claim files, nor the
+    coverage record's own stamps of the file it describes: inode and mtime differ between runs)."""
+    found: dict[str, object] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix == ".csv":
+            found[str(p.relative_to(root))] = p.read_bytes()
+        elif p.is_file() and p.name.endswith(".coverage.json"):
+            found[str(p.relative_to(root))] = json.loads(p.read_bytes())["ranges"]
+    return found
 
 
 def test_a_batch_over_three_workers_stores_the_same_files_as_threads(home: Path, dask_cluster: DaskCluster) -> None:
@@ -119,15 +125,17 @@ def test_pause_resume_and_cancel_reach_the_tasks(home: Path, tmp_path: Path, das
 
 def test_workers_that_do_not_see_the_data_folder_are_refused(tmp_path: Path, dask_cluster: DaskCluster) -> None:
     executor = DaskExecutor(dask_cluster.executor)
-    task = SeriesTask(batch="b", provider="demo", options={}, store_format="csv", store_root=str(tmp_path),
-                      timeframe="1d", start=0, end=1, retry=RetryPolicy(), owner="o", pacing_url=None,
-                      pacing_per_host=(), probe=str(tmp_path / "never-written"), probe_text="b")
     client = executor._client()
     try:
         with pytest.raises(ExecutorError, match="does not see the data folder .*shared storage"):
-            executor._check_storage(client, task)
+            executor._check_storage(client, str(tmp_path), str(tmp_path / "never-written"), "b")
     finally:
         client.close()
+    engine = ProcessingEngine(DemoProvider({}), CsvStore(tmp_path / "data"), executor=dask_cluster.executor)
+    engine.check_executor()  # the workers see this one (same machine): no error, no probe left
+    assert not (tmp_path / "data" / ".ktrdr").exists()
+    with pytest.raises(ExecutorError, match="absolute path"):
+        ProcessingEngine(DemoProvider({}), CsvStore(Path("relative")), executor=dask_cluster.executor).check_executor()
 
 
 def test_an_unreachable_scheduler_is_a_clear_error(home: Path) -> None:
