@@ -136,6 +136,8 @@ class History:
     def __init__(self) -> None:
         self.conn = open_index()
         self.live: list[JobState] = []
+        self.stateless: list[JobState] = []
+        """Folders whose `start` was cut short before the state was written: listed as failed."""
         self.broken: list[StateFileError] = []
         self.sync()
 
@@ -177,12 +179,10 @@ class History:
                     _insert(self.conn, status)
 
     def _note_stateless(self, job_id: str) -> None:
-        """A folder without state.json is shown (as a warning), not hidden: its start was cut short."""
+        """A folder without state.json is shown as a failed job with the reason, not hidden: its
+        start was cut short (`collect prune` removes it once it is past retention)."""
         if not is_locked(paths.job_dir(job_id)):
-            self.broken.append(StateFileError(
-                f"job {job_id}: no state file (its start was interrupted before the job was written); "
-                f"`collect prune` removes it once it is past retention"
-            ))
+            self.stateless.append(stateless_job(job_id))
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -239,8 +239,8 @@ class History:
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         finished = (_from_summary(json.loads(r[0])) for r in self.conn.execute(sql, args))
-        live = sorted((s for s in self.live if _live_matches(s, statuses, symbol, provider, since, until, search)),
-                      key=_newest_first)
+        live = sorted((s for s in self.live + self.stateless
+                       if _live_matches(s, statuses, symbol, provider, since, until, search)), key=_newest_first)
         merged = heapq.merge(finished, live, key=_newest_first)  # ids follow the creation sequence
         return itertools.islice(merged, limit)
 
@@ -273,6 +273,21 @@ class History:
         rows = [(r[0], r[1], True) for r in self.conn.execute(sql)]
         live = [(s.id, max(s.created_at, s.updated_at or s.created_at), False) for s in self.live]
         return rows + live
+
+
+STATELESS_ERROR = "no state file: its start was interrupted before the job was written"
+
+
+def stateless_job(job_id: str) -> JobState:
+    """What `list` shows for a job folder without state.json: failed, with the reason; created
+    when its id says (its creation stamp)."""
+    from ktrdr_collect.jobs.folders import iso
+
+    created = iso((stamp_of(job_id) or 0) / 1000)
+    job = JobState(id=job_id, provider="?", timeframe="?", start=created, end=created, created_at=created,
+                   status="failed", completed_at=created, updated_at=created, error=STATELESS_ERROR)
+    job.health = None
+    return job
 
 
 def _like_literal(text: str) -> str:
