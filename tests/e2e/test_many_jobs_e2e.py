@@ -6,6 +6,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import COLLECT
 
 
@@ -50,6 +52,7 @@ def test_without_shared_pacing_the_provider_would_throttle(home: Path) -> None:
     assert refused >= 15
 
 
+@pytest.mark.slow  # ~80 s; its benchmark twin is bench/many_jobs
 def test_a_hundred_detached_jobs(home: Path) -> None:
     started = time.monotonic()
     ids = []
