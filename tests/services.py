@@ -132,7 +132,7 @@ def dask_cluster() -> Iterator[DaskCluster]:
     with tempfile.TemporaryDirectory(prefix="ktrdr-dask-") as folder:
         home = Path(folder) / "home"
         cluster = LocalCluster(n_workers=3, threads_per_worker=2, processes=True, host="127.0.0.1",
-                               dashboard_address=None, silence_logs=logging.ERROR,
+                               dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR,
                                env={"KTRDR_COLLECT_HOME": str(home)})
         try:
             yield DaskCluster(cluster.scheduler_address, home)

@@ -17,6 +17,7 @@ from ktrdr_collect.engine.dask_executor import DaskExecutor, ExecutorError
 from ktrdr_collect.engine.engine import ProcessingEngine
 from ktrdr_collect.providers.demo import DemoProvider
 from ktrdr_collect.storage.csv_store import CsvStore
+from ktrdr_collect.storage.open import open_store
 from tests.e2e.e2e_helpers import (
     collect,
     job_diagnostics,
@@ -43,15 +44,22 @@ def stored_files(root: Path) -> dict[str, object]:
             found[str(p.relative_to(root))] = p.read_bytes()
         elif p.is_file() and p.name.endswith(".coverage.json"):
             found[str(p.relative_to(root))] = json.loads(p.read_bytes())["ranges"]
+        elif p.is_dir() and p.suffix == ".parquet":  # a dataset: its rows, whatever its parts are named
+            import pyarrow.parquet as pq
+
+            found[str(p.relative_to(root))] = sorted(pq.read_table(p).to_pylist(), key=lambda r: str(r["timestamp"]))
     return found
 
 
-def test_a_batch_over_three_workers_stores_the_same_files_as_threads(home: Path, dask_cluster: DaskCluster) -> None:
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_batch_over_three_workers_stores_the_same_files_as_threads(home: Path, dask_cluster: DaskCluster,
+                                                                     fmt: str) -> None:
     options = {"latency_ms": 2, "max_bars": 40, "flaky_symbols": "D3"}
     window = {"start": "2019-01-01", "end": "2024-01-01"}
-    threads = ProcessingEngine(DemoProvider(options), CsvStore(home / "threads"), workers=4, executor="threads")
+    threads = ProcessingEngine(DemoProvider(options), open_store(fmt, home / "threads"), workers=4,
+                               executor="threads")
     expected = threads.process_batch(SYMBOLS, "1d", **window)  # type: ignore[arg-type]
-    engine = ProcessingEngine(DemoProvider(options), CsvStore(home / "dask"), workers=4,
+    engine = ProcessingEngine(DemoProvider(options), open_store(fmt, home / "dask"), workers=4,
                               executor=dask_cluster.executor)
     tracker = engine.new_tracker(SYMBOLS, "1d")
     stored: list[tuple[str, tuple[int, int], int]] = []

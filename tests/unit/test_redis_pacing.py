@@ -293,3 +293,17 @@ def test_the_engine_keys_its_budget_by_a_hash_of_the_credential(home: Path) -> N
     assert other.pacer.key != pacer.key  # type: ignore[union-attr]
     files = ProcessingEngine(KeyedDemo({"rate_limit": 5}), CsvStore(home / "data"), sharing=Sharing())
     assert isinstance(files.pacer, SharedPacer)  # without a URL: this machine's file, as before
+
+
+def test_stamp_counts_a_request_now_in_both_pacers(tmp_path: Path, redis_url: str) -> None:
+    """`stamp()` (IB's second count for BID_ASK) fills the window like a request, without waiting."""
+    now = [1_000.0]
+    files = SharedPacer(tmp_path / "p.json", [(2, 60.0)], clock=lambda: now[0])
+    files.stamp()
+    files.stamp()
+    assert files.delay()[0] == pytest.approx(60.0 * (1 + MARGIN))
+    shared = RedisPacer(redis_url, "t:stamp", [(2, 60.0)])
+    shared.stamp()
+    shared.stamp()
+    delay, _ = shared.delay(no_sleep)  # type: ignore[misc]
+    assert delay > 55
