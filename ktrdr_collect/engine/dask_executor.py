@@ -236,9 +236,10 @@ def run_series(task: SeriesTask, symbol: str) -> dict[str, Any]:
     control.apply()  # before anything starts: a task started after a cancel stops at once
     follower = threading.Thread(target=control.follow, args=(done,), name="ktrdr-dask-control", daemon=True)
     follower.start()
-    # secrets never travel with the task: a worker takes them from its own environment or config
-    provider = create_provider(task.provider, {**load_settings().provider_options(task.provider), **task.options})
+    provider = None
     try:
+        # secrets never travel with the task: a worker takes them from its own environment or config
+        provider = create_provider(task.provider, {**load_settings().provider_options(task.provider), **task.options})
         store = open_store(task.store_format, Path(task.store_root))
         sharing = Sharing(task.pacing_url, frozenset(task.pacing_per_host)) if task.pacing_url else Sharing()
         engine = ProcessingEngine(provider, store, workers=1, retry=task.retry, owner=task.owner,
@@ -255,7 +256,8 @@ def run_series(task: SeriesTask, symbol: str) -> dict[str, Any]:
     finally:
         done.set()
         follower.join()
-        provider.close()
+        if provider is not None:
+            provider.close()
     return {"result": result.__dict__, "attempt": relay.attempt, "events": relay.sent}
 
 

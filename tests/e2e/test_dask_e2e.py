@@ -54,7 +54,7 @@ def stored_files(root: Path) -> dict[str, object]:
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_a_batch_over_three_workers_stores_the_same_files_as_threads(home: Path, dask_cluster: DaskCluster,
                                                                      fmt: str) -> None:
-    options = {"latency_ms": 2, "max_bars": 40, "flaky_symbols": "D3"}
+    options = {"latency_ms": 2, "max_bars": 40, "flaky_symbols": "D3", "fail_symbols": "D7"}
     window = {"start": "2019-01-01", "end": "2024-01-01"}
     threads = ProcessingEngine(DemoProvider(options), open_store(fmt, home / "threads"), workers=4,
                                executor="threads")
@@ -65,15 +65,18 @@ def test_a_batch_over_three_workers_stores_the_same_files_as_threads(home: Path,
     stored: list[tuple[str, tuple[int, int], int]] = []
     results = engine.process_batch(SYMBOLS, "1d", tracker=tracker,
                                    on_stored=lambda s, r, n: stored.append((s, r, n)), **window)  # type: ignore[arg-type]
-    assert [(r.symbol, r.status, r.candles, r.requests) for r in results] == \
-        [(r.symbol, r.status, r.candles, r.requests) for r in expected]
+    assert [(r.symbol, r.status, r.candles, r.requests, r.error) for r in results] == \
+        [(r.symbol, r.status, r.candles, r.requests, r.error) for r in expected]
+    assert [r.status for r in results].count("failed") == 1  # D7, unknown to the provider
     files = stored_files(home / "dask")
-    assert files == stored_files(home / "threads") and len(files) == 2 * len(SYMBOLS)
+    assert files == stored_files(home / "threads") and len(files) == 2 * (len(SYMBOLS) - 1)
     snap = tracker.snapshot()  # progress came back through Dask events
     assert snap.requests == sum(r.requests for r in expected) and snap.candles == sum(r.candles for r in expected)
-    assert all(sp.status == "completed" and sp.segments_done == sp.segments_total > 0 for sp in snap.symbols)
+    assert all(sp.status == "completed" and sp.segments_done == sp.segments_total > 0
+               for sp in snap.symbols if sp.symbol != "D7")
+    assert [sp.status for sp in snap.symbols if sp.symbol == "D7"] == ["failed"]
     assert snap.errors_count >= 1  # D3's transient failure, retried on its worker, counted here
-    assert {s for s, _, _ in stored} == set(SYMBOLS)  # the journal callback ran on the owner
+    assert {s for s, _, _ in stored} == set(SYMBOLS) - {"D7"}  # the journal callback ran on the owner
     assert not (home / "dask" / ".ktrdr").exists()  # the storage probe is cleaned up
 
 
