@@ -24,7 +24,7 @@ from typing import IO
 from ktrdr_collect import files
 from ktrdr_collect.storage import series
 from ktrdr_collect.storage.gaps import Interval
-from ktrdr_collect.storage.series import Bar, changed_rows
+from ktrdr_collect.storage.series import Bar, FileStats, changed_rows
 from ktrdr_collect.storage.timeframes import format_ts, parse_ts
 
 HEADER = "timestamp,open,high,low,close,volume\n"
@@ -224,7 +224,7 @@ class CsvStore:
         counts 0), so a job's counts are what the files saw, even when a crash made it refetch."""
         path = self.path(provider, timeframe, symbol)
         return series.write_series(self, (provider, timeframe, symbol), bars, covered,
-                                   lambda new: store_bars(path, new, self.root))
+                                   lambda new, known: store_bars(path, new, self.root, known))
 
     def replace(self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar],
                 ranges: Sequence[Interval]) -> None:
@@ -291,25 +291,32 @@ def count_rows(path: Path) -> int:
     return max(0, lines - 1) if first.isalpha() else lines
 
 
-def summarize(path: Path | str) -> tuple[int | None, int | None, int, int]:
-    """``(first_ts, last_ts, rows, size)`` of a CSV in one pass over its bytes: the first and last
-    lines are parsed, the rest only counted (no full parse); a missing file is all empty."""
+def summarize(path: Path | str, known: FileStats | None = None) -> tuple[int | None, int | None, int, int]:
+    """``(first_ts, last_ts, rows, size)`` of a CSV: the first and last lines are parsed; the rows
+    are what the coverage record says (``known``) while the file is still the one it describes,
+    else its line ends are counted in one pass (no parsing). A missing file is all empty."""
     try:
         f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below; one open per file keeps listing fast)
     except FileNotFoundError:
         return None, None, 0, 0
     with f:
-        head = f.read(_COUNT_CHUNK) or b""
-        lines, tail = head.count(b"\n"), head
-        while chunk := f.read(_COUNT_CHUNK):
-            lines += chunk.count(b"\n")
-            tail = tail[-_TAIL_CHUNK:] + chunk
-        size = f.tell()
-    rows = max(0, lines - 1) if head[:1].isalpha() else lines
+        st = os.fstat(f.fileno())
+        if known is not None and known.matches(st):
+            head = f.read(_TAIL_CHUNK) or b""
+            f.seek(max(0, st.st_size - _TAIL_CHUNK))
+            tail, rows, size = f.read(), known.rows, st.st_size
+        else:
+            head = f.read(_COUNT_CHUNK) or b""
+            lines, tail = head.count(b"\n"), head
+            while chunk := f.read(_COUNT_CHUNK):
+                lines += chunk.count(b"\n")
+                tail = tail[-_TAIL_CHUNK:] + chunk
+            size = f.tell()
+            rows = max(0, lines - 1) if head[:1].isalpha() else lines
     if rows == 0:
         return None, None, 0, size
     first = first_data_ts(head)
-    if first is None:  # the first line is longer than a chunk: read it as a line
+    if first is None:  # the first line is longer than what was read of the head: read it as a line
         first = first_ts_of(path)
     return first, last_ts_of(last_complete_line(tail)), rows, size
 
@@ -346,15 +353,20 @@ def replace_bars(path: Path, bars: Sequence[Bar], root: Path) -> None:
     write_csv(path, bars)
 
 
-def store_bars(path: Path, bars: Sequence[Bar], root: Path) -> int:
-    """Add ``bars`` to the file: appended if they all come after its last bar, else merged."""
+def store_bars(path: Path, bars: Sequence[Bar], root: Path,
+               known: FileStats | None = None) -> tuple[int, FileStats | None]:
+    """Add ``bars`` to the file: appended if they all come after its last bar, else merged.
+    Returns (rows added or changed, the file's stats after, or None when its rows are unknown:
+    ``known`` — what the record says — no longer describes the file)."""
     make_folder(path, root)
     fd = files.open_nofollow(path, os.O_RDWR | os.O_CREAT, files.DATA_FILE_MODE)
     with os.fdopen(fd, "r+b") as f:
+        before = os.fstat(fd)
         size = f.seek(0, os.SEEK_END)
         good_size, last_line = read_tail(f, size)
         last = last_ts_of(last_line)
         if last is None or last < bars[0][0]:
+            rows = 0 if size == 0 else known.rows if known is not None and known.matches(before) else None
             try:
                 append_rows(f, size, good_size, bars)
             except OSError:
@@ -363,8 +375,18 @@ def store_bars(path: Path, bars: Sequence[Bar], root: Path) -> int:
                 raise
             if size == 0:
                 files.fsync_dir(path.parent)
-            return len(bars)
-    return merge_rewrite(path, bars)
+            return len(bars), None if rows is None else FileStats.of(rows + len(bars), os.fstat(fd))
+    return merge_into(path, bars)
+
+
+def merge_into(path: Path, bars: Sequence[Bar]) -> tuple[int, FileStats]:
+    """merge_rewrite, also returning the new file's stats."""
+    with open(path, encoding="utf-8", newline="") as f:
+        merged = {bar[0]: bar for bar in parse_lines(iter(f), None, None)}
+    written = changed_rows(merged, bars)
+    merged.update((bar[0], bar) for bar in bars)
+    write_csv(path, [merged[ts] for ts in sorted(merged)])
+    return written, FileStats.of(len(merged), os.stat(path))
 
 
 def erase_rows(path: Path, start: int | None, end: int | None) -> int:
@@ -408,12 +430,7 @@ def append_rows(f: IO[bytes], size: int, good_size: int, bars: Sequence[Bar]) ->
 def merge_rewrite(path: Path, bars: Sequence[Bar]) -> int:
     """Merge ``bars`` into the file (new bars win on equal timestamps) and replace it atomically;
     returns how many rows were added or changed."""
-    with open(path, encoding="utf-8", newline="") as f:
-        merged = {bar[0]: bar for bar in parse_lines(iter(f), None, None)}
-    written = changed_rows(merged, bars)
-    merged.update((bar[0], bar) for bar in bars)
-    write_csv(path, [merged[ts] for ts in sorted(merged)])
-    return written
+    return merge_into(path, bars)[0]
 
 
 def write_csv(path: Path, bars: Sequence[Bar]) -> None:

@@ -160,13 +160,15 @@ def paths_of(root: Path, key: SeriesKey) -> tuple[str, str]:
             f"{folder}/{series.META_DIR}/{stem}{TAGS[key.format]}{series.COVERAGE_SUFFIX}")
 
 
-def summarize(root: Path, key: SeriesKey, path: str | None = None) -> tuple[int | None, int | None, int, int]:
-    """``(first, last, rows, size)`` without a full read."""
+def summarize(root: Path, key: SeriesKey, path: str | None = None,
+              known: series.FileStats | None = None) -> tuple[int | None, int | None, int, int]:
+    """``(first, last, rows, size)`` without a full read (``known``: what the coverage record
+    says of the CSV file; its row count is used while it still describes the file)."""
     path = path or paths_of(root, key)[0]
     if key.format == "csv":
         from ktrdr_collect.storage.csv_store import summarize as csv_summary
 
-        return csv_summary(path)
+        return csv_summary(path, known)
     try:
         from ktrdr_collect.storage.parquet_store import summarize as parquet_summary
     except ImportError:  # pyarrow missing: rows unknown (0)
@@ -198,8 +200,8 @@ def describe(root: Path, key: SeriesKey, calendar: Calendar | None = None,
     data, record = paths_of(root, key)
     summary = index.lookup(key, data, record) if index is not None else None
     if summary is None:
-        first, last, rows, size = summarize(root, key, data)
-        recorded = series.read_coverage_file(record)
+        recorded, stats = series.read_record(record)
+        first, last, rows, size = summarize(root, key, data, stats)
         if index is not None:
             index.store(key, data, record, (first, last, rows, size), recorded)
     else:

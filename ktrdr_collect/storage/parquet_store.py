@@ -359,7 +359,7 @@ class ParquetStore:
         fetched; returns how many rows the dataset gained or changed."""
         folder = self.path(provider, timeframe, symbol)
         return series.write_series(self, (provider, timeframe, symbol), bars, covered,
-                                   lambda new: self._store_bars(folder, new))
+                                   lambda new, _known: (self._store_bars(folder, new), None))
 
     def replace(self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar],
                 ranges: Sequence[Interval]) -> None:

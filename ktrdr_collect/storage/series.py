@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ktrdr_collect import files
 from ktrdr_collect.storage.gaps import Interval, merge_intervals, subtract
@@ -182,27 +182,65 @@ def coverage_from_doc(doc: object) -> list[Interval] | None:
     return merge_intervals(parsed)
 
 
-def read_coverage_file(path: Path | str) -> list[Interval] | None:
-    """None when there is no record (derive one from the data); [] for a damaged record: the
-    data may have holes a derived range would hide, so everything is fetched again (the merge
-    keeps what is stored)."""
+class FileStats(NamedTuple):
+    """What the coverage record says of the data file it was written with: its rows, and the
+    size, modification time and inode that make the count trustworthy (a listing uses ``rows``
+    only while the file still has exactly those; anything else is counted again)."""
+
+    rows: int
+    size: int
+    mtime_ns: int
+    inode: int
+
+    def matches(self, st: os.stat_result) -> bool:
+        """``st`` (the file now) is the file these stats describe."""
+        return (self.size, self.mtime_ns, self.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
+
+    @classmethod
+    def of(cls, rows: int, st: os.stat_result) -> FileStats:
+        return cls(rows, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def stats_from_doc(doc: object) -> FileStats | None:
+    item = doc.get("file") if isinstance(doc, dict) else None
+    if not isinstance(item, dict):
+        return None
+    values = [item.get(k) for k in FileStats._fields]
+    if not all(type(v) is int and v >= 0 for v in values):
+        return None
+    return FileStats(*values)  # type: ignore[arg-type]
+
+
+def read_record(path: Path | str) -> tuple[list[Interval] | None, FileStats | None]:
+    """``(ranges, stats)`` of a coverage record. Ranges: None when there is no record (derive one
+    from the data); [] for a damaged record: the data may have holes a derived range would hide,
+    so everything is fetched again (the merge keeps what is stored)."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
-        return None
+        return None, None
     except (OSError, ValueError):  # ValueError: not UTF-8 text (UnicodeDecodeError)
-        return []
+        return [], None
     try:
-        ranges = coverage_from_doc(json.loads(text))
+        doc = json.loads(text)
     except (ValueError, RecursionError):  # not JSON, or nested beyond the parser's depth
-        return []
-    return [] if ranges is None else ranges
+        return [], None
+    ranges = coverage_from_doc(doc)
+    return ([], None) if ranges is None else (ranges, stats_from_doc(doc))
 
 
-def save_coverage_file(path: Path, ranges: Sequence[Interval], durable: bool = False) -> None:
+def read_coverage_file(path: Path | str) -> list[Interval] | None:
+    """The recorded ranges (see read_record)."""
+    return read_record(path)[0]
+
+
+def save_coverage_file(path: Path, ranges: Sequence[Interval], durable: bool = False,
+                       stats: FileStats | None = None) -> None:
     """``durable=False``: a power loss may leave the old record, which only costs a refetch."""
-    doc = {"version": COVERAGE_VERSION, "ranges": [[s, e] for s, e in ranges]}
+    doc: dict[str, object] = {"version": COVERAGE_VERSION, "ranges": [[s, e] for s, e in ranges]}
+    if stats is not None:
+        doc["file"] = stats._asdict()
     files.atomic_write(path, (json.dumps(doc) + "\n").encode(), mode=files.DATA_FILE_MODE, durable=durable)
 
 
@@ -235,16 +273,25 @@ class SeriesStore(Protocol):
              end: int | None = None) -> list[Bar]: ...
 
 
+StoreBars = Callable[[Sequence[Bar], "FileStats | None"], "tuple[int, FileStats | None]"]
+"""Store bars in the data file, given what the record says of the file; returns (rows added or
+changed, the file's stats afterwards or None when unknown)."""
+
+
 def write_series(store: SeriesStore, key: tuple[str, str, str], bars: Sequence[Bar], covered: Interval,
-                 store_bars: Callable[[Sequence[Bar]], int]) -> int:
+                 store_bars: StoreBars) -> int:
     """Store ``bars`` (ascending, inside ``covered``) durably with ``store_bars``, then record
-    ``covered`` as fetched. Returns the rows the data gained or changed."""
+    ``covered`` as fetched (with the file's stats). Returns the rows the data gained or changed."""
     check_bars(bars, covered)
     with store.lock(*key):
+        record = store.coverage_path(*key)
         # Read coverage before storing: a derived-from-data range must not stretch over the new bars.
         ranges = merge_intervals([*store.coverage(*key), covered])
-        written = store_bars(bars) if bars else 0
-        save_coverage_file(store.coverage_path(*key), ranges)
+        stats = read_record(record)[1]
+        written = 0
+        if bars:
+            written, stats = store_bars(bars, stats)
+        save_coverage_file(record, ranges, stats=stats)
         return written
 
 

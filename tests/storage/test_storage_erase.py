@@ -3,6 +3,7 @@ order of writes, and a process killed at every rename of an erase."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -43,10 +44,18 @@ def snapshot(store: Store, key: tuple[str, str, str]) -> tuple[list[object], lis
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    """Every file's bytes but the locks' and the hidden temp files a killed write leaves (readers
-    never look at them; files.is_temp_name)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not p.name.endswith(".lock") and not files.is_temp_name(p.name)}
+    """Every data file's bytes, and every coverage record's ranges (a record also holds its data
+    file's size, time and inode, which differ from one run to another); not the locks, nor the
+    hidden temp files a killed write leaves (readers never look at them; files.is_temp_name)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.name.endswith(".lock") or files.is_temp_name(p.name):
+            continue
+        data = p.read_bytes()
+        if p.name.endswith(series.COVERAGE_SUFFIX):
+            data = json.dumps(json.loads(data)["ranges"]).encode()
+        out[str(p.relative_to(root))] = data
+    return out
 
 
 @pytest.fixture(params=FORMATS)

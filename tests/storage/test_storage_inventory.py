@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ktrdr_collect.storage import csv_store, inventory
+from ktrdr_collect.storage import csv_store, inventory, series
 from ktrdr_collect.storage.calendar import DEMO_CALENDAR
 from ktrdr_collect.storage.inventory import SeriesKey
 from ktrdr_collect.storage.open import open_store
@@ -153,3 +153,42 @@ def test_a_cache_that_cannot_be_written_costs_nothing_but_time(tmp_path: Path,
     monkeypatch.setattr(inventory.files, "atomic_write", read_only)  # a read-only data dir
     (info,) = inventory.list_series(tmp_path, inventory.find_series(tmp_path))
     assert info.rows == 5 and not (tmp_path / "demo" / "1d" / ".ktrdr" / inventory.INDEX_FILE).exists()
+
+
+def test_the_record_keeps_the_rows_of_its_file_through_every_kind_of_write(tmp_path: Path) -> None:
+    store = open_store("csv", tmp_path)
+    key = ("demo", "1d", "AAPL")
+    bars = demo_bars(MON, MON + 60 * DAY)
+    path, record = store.path(*key), store.coverage_path(*key)
+
+    def stats() -> object:
+        return series.read_record(record)[1]
+
+    store.write(*key, bars[10:20], (bars[10][0], bars[20][0]))  # a new file
+    store.write(*key, bars[20:30], (bars[20][0], bars[30][0]))  # an append
+    store.write(*key, bars[:12], (MON, bars[12][0]))  # a backfill: merged, rewritten
+    store.write(*key, [], (bars[30][0], bars[31][0]))  # a range without bars
+    got = stats()
+    assert got == series.FileStats(30, *[getattr(path.stat(), a) for a in ("st_size", "st_mtime_ns", "st_ino")])
+    assert csv_store.count_rows(path) == 30
+    store.erase(*key, bars[3][0], bars[5][0])
+    assert stats() is None  # rewritten after the record: unknown, so a listing counts
+    assert csv_store.summarize(path, stats())[2] == 28
+    store.write(*key, bars[40:42], (bars[40][0], bars[42][0]))  # an append to a file of unknown rows
+    assert stats() is None and csv_store.summarize(path)[2] == 30
+
+
+def test_a_listing_trusts_the_record_only_while_it_describes_the_file(tmp_path: Path) -> None:
+    store = open_store("csv", tmp_path)
+    key = ("demo", "1d", "AAPL")
+    bars = demo_bars(MON, MON + 30 * DAY)
+    store.write(*key, bars[:10], (MON, bars[10][0]))
+    path = store.path(*key)
+    known = series.read_record(store.coverage_path(*key))[1]
+    assert known is not None and known.rows == 10
+    assert csv_store.summarize(path, known._replace(rows=999))[2] == 999  # used, not counted
+    # a crash after the bars were appended and before the record was saved: the record is stale
+    csv_store.store_bars(path, bars[10:15], tmp_path)
+    assert csv_store.summarize(path, known) == (bars[0][0], bars[14][0], 15, path.stat().st_size)
+    (info,) = inventory.list_series(tmp_path, inventory.find_series(tmp_path), use_index=False)
+    assert info.rows == 15 and info.last == bars[14][0]
