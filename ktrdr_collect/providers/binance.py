@@ -10,10 +10,16 @@ A kline is stamped at the open of its period (UTC; weeks open on Monday 00:00Z),
 kline can open before its first trade: ETHBTC, listed on Friday 2017-07-14, has a weekly kline
 opening on Monday 2017-07-10. The floor is therefore the open of the period holding EARLIEST, per
 timeframe, never EARLIEST itself, and the first kline Binance reports is never moved.
+
+`source=auto` (the default) reads whole published months (and, in months not yet archived, whole
+days) from Binance's public archives when that saves requests (binance_archive.py): the calendar
+plans each such archive as one segment, and `fetch` reads a segment the API could not serve in one
+request from its archive, its CHECKSUM verified. A missing or corrupt archive is fetched from the API.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -34,6 +40,16 @@ from ktrdr_collect.providers.base import (
     TransientError,
     UnknownSymbolError,
 )
+from ktrdr_collect.providers.binance_archive import (
+    ARCHIVE_URL,
+    SOURCES,
+    Archive,
+    ArchiveReader,
+    ArchiveUnavailable,
+    holding,
+    ready_archives,
+)
+from ktrdr_collect.providers.binance_archive import TIMEFRAMES as ARCHIVE_TIMEFRAMES
 from ktrdr_collect.providers.http import HttpFailure, HttpPool, RequestCancelled, get_json
 from ktrdr_collect.storage.calendar import AlwaysOpenCalendar
 from ktrdr_collect.storage.timeframes import TIMEFRAMES, WEEK, timeframe_seconds
@@ -47,6 +63,7 @@ MAX_LIMIT = 1000
 INVALID_SYMBOL = -1121
 BAD_SYMBOL_CODES = frozenset({INVALID_SYMBOL, -1100})  # -1100: illegal characters in the symbol
 _SEPARATORS = str.maketrans("", "", "/-_")
+log = logging.getLogger("ktrdr_collect.providers.binance")
 
 
 def market_id(symbol: str) -> str:
@@ -111,6 +128,82 @@ class ListingCalendar:
         return f"ListingCalendar(floors={self._floors!r})"
 
 
+class ArchiveCalendar:
+    """The listing calendar, planning each archive worth reading as one segment (`source` auto or archive).
+
+    An archive is worth it when its part of the range holds more bars than one request returns (auto),
+    or whenever it holds any (archive). Segments still tile the range: a stretch without bars joins
+    the next segment, so the pipeline records all of it as fetched.
+    """
+
+    def __init__(self, base: ListingCalendar, source: str, clock: Callable[[], float]) -> None:
+        self.base = base
+        self.source = source
+        self.clock = clock
+
+    def floor(self, timeframe: str) -> int:
+        return self.base.floor(timeframe)
+
+    def lower_floor(self, timeframe: str, ts: int) -> None:
+        self.base.lower_floor(timeframe, ts)
+
+    def bar_times(self, timeframe: str, start: int, end: int) -> Iterator[int]:
+        return self.base.bar_times(timeframe, start, end)
+
+    def count(self, timeframe: str, start: int, end: int) -> int:
+        return self.base.count(timeframe, start, end)
+
+    def first_bar(self, timeframe: str, start: int) -> int | None:
+        return self.base.first_bar(timeframe, start)
+
+    def worth_reading(self, timeframe: str, start: int, end: int, max_bars: int) -> bool:
+        if timeframe not in ARCHIVE_TIMEFRAMES:
+            return False
+        bars = self.base.count(timeframe, start, end)
+        return bars > max_bars or (bars > 0 and self.source == "archive")
+
+    def split(self, timeframe: str, start: int, end: int, max_bars: int) -> list[tuple[int, int]]:
+        if timeframe not in ARCHIVE_TIMEFRAMES or start >= end:
+            return self.base.split(timeframe, start, end, max_bars)
+        pieces: list[tuple[int, int]] = []
+        cursor = start
+        for archive in ready_archives(start, end, self.clock()):
+            lo, hi = max(start, archive.start), min(end, archive.end)
+            if not self.worth_reading(timeframe, lo, hi, max_bars):
+                continue
+            pieces += self.base.split(timeframe, cursor, lo, max_bars)
+            pieces.append((lo, hi))
+            cursor = hi
+        pieces += self.base.split(timeframe, cursor, end, max_bars)
+        return _tile(pieces, start, end)
+
+    def archive_for(self, timeframe: str, start: int, end: int, max_bars: int) -> Archive | None:
+        """The archive to read segment [start, end) from, or None for the API."""
+        if not self.worth_reading(timeframe, start, end, max_bars):
+            return None
+        first = self.base.first_bar(timeframe, start)
+        if first is None:
+            return None
+        last = period_start(end - 1, timeframe)
+        return holding(first, last, self.clock())
+
+    def __repr__(self) -> str:
+        return f"ArchiveCalendar({self.source!r}, {self.base!r})"
+
+
+def _tile(pieces: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """Ordered segments stretched to cover [start, end) without holes (the holes hold no bars)."""
+    if not pieces:
+        return []
+    tiled = []
+    edge = start
+    for _, piece_end in pieces:
+        tiled.append((edge, piece_end))
+        edge = piece_end
+    tiled[-1] = (tiled[-1][0], end)
+    return tiled
+
+
 def classify(failure: HttpFailure) -> ProviderError | None:
     """Binance's reading of an error response.
 
@@ -169,6 +262,9 @@ class BinanceProvider(Provider):
         OptionSpec("max_bars", int, MAX_LIMIT, "bars per request, 1..1000", low=1, high=MAX_LIMIT),
         OptionSpec("timeout_s", float, 30.0, "seconds before a request counts as failed (and is retried)",
                    above=0, high=MAX_TIMEOUT_S),
+        OptionSpec("source", str, "auto", "auto|api|archive: auto reads whole months and days from Binance's "
+                   "public archives where that saves requests; archive wherever one is published; api never"),
+        OptionSpec("archive_url", str, ARCHIVE_URL, "archives root (a mirror, or a local test server)"),
     )
     publish_delay_s = 5.0
     """A closed kline is served at once; 5 s covers clock skew between us and Binance."""
@@ -183,10 +279,17 @@ class BinanceProvider(Provider):
         self.base_url = o["base_url"].rstrip("/")
         self.max_bars = o["max_bars"]
         self.rate_limit = o["rate_limit"] if o["rate_limit"] > 0 else None
-        self.calendar = ListingCalendar()
+        if o["source"] not in SOURCES:
+            raise ProviderUnavailableError(
+                f"provider binance: source must be auto, api or archive, not '{o['source']}'")
         self.clock = clock
         self.http = HttpPool()
         """Kept-alive connections, shared by the job's workers (each request on its worker's thread)."""
+        self.source = o["source"]
+        listing = ListingCalendar()
+        self.calendar: ListingCalendar | ArchiveCalendar = (
+            listing if self.source == "api" else ArchiveCalendar(listing, self.source, clock))
+        self.archives = ArchiveReader(o["archive_url"], self.http, lambda: self.options["timeout_s"])
 
     def earliest(self, timeframe: str) -> int:
         """The open of the first kline Binance can have for `timeframe` (1w: Monday 2017-07-10)."""
@@ -214,11 +317,52 @@ class BinanceProvider(Provider):
 
     def fetch(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
         try:
-            body = self._klines(symbol, timeframe, start, end, MAX_LIMIT, interrupt)
+            if isinstance(self.calendar, ArchiveCalendar):
+                archive = self.calendar.archive_for(timeframe, start, end, self.max_bars)
+                if archive is not None:
+                    bars = self._from_archive(archive, symbol, timeframe, interrupt)
+                    if bars is not None:
+                        return [b for b in bars if start <= b[0] < end]
+            if self.calendar.count(timeframe, start, end) > self.max_bars:
+                return self._from_api_in_pieces(symbol, timeframe, start, end, interrupt)
+            return self._from_api(symbol, timeframe, start, end, interrupt)
         except RequestCancelled:
             return []
+
+    def _from_api(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
+        body = self._klines(symbol, timeframe, start, end, MAX_LIMIT, interrupt)
         bars = parse_klines(body, int(self.clock() * 1000))
         return [b for b in bars if start <= b[0] < end]
+
+    def _from_archive(self, archive: Archive, symbol: str, timeframe: str, interrupt: Interrupt) -> list[Bar] | None:
+        """The archive's bars, or None when the API must serve its span instead (missing or corrupt
+        archive; with source=auto also an archive host that cannot be reached)."""
+        market = market_id(symbol)
+        try:
+            return self.archives.bars(archive, market, timeframe, interrupt)
+        except ArchiveUnavailable as e:
+            reason = str(e)
+        except TransientError as e:
+            if self.source == "archive":
+                raise
+            reason = str(e)
+        log.warning("binance archive %s not used (%s): its span comes from the API",
+                    archive.file_name(market, timeframe), reason)
+        return None
+
+    def _from_api_in_pieces(self, symbol: str, timeframe: str, start: int, end: int,
+                            interrupt: Interrupt) -> list[Bar]:
+        """An archive's span from the API: one request per `max_bars` bars, spaced by `rate_limit`
+        (the engine paced the segment as one request)."""
+        bars: list[Bar] = []
+        gap = 1.0 / self.rate_limit if self.rate_limit else 0.0
+        for i, (lo, hi) in enumerate(self.calendar.split(timeframe, start, end, self.max_bars)
+                                     if not isinstance(self.calendar, ArchiveCalendar)
+                                     else self.calendar.base.split(timeframe, start, end, self.max_bars)):
+            if i and gap and interrupt.wait(gap):
+                raise RequestCancelled
+            bars += self._from_api(symbol, timeframe, lo, hi, interrupt)
+        return bars
 
     def close(self) -> None:
         self.http.close()

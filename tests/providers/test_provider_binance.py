@@ -49,7 +49,9 @@ FAST = RetryPolicy(attempts=3, base_s=0.001, cap_s=0.002)
 
 
 def provider(api: Running, clock: float = 1_800_000_000.0, **options: object) -> BinanceProvider:
-    return BinanceProvider({"base_url": api.url, "rate_limit": 0, "timeout_s": 5, **options}, clock=lambda: clock)
+    """The API alone (test_provider_binance_archive.py covers source=auto and archive)."""
+    return BinanceProvider({"base_url": api.url, "rate_limit": 0, "timeout_s": 5, "source": "api", **options},
+                           clock=lambda: clock)
 
 
 def test_symbols_in_either_form_become_the_market_id() -> None:
