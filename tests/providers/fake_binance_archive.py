@@ -16,7 +16,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ktrdr_collect.storage.timeframes import timeframe_seconds
-from tests.providers.fake_apis import BINANCE_LISTED, Handler, Request, binance_bars, binance_route
+from tests.providers.fake_apis import (
+    BINANCE_LISTED,
+    BinanceKline,
+    Handler,
+    Request,
+    binance_klines,
+    binance_klines_route,
+    price_bar,
+)
 
 MICROSECONDS_FROM_TS = 1_735_689_600  # 2025-01-01T00:00:00Z: spot archives switch to microseconds
 _PATH = re.compile(r"^/data/spot/(monthly|daily)/klines/([A-Z0-9]+)/([0-9a-z]+)/"
@@ -31,11 +39,17 @@ def period(year: int, month: int, day: int | None) -> tuple[int, int]:
     return int(start.timestamp()), int(following.timestamp())
 
 
-def archive_csv(market: str, tf: str, start: int, end: int, header: bool = False) -> bytes:
+def market_bars(listed: dict[str, int], market: str, tf: str, start: int, end: int) -> list[BinanceKline]:
+    """What the fake exchange has for `market` (listed at `listed[market]`): fake_apis.binance_bars's data."""
+    return binance_klines(listed[market], lambda ts: price_bar(market, ts), tf, start, end)
+
+
+def archive_csv(market: str, tf: str, start: int, end: int, header: bool = False,
+                listed: dict[str, int] = BINANCE_LISTED) -> bytes:
     step = timeframe_seconds(tf)
     lines = ["open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
              "taker_buy_quote_volume,ignore"] if header else []
-    for ts, o, hi, lo, c, v in binance_bars(market, tf, start, end):
+    for ts, o, hi, lo, c, v in market_bars(listed, market, tf, start, end):
         unit = 1_000_000 if ts >= MICROSECONDS_FROM_TS else 1000
         lines.append(f"{ts * unit},{o:.8f},{hi:.8f},{lo:.8f},{c:.8f},{v:.8f},{(ts + step) * unit - 1},"
                      f"0.0,10,0.0,0.0,0")
@@ -51,8 +65,9 @@ def archive_zip(name: str, csv: bytes) -> bytes:
 
 @dataclass
 class FakeArchive:
-    """What the fake archive host serves; `missing` and `corrupt` hold zip file names."""
+    """What the fake archive host serves for the `listed` markets; `missing` and `corrupt` hold zip file names."""
 
+    listed: dict[str, int] = field(default_factory=lambda: dict(BINANCE_LISTED))
     missing: set[str] = field(default_factory=set)
     corrupt: set[str] = field(default_factory=set)
     header: bool = False
@@ -63,7 +78,7 @@ class FakeArchive:
         with self.lock:
             cached = self._cache.get(name)
         if cached is None:
-            csv = archive_csv(market, tf, start, end, self.header)
+            csv = archive_csv(market, tf, start, end, self.header, self.listed)
             cached = archive_zip(name, csv) if csv.strip() else b""
             with self.lock:
                 self._cache[name] = cached
@@ -77,7 +92,7 @@ class FakeArchive:
         _kind, market, tf, market2, tf2, year, month, day, checksum = m.groups()
         name = r.path.rsplit("/", 1)[1].removesuffix(".CHECKSUM")
         daily = _kind == "daily"
-        if (market, tf) != (market2, tf2) or market not in BINANCE_LISTED or daily != (day is not None) \
+        if (market, tf) != (market2, tf2) or market not in self.listed or daily != (day is not None) \
                 or name in self.missing:
             h.send_body(404, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml")
             return
@@ -100,5 +115,6 @@ def exchange_route(archive: FakeArchive) -> Callable[[Handler, Request], None]:
         if r.path.startswith("/data/"):
             archive.route(h, r)
         else:
-            binance_route(h, r)
+            binance_klines_route(h, r, archive.listed,
+                                 lambda m, tf, start, end: market_bars(archive.listed, m, tf, start, end))
     return route
