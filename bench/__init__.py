@@ -19,4 +19,5 @@ BENCHMARKS = (
     "eta_accuracy",
     "ib_pacing",
     "redis_pacing",
+    "binance_archive",
 )
