@@ -69,12 +69,20 @@ def write_series(data: Path, n: int, start: str, end: str) -> dict[str, int]:
         content = holed if with_hole else body
         path = folder / f"{symbol}.csv"
         path.write_bytes(content)
-        stats = series.FileStats.of(content.count(b"\n") - 1, os.stat(path))
+        bars = store_bars_of(content)
+        stats = series.FileStats.of(len(bars), os.stat(path), bars[0], bars[-1])
         series.save_coverage_file(folder / ".ktrdr" / f"{symbol}.coverage.json", ranges, stats=stats)
         if with_hole:
             holes[symbol] = 5
     shutil.rmtree(data / "template")
     return holes
+
+
+def store_bars_of(content: bytes) -> list[int]:
+    """The bar times of a CSV's bytes."""
+    from ktrdr_collect.storage.timeframes import parse_ts
+
+    return [parse_ts(line.split(b",", 1)[0].decode()) for line in content.splitlines()[1:]]
 
 
 def forget_file_stats(data: Path) -> None:

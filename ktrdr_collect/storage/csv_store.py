@@ -292,27 +292,28 @@ def count_rows(path: Path) -> int:
 
 
 def summarize(path: Path | str, known: FileStats | None = None) -> tuple[int | None, int | None, int, int]:
-    """``(first_ts, last_ts, rows, size)`` of a CSV: the first and last lines are parsed; the rows
-    are what the coverage record says (``known``) while the file is still the one it describes,
-    else its line ends are counted in one pass (no parsing). A missing file is all empty."""
+    """``(first_ts, last_ts, rows, size)`` of a CSV: what the coverage record says (``known``)
+    while the file is still the one it describes; else its first and last lines parsed and its
+    line ends counted in one pass (no parsing). A missing file is all empty."""
+    if known is not None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None, None, 0, 0
+        if known.matches(st):  # the file the record was written with: nothing to read
+            return known.first, known.last, known.rows, st.st_size
     try:
         f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below; one open per file keeps listing fast)
     except FileNotFoundError:
         return None, None, 0, 0
     with f:
-        st = os.fstat(f.fileno())
-        if known is not None and known.matches(st):
-            head = f.read(_TAIL_CHUNK) or b""
-            f.seek(max(0, st.st_size - _TAIL_CHUNK))
-            tail, rows, size = f.read(), known.rows, st.st_size
-        else:
-            head = f.read(_COUNT_CHUNK) or b""
-            lines, tail = head.count(b"\n"), head
-            while chunk := f.read(_COUNT_CHUNK):
-                lines += chunk.count(b"\n")
-                tail = tail[-_TAIL_CHUNK:] + chunk
-            size = f.tell()
-            rows = max(0, lines - 1) if head[:1].isalpha() else lines
+        head = f.read(_COUNT_CHUNK) or b""
+        lines, tail = head.count(b"\n"), head
+        while chunk := f.read(_COUNT_CHUNK):
+            lines += chunk.count(b"\n")
+            tail = tail[-_TAIL_CHUNK:] + chunk
+        size = f.tell()
+        rows = max(0, lines - 1) if head[:1].isalpha() else lines
     if rows == 0:
         return None, None, 0, size
     first = first_data_ts(head)
@@ -366,7 +367,9 @@ def store_bars(path: Path, bars: Sequence[Bar], root: Path,
         good_size, last_line = read_tail(f, size)
         last = last_ts_of(last_line)
         if last is None or last < bars[0][0]:
-            rows = 0 if size == 0 else known.rows if known is not None and known.matches(before) else None
+            trusted = known if known is not None and size > 0 and known.matches(before) else None
+            rows = 0 if size == 0 else trusted.rows if trusted is not None else None
+            first = trusted.first if trusted is not None and trusted.first is not None else bars[0][0]
             try:
                 append_rows(f, size, good_size, bars)
             except OSError:
@@ -375,7 +378,7 @@ def store_bars(path: Path, bars: Sequence[Bar], root: Path,
                 raise
             if size == 0:
                 files.fsync_dir(path.parent)
-            return len(bars), None if rows is None else FileStats.of(rows + len(bars), os.fstat(fd))
+            return len(bars), None if rows is None else FileStats.of(rows + len(bars), os.fstat(fd), first, bars[-1][0])
     return merge_into(path, bars)
 
 
@@ -385,8 +388,9 @@ def merge_into(path: Path, bars: Sequence[Bar]) -> tuple[int, FileStats]:
         merged = {bar[0]: bar for bar in parse_lines(iter(f), None, None)}
     written = changed_rows(merged, bars)
     merged.update((bar[0], bar) for bar in bars)
-    write_csv(path, [merged[ts] for ts in sorted(merged)])
-    return written, FileStats.of(len(merged), os.stat(path))
+    stamps = sorted(merged)
+    write_csv(path, [merged[ts] for ts in stamps])
+    return written, FileStats.of(len(stamps), os.stat(path), stamps[0], stamps[-1])
 
 
 def erase_rows(path: Path, start: int | None, end: int | None) -> int:

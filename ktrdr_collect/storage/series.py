@@ -183,32 +183,38 @@ def coverage_from_doc(doc: object) -> list[Interval] | None:
 
 
 class FileStats(NamedTuple):
-    """What the coverage record says of the data file it was written with: its rows, and the
-    size, modification time and inode that make the count trustworthy (a listing uses ``rows``
-    only while the file still has exactly those; anything else is counted again)."""
+    """What the coverage record says of the data file it was written with: its rows, first and
+    last bar, and the size, modification time and inode that make these trustworthy (a listing
+    uses them only while the file still has exactly that size, time and inode; anything else is
+    read again)."""
 
     rows: int
     size: int
     mtime_ns: int
     inode: int
+    first: int | None
+    last: int | None
 
     def matches(self, st: os.stat_result) -> bool:
         """``st`` (the file now) is the file these stats describe."""
         return (self.size, self.mtime_ns, self.inode) == (st.st_size, st.st_mtime_ns, st.st_ino)
 
     @classmethod
-    def of(cls, rows: int, st: os.stat_result) -> FileStats:
-        return cls(rows, st.st_size, st.st_mtime_ns, st.st_ino)
+    def of(cls, rows: int, st: os.stat_result, first: int | None, last: int | None) -> FileStats:
+        return cls(rows, st.st_size, st.st_mtime_ns, st.st_ino, first, last)
 
 
 def stats_from_doc(doc: object) -> FileStats | None:
     item = doc.get("file") if isinstance(doc, dict) else None
     if not isinstance(item, dict):
         return None
-    values = [item.get(k) for k in FileStats._fields]
-    if not all(type(v) is int and v >= 0 for v in values):
+    counts = [item.get(k) for k in ("rows", "size", "mtime_ns", "inode")]
+    bounds = [item.get(k) for k in ("first", "last")]
+    if not all(type(v) is int and v >= 0 for v in counts) or not all(v is None or type(v) is int for v in bounds):
         return None
-    return FileStats(*values)  # type: ignore[arg-type]
+    if (counts[0] == 0) != (bounds[0] is None) or (bounds[0] is None) != (bounds[1] is None):
+        return None
+    return FileStats(*counts, *bounds)  # type: ignore[arg-type]
 
 
 def read_record(path: Path | str) -> tuple[list[Interval] | None, FileStats | None]:

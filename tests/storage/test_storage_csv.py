@@ -40,7 +40,7 @@ def test_layout_and_exact_bytes(tmp_path: Path) -> None:
     assert store.read(*KEY) == bars
     coverage_file = tmp_path / "demo" / "1m" / ".ktrdr" / "BTC_USDT.coverage.json"
     st = path.stat()  # the record also says which file it was written with, and its rows
-    file = {"rows": 2, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    file = {"rows": 2, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino, "first": T0, "last": T0 + 60}
     assert json.loads(coverage_file.read_text()) == {"version": 1, "ranges": [[T0, T0 + 120]], "file": file}
     assert (tmp_path / "demo" / "1m" / ".ktrdr" / "BTC_USDT.lock").exists()
 

@@ -169,7 +169,7 @@ def test_the_record_keeps_the_rows_of_its_file_through_every_kind_of_write(tmp_p
     store.write(*key, bars[:12], (MON, bars[12][0]))  # a backfill: merged, rewritten
     store.write(*key, [], (bars[30][0], bars[31][0]))  # a range without bars
     got = stats()
-    assert got == series.FileStats(30, *[getattr(path.stat(), a) for a in ("st_size", "st_mtime_ns", "st_ino")])
+    assert got == series.FileStats.of(30, path.stat(), bars[0][0], bars[29][0])
     assert csv_store.count_rows(path) == 30
     store.erase(*key, bars[3][0], bars[5][0])
     assert stats() is None  # rewritten after the record: unknown, so a listing counts
@@ -192,3 +192,17 @@ def test_a_listing_trusts_the_record_only_while_it_describes_the_file(tmp_path: 
     assert csv_store.summarize(path, known) == (bars[0][0], bars[14][0], 15, path.stat().st_size)
     (info,) = inventory.list_series(tmp_path, inventory.find_series(tmp_path), use_index=False)
     assert info.rows == 15 and info.last == bars[14][0]
+
+
+@pytest.mark.parametrize("file", [
+    {"rows": 2, "size": 9, "mtime_ns": 1, "inode": 1, "first": 5},  # no last
+    {"rows": 0, "size": 9, "mtime_ns": 1, "inode": 1, "first": 5, "last": 6},  # bars but no rows
+    {"rows": 2, "size": -9, "mtime_ns": 1, "inode": 1, "first": 5, "last": 6},
+    {"rows": True, "size": 9, "mtime_ns": 1, "inode": 1, "first": 5, "last": 6},
+    {"rows": 2, "size": 9, "mtime_ns": 1, "inode": 1, "first": "5", "last": 6},
+    [1, 2, 3],
+])
+def test_file_stats_that_do_not_add_up_are_ignored(tmp_path: Path, file: object) -> None:
+    record = tmp_path / "X.coverage.json"
+    record.write_text(json.dumps({"version": 1, "ranges": [[0, 10]], "file": file}))
+    assert series.read_record(record) == ([(0, 10)], None)  # the ranges still count
