@@ -1,0 +1,127 @@
+"""peer: our binance provider against a ccxt async downloader (as freqtrade drives ccxt), same fake exchange.
+
+One local fake Binance (bench/_peer_exchange.py: its own process, asyncio, HTTP/1.1 keep-alive, 20 ms
+latency per request, no rate limit) serves both runs the same 1m klines for the same pairs. Each side
+runs in its own process, measured with os.wait4 (wall, user+system CPU, peak RSS):
+
+- ours: `ktrdr_collect.api.collect(pairs, "1m", ..., provider="binance", options={base_url, rate_limit: 0,
+  source: api}, workers=8)` (bench/_peer_ours.py): plan, engine, provider, CSV store;
+- ccxt: ccxt.async_support.binance, every `since` of the window as a coroutine like freqtrade's
+  `_async_get_historic_ohlcv`, at most 8 requests in flight, ccxt's rate limiter off, then each pair
+  sorted, de-duplicated and written as CSV (bench/_peer_ccxt.py).
+
+Full: 20 pairs x 90 days of 1m (2,592,000 bars); --quick: 4 pairs x 7 days. Aims (issue 12): wall
+<= 0.6 x ccxt's, CPU <= 2 us per bar, peak RSS <= 60 MB. ccxt is a bench-only dependency
+(`pip install ccxt`, in no extra): without it the benchmark reports itself skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench._common import Row, log, standalone
+
+LATENCY_MS = 20
+CONCURRENCY = 8
+START = 1_735_689_600  # 2025-01-01
+DAY = 86_400
+AIM_WALL, AIM_CPU_US, AIM_RSS_MB = 0.6, 2.0, 60.0
+
+
+@dataclass
+class Run:
+    wall: float
+    cpu: float
+    rss_mb: float
+    bars: int
+    requests: int
+    connections: int
+
+
+def stats(url: str) -> dict[str, int]:
+    with urllib.request.urlopen(f"{url}/__stats", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def measured(cmd: list[str], url: str, work: Path) -> Run:
+    """Run `cmd` to the end in its own process: wall, CPU and peak RSS of that process alone (os.wait4)."""
+    before = stats(url)
+    out_path, err_path = work / "out.txt", work / "err.txt"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[2]} failed ({proc.returncode}): {err_path.read_text().strip()[-500:]}")
+    after = stats(url)
+    result = json.loads(out_path.read_text().strip().splitlines()[-1])
+    if result.get("failed"):
+        raise RuntimeError(f"{cmd[2]}: {result['failed'][:3]}")
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, result["bars"],
+               after["requests"] - before["requests"], after["connections"] - before["connections"])
+
+
+def run(quick: bool = False) -> list[Row]:
+    if importlib.util.find_spec("ccxt") is None:
+        log("peer: ccxt is not installed (pip install ccxt): skipped")
+        return [Row("peer vs ccxt async (freqtrade's way)", "skipped", "-", None, "-", None,
+                    note="ccxt not installed: pip install ccxt (a bench-only dependency)")]
+    pairs = [f"P{i:02d}/USDT" for i in range(4 if quick else 20)]
+    days = 7 if quick else 90
+    end = START + days * DAY
+    py = sys.executable
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="ktrdr-bench-peer-") as tmp:
+        work = Path(tmp)
+        port_file = work / "port"
+        server = subprocess.Popen([py, "-m", "bench._peer_exchange", str(port_file), str(LATENCY_MS), str(end),
+                                   ",".join(pairs)], cwd=root)
+        try:
+            deadline = time.monotonic() + 30
+            while not port_file.exists() or not port_file.read_text():
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the fake exchange did not start")
+                time.sleep(0.05)
+            url = f"http://127.0.0.1:{port_file.read_text()}"
+            common = [url, "", str(START), str(end), str(CONCURRENCY), ",".join(pairs)]
+            (work / "ccxt").mkdir()
+            ours = measured([py, "-m", "bench._peer_ours", common[0], str(work / "ours"), *common[2:]], url, work)
+            ccxt = measured([py, "-m", "bench._peer_ccxt", common[0], str(work / "ccxt"), *common[2:]], url, work)
+        finally:
+            server.terminate()
+            server.wait(30)
+    expected = len(pairs) * days * 1440
+    label = f"{len(pairs)} pairs x {days} d 1m, {LATENCY_MS} ms, {CONCURRENCY} in flight"
+    for name, r in (("ours", ours), ("ccxt", ccxt)):
+        log(f"peer {name}: {r.bars} bars in {r.wall:.2f}s wall, {r.cpu:.2f}s CPU ({r.cpu / max(1, r.bars) * 1e6:.2f} "
+            f"us/bar), {r.rss_mb:.0f} MB RSS, {r.requests} requests over {r.connections} connections")
+    complete = ours.bars == ccxt.bars == expected
+    note = "" if complete else f"bars: ours {ours.bars}, ccxt {ccxt.bars}, expected {expected}"
+    ours_us, ccxt_us = ours.cpu / max(1, ours.bars) * 1e6, ccxt.cpu / max(1, ccxt.bars) * 1e6
+    ideal = ours.requests / CONCURRENCY * LATENCY_MS / 1000
+    return [
+        Row(f"peer wall ({label})", f"{ours.wall:.2f} s", f"ccxt {ccxt.wall:.2f} s", ours.wall / ccxt.wall,
+            f"<= {AIM_WALL}x ccxt", ours.wall <= AIM_WALL * ccxt.wall and complete,
+            note=note or f"latency-bound ideal {ideal:.2f} s; requests ours {ours.requests} over "
+                         f"{ours.connections} connections, ccxt {ccxt.requests} over {ccxt.connections}"),
+        Row("peer CPU per bar (whole process)", f"{ours_us:.2f} us", f"ccxt {ccxt_us:.2f} us", ours_us / ccxt_us,
+            f"<= {AIM_CPU_US:g} us/bar", ours_us <= AIM_CPU_US,
+            note=f"ours {ours.cpu:.2f} s CPU, ccxt {ccxt.cpu:.2f} s, for {ours.bars} bars each (imports included)"),
+        Row("peer peak RSS", f"{ours.rss_mb:.0f} MB", f"ccxt {ccxt.rss_mb:.0f} MB", ours.rss_mb / ccxt.rss_mb,
+            f"<= {AIM_RSS_MB:g} MB", ours.rss_mb <= AIM_RSS_MB),
+    ]
+
+
+if __name__ == "__main__":
+    standalone(run)
