@@ -20,4 +20,5 @@ BENCHMARKS = (
     "ib_pacing",
     "redis_pacing",
     "binance_archive",
+    "peer",
 )
