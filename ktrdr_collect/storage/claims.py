@@ -32,6 +32,7 @@ from pathlib import Path
 
 from ktrdr_collect import files
 from ktrdr_collect.storage.gaps import Interval
+from ktrdr_collect.text import clean
 
 CLAIMS_SUFFIX = ".claims"
 LOCK_NAME = "lock"
@@ -69,11 +70,12 @@ class Claim:
         return any(lo < self.end and self.start < hi for lo, hi in ranges)
 
     def owner(self) -> str:
-        """The holder's label (or ``another job`` when the file is gone or unreadable)."""
+        """The holder's label, safe to show (or ``another job`` when the file is gone or unreadable):
+        anyone who can write the data dir can write a claim file."""
         try:
             doc = json.loads(self.path.read_bytes())
-            return str(doc["owner"])[:MAX_OWNER_CHARS]
-        except (OSError, ValueError, KeyError, TypeError):
+            return clean(str(doc["owner"])[:MAX_OWNER_CHARS]) or "another job"
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return "another job"
 
     @contextlib.contextmanager

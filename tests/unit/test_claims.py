@@ -129,6 +129,18 @@ def test_a_claim_dies_with_its_process(tmp_path: Path) -> None:
     assert claim_files(tmp_path) == []  # ...until someone looks
 
 
+def test_an_owner_label_is_safe_to_show(tmp_path: Path) -> None:
+    a, b = series_claims(tmp_path, "job\x1b]52;c;x\x07"), series_claims(tmp_path, "job-b")
+    with a.locked():
+        a.take([(0, 10)])
+    with b.locked():
+        (claim,) = b.others()
+    assert claim.owner() == "job\\x1b]52;c;x\\x07"
+    claim.path.write_text("not json")  # a damaged claim file still names someone
+    assert claim.owner() == "another job"
+    a.release_all()
+
+
 def test_a_store_without_lock_files_has_no_claims() -> None:
     assert ClaimBook("x").series(object(), "scripted", "1d", "AAPL") is None
 
