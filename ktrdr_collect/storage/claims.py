@@ -158,7 +158,7 @@ class SeriesClaims:
             if path in mine:
                 continue
             match = CLAIM_RE.match(entry.name)
-            if match is None:
+            if match is None or not entry.is_file(follow_symlinks=False):  # a link is no claim of ours
                 continue
             if self._remove_if_dead(path):
                 continue

@@ -141,6 +141,21 @@ def test_an_owner_label_is_safe_to_show(tmp_path: Path) -> None:
     a.release_all()
 
 
+def test_a_link_or_a_folder_in_the_claims_folder_is_no_claim(tmp_path: Path) -> None:
+    a, b = series_claims(tmp_path, "job-a"), series_claims(tmp_path, "job-b")
+    with a.locked():
+        a.take([(0, 10)])
+    (claim,) = [p for p in a.folder.iterdir() if p.name.endswith(".claim")]
+    (a.folder / "20_30.abc.claim").symlink_to(claim)
+    (a.folder / "40_50.abd.claim").mkdir()
+    with b.locked():
+        assert [(c.start, c.end) for c in b.others()] == [(0, 10)]
+    a.release_all()
+    with b.locked():
+        assert b.others() == []
+    assert claim.exists() is False and (a.folder / "40_50.abd.claim").is_dir()  # left alone, never followed
+
+
 def test_a_store_without_lock_files_has_no_claims() -> None:
     assert ClaimBook("x").series(object(), "scripted", "1d", "AAPL") is None
 
