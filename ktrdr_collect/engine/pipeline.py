@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from ktrdr_collect.engine.cancellation import CancellationToken, PauseGate
+from ktrdr_collect.engine.planner import plan_series
 from ktrdr_collect.engine.progress import ProgressTracker
 from ktrdr_collect.providers.base import (
     Bar,
@@ -25,7 +26,7 @@ from ktrdr_collect.providers.pacing import SharedPacer
 from ktrdr_collect.storage.claims import Claim, ClaimBook, SeriesClaims
 from ktrdr_collect.storage.gaps import merge_intervals, subtract
 from ktrdr_collect.storage.restamp import restamp_series
-from ktrdr_collect.storage.timeframes import DAY, timeframe_seconds
+from ktrdr_collect.storage.timeframes import DAY, format_ts, timeframe_seconds
 
 log = logging.getLogger("ktrdr_collect.engine")
 T = TypeVar("T")
@@ -138,12 +139,6 @@ class Attempt:
         self.sent_at = time.time()
 
 
-def published_edge(provider: Provider, timeframe: str, now: float) -> int:
-    """Bars opening before this instant have ended and had the provider's publication delay to
-    appear: the newest range a job may ask for and record as fetched (the contract's rule)."""
-    return int(now - provider.publish_delay_s) - timeframe_seconds(timeframe)
-
-
 def run_of(claims: Sequence[Claim], first: Claim) -> tuple[int, int]:
     """The run of claims (overlapping or touching, whoever holds them) that holds `first`."""
     runs = merge_intervals((c.start, c.end) for c in claims)
@@ -200,6 +195,8 @@ class SymbolPipeline:
         """The end of the window when the publication edge cut it (set while planning)."""
         self.claims: SeriesClaims | None = None
         """This symbol's claims on its series (storage/claims.py), while fetching."""
+        self.waited = False
+        """Whether it has waited for another job's claim yet (the first wait is logged as info)."""
 
     def _stage(self, stage: str) -> None:
         self.track.stage(self.symbol, stage)
@@ -241,21 +238,13 @@ class SymbolPipeline:
                                   paced=provider.head_timestamp_is_request)
         self._stage("loading_local")
         self._convert_legacy_stamps()
-        coverage = ctx.store.coverage(ctx.provider.name, ctx.timeframe, symbol)
         self._stage("analyzing_gaps")
-        edge = published_edge(ctx.provider, ctx.timeframe, ctx.now())
-        end = min(ctx.end, edge)
-        self.edge = end if ctx.end > edge else None
-        gaps = subtract((start, end), coverage) if end > start else []
+        plan = plan_series(ctx.provider, ctx.store, ctx.timeframe, symbol, start, ctx.end, ctx.now())
+        self.edge = plan.edge
         self._stage("segmenting")
-        segments: list[tuple[int, int]] = []
-        calendar = ctx.provider.calendar_for(symbol)
-        for gap in gaps:
-            parts = calendar.split(ctx.timeframe, gap[0], gap[1], ctx.provider.max_bars_for(ctx.timeframe))
-            if parts:
-                segments.extend(parts)
-            else:  # no bars can exist there (weekend, night, holiday on the symbol's own calendar)
-                ctx.store.write(ctx.provider.name, ctx.timeframe, symbol, [], gap)
+        segments = plan.segments
+        for gap in plan.empty:  # no bars can exist there (weekend, night, holiday on the symbol's calendar)
+            ctx.store.write(ctx.provider.name, ctx.timeframe, symbol, [], gap)
         self.track.planned(symbol, len(segments))
         if ctx.claims is not None:
             self.claims = ctx.claims.series(ctx.store, ctx.provider.name, ctx.timeframe, symbol)
@@ -418,7 +407,11 @@ class SymbolPipeline:
     def _wait_for(self, claim: Claim) -> None:
         """Wait until `claim` is released (its job stored the range, stopped or died); cancel
         stops the wait at once."""
-        self.track.waiting(self.symbol, claim.owner())
+        owner = claim.owner()
+        self.track.waiting(self.symbol, owner)
+        log.log(logging.DEBUG if self.waited else logging.INFO, "%s: waiting for %s, which is fetching %s to %s",
+                self.symbol, owner, format_ts(claim.start), format_ts(claim.end))
+        self.waited = True
         with claim.watch() as watch:
             while not watch.released():
                 if self.ctx.token.wait(CLAIM_POLL_S):
