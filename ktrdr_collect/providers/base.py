@@ -205,6 +205,9 @@ class Provider:
     publish_delay_s: float = 0.0
     """How long after a bar's period ends the provider may take to serve it. A range counts as
     fetched only up to (now - one bar - this delay); see docs/storage.md."""
+    expected_latency_s: float | None = None
+    """How long one request usually takes, when the provider knows (`collect plan` estimates a run
+    with it); None: unknown."""
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = self.parse_options(self.with_env_secrets(options or {}))

@@ -151,6 +151,7 @@ class DemoProvider(Provider):
             raise ValueError("max_bars must be >= 1")
         self.max_bars = o["max_bars"]
         self.rate_limit = float(o["rate_limit"]) if o["rate_limit"] > 0 else None
+        self.expected_latency_s = (o["latency_ms"] + o["jitter_ms"] / 2) / 1000
         self.fail_symbols = _symbol_set(o["fail_symbols"])
         self.flaky_symbols = _symbol_set(o["flaky_symbols"])
         self._failed_once: set[tuple[str, str, int, int]] = set()
