@@ -85,6 +85,7 @@ def test_a_job_waits_for_another_and_a_kill_frees_its_claims(home: Path, tmp_pat
     poll_until(lambda: runner_gone(home, first, pid), 10, what="the killed runner to be gone")
     assert wait_rc(home, second, timeout=60) == 0, job_diagnostics(home)
     assert read_state(home, second)["requests"] < alone  # what A stored was not fetched again
+    assert f"CW: waiting for {first}, which is fetching " in collect(home, "logs", second).stdout
     assert csv_bytes(data_dir(home)) == files
     assert {p.name for p in job_folders(home)} == {first, second}
 
