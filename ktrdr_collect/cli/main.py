@@ -105,12 +105,14 @@ def _register() -> None:
         cmd_data,
         cmd_history,
         cmd_jobs,
+        cmd_plan,
         cmd_providers,
         cmd_retry,
         cmd_start,
     )
 
-    for module in (cmd_start, cmd_retry, cmd_jobs, cmd_history, cmd_control, cmd_providers, cmd_config, cmd_data):
+    for module in (cmd_start, cmd_plan, cmd_retry, cmd_jobs, cmd_history, cmd_control, cmd_providers, cmd_config,
+                   cmd_data):
         module.register(app)
 
 
