@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import threading
@@ -346,6 +347,37 @@ def test_a_paused_job_releases_its_claims_so_others_go_on(tmp_path: Path) -> Non
     assert [r.status for r in out] == ["completed"] and len(first.calls) == 2  # nothing left to fetch
     calls = [(lo, hi) for _, lo, hi in first.calls + second.calls]
     assert all(x[1] <= y[0] or y[1] <= x[0] for i, x in enumerate(calls) for y in calls[i + 1:])  # no range twice
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_crossing_windows_and_backfills_finish_and_fetch_each_range_once(tmp_path: Path, seed: int) -> None:
+    """Three engines on one series at once, windows overlapping in different ways, two of them
+    extending stored data backwards (batched writes under claims): nobody waits forever, no range
+    is fetched twice, and the file is the one a single job would write."""
+    rng = random.Random(seed)
+    windows = [("2023-01-02", "2024-04-30"), ("2023-06-01", "2024-02-01"), ("2023-03-01", "2024-04-30")]
+    alone = tmp_path / "alone"
+    store_demo(alone, ts("2024-01-01"), ts("2024-02-01"))
+    engine_on(alone, ScriptedProvider(max_bars=5), "solo").process_batch(["AAPL"], "1d", "2023-01-02", END)
+    root = tmp_path / "shared"
+    store_demo(root, ts("2024-01-01"), ts("2024-02-01"))
+    pause = threading.Event()
+    providers = [ScriptedProvider(on_fetch=lambda s, n: pause.wait(rng.uniform(0, 0.003)), max_bars=5)
+                 for _ in windows]
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda p=p, w=w, i=i: results.extend(
+                   engine_on(root, p, f"job-{i}").process_batch(["AAPL"], "1d", *w)), name="test-engine")
+               for i, (p, w) in enumerate(zip(providers, windows, strict=True))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT_S)
+    assert not any(t.is_alive() for t in threads), "an engine never finished"
+    assert [r.status for r in results] == ["completed"] * 3
+    calls = sorted((lo, hi) for p in providers for _, lo, hi in p.calls)
+    assert all(x[1] <= y[0] for x, y in zip(calls, calls[1:], strict=False)), "a range was fetched twice"
+    assert (root / "scripted/1d/AAPL.csv").read_bytes() == (alone / "scripted/1d/AAPL.csv").read_bytes()
+    assert claim_files(root) == []
 
 
 def test_results_are_symbol_results() -> None:  # the type the engine hands back is unchanged
