@@ -21,4 +21,5 @@ BENCHMARKS = (
     "redis_pacing",
     "binance_archive",
     "peer",
+    "plan_accuracy",
 )
