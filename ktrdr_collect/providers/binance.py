@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from operator import itemgetter
 from typing import Any
 
 from ktrdr_collect.errors import ProviderUnavailableError
@@ -244,10 +245,24 @@ def parse_kline(row: Any, now_ms: int) -> Bar | None:
 
 
 def parse_klines(body: Any, now_ms: int) -> list[Bar]:
+    """Kline rows -> bars, ascending, without the still-forming candle; exactly what `parse_kline`
+    makes of each row, in one pass over well-formed answers (the row-by-row path says what is wrong
+    with any other)."""
     if not isinstance(body, list):
         raise TransientError(f"binance answered {type(body).__name__}, expected a list of klines")
-    bars = (parse_kline(row, now_ms) for row in body)
-    return sorted((b for b in bars if b is not None), key=lambda b: b[0])
+    try:
+        if not all(type(row) is list and len(row) >= 7 for row in body):
+            raise ValueError
+        bars: list[Bar] = [(int(r[0]) // 1000, float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]))
+                           for r in body]
+        closes = [int(r[6]) for r in body]
+    except (TypeError, ValueError):
+        slow = (parse_kline(row, now_ms) for row in body)
+        return sorted((b for b in slow if b is not None), key=itemgetter(0))
+    if closes and max(closes) >= now_ms:
+        bars = [b for b, close in zip(bars, closes, strict=True) if close < now_ms]
+    bars.sort(key=itemgetter(0))
+    return bars
 
 
 class BinanceProvider(Provider):
@@ -356,9 +371,8 @@ class BinanceProvider(Provider):
         (the engine paced the segment as one request)."""
         bars: list[Bar] = []
         gap = 1.0 / self.rate_limit if self.rate_limit else 0.0
-        for i, (lo, hi) in enumerate(self.calendar.split(timeframe, start, end, self.max_bars)
-                                     if not isinstance(self.calendar, ArchiveCalendar)
-                                     else self.calendar.base.split(timeframe, start, end, self.max_bars)):
+        listing = self.calendar.base if isinstance(self.calendar, ArchiveCalendar) else self.calendar
+        for i, (lo, hi) in enumerate(listing.split(timeframe, start, end, self.max_bars)):
             if i and gap and interrupt.wait(gap):
                 raise RequestCancelled
             bars += self._from_api(symbol, timeframe, lo, hi, interrupt)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -145,6 +144,8 @@ def parse_csv(text: str) -> list[Bar]:
 
 def read_zip(data: bytes) -> str:
     """The CSV inside an archive; ArchiveUnavailable if it is not a zip holding one."""
+    import zipfile  # on first use: a job that reads no archive does not pay for it
+
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             names = [n for n in z.namelist() if n.lower().endswith(".csv")]

@@ -20,7 +20,15 @@ from ktrdr_collect.providers.base import (
     TransientError,
     UnknownSymbolError,
 )
-from ktrdr_collect.providers.binance import EARLIEST, BinanceProvider, classify, market_id, period_start
+from ktrdr_collect.providers.binance import (
+    EARLIEST,
+    BinanceProvider,
+    classify,
+    market_id,
+    parse_kline,
+    parse_klines,
+    period_start,
+)
 from ktrdr_collect.providers.http import HttpFailure
 from ktrdr_collect.storage.csv_store import CsvStore
 from tests.providers.browser_fakes import serve_keep_alive
@@ -77,6 +85,17 @@ def test_the_still_forming_candle_is_dropped(binance_api: Running) -> None:
     now = JAN1 + 3 * HOUR + 600  # the 03:00 candle closes at 03:59:59.999
     bars = provider(binance_api, clock=now).fetch("BTCUSDT", "1h", JAN1, JAN1 + 10 * HOUR, CancellationToken())
     assert [b[0] for b in bars] == [JAN1, JAN1 + HOUR, JAN1 + 2 * HOUR]
+
+
+def test_parse_klines_is_parse_kline_row_by_row() -> None:
+    rows: list[object] = [[(JAN1 + i * 60) * 1000, "1.5", "2", "0.5", "1.25", "10.00000001",
+                           (JAN1 + i * 60 + 60) * 1000 - 1, "0", 1, "0", "0", "0"] for i in (3, 1, 2, 0, 5)]
+    now_ms = (JAN1 + 4 * 60) * 1000  # the 04:00 and later candles are still forming
+    expected = sorted((b for b in (parse_kline(r, now_ms) for r in rows) if b is not None), key=lambda b: b[0])
+    assert parse_klines(rows, now_ms) == expected and [b[0] for b in expected] == [JAN1 + i * 60 for i in range(4)]
+    for bad in ([*rows, {"0": 1}], [*rows, [1, 2, 3]], [*rows, [1, "x", 2, 3, 4, 5, 6]]):
+        with pytest.raises(TransientError, match="malformed kline from binance"):
+            parse_klines(bad, now_ms)
 
 
 def test_unknown_symbol(binance_api: Running) -> None:
