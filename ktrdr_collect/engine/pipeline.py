@@ -391,7 +391,7 @@ class SymbolPipeline:
         while True:
             with claims.locked():
                 others = claims.others()  # claims first, coverage second (storage/claims.py)
-                missing = subtract(segment, self._coverage())
+                missing = subtract(segment, [*self._coverage(), *claims.held])  # ours: in our batch
                 blocking = next((c for c in others if c.overlaps(missing)), None)
                 if blocking is None:
                     claims.take(missing)
