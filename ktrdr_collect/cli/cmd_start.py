@@ -87,6 +87,8 @@ def start(
         from ktrdr_collect.cli.watching import watch_job
 
         code = watch_job(job_id, json_mode=json_, quiet=quiet, cancel_on_interrupt=True)
+        if not (json_ or quiet):  # where the files went (`collect data path` says it again)
+            print(f"Data: {req.data_dir / req.provider / req.timeframe}", flush=True)
     from ktrdr_collect.jobs.retention import auto_prune
 
     auto_prune(int(load_settings()["retention_days"]))

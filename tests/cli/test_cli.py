@@ -27,7 +27,8 @@ def test_start_plain_output_and_data(home: Path) -> None:
     lines = r.stdout.splitlines()
     assert "demo (synthetic data)" in lines[0]
     assert "AAPL: completed, 42 candles" in lines and "MSFT: completed, 42 candles" in lines
-    assert lines[-1].startswith("Completed: job ")
+    assert lines[-2].startswith("Completed: job ")
+    assert lines[-1] == f"Data: {home / 'data' / 'demo' / '1d'}"  # the summary ends with where the files are
     assert "\x1b" not in r.stdout  # no control characters when not a terminal
     data = (home / "data/demo/1d/AAPL.csv").read_text().splitlines()
     assert data[0] == "timestamp,open,high,low,close,volume" and len(data) == 43

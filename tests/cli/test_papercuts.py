@@ -134,7 +134,7 @@ def test_human_summaries_use_singulars_and_label_utc(home: Path) -> None:
     lines = r.stdout.splitlines()
     assert lines[0].endswith("· 1 symbol")
     assert "AAPL: completed, 1 candle" in lines
-    assert "· 1/1 symbol · 1 candle · 1 request ·" in lines[-1]
+    assert "· 1/1 symbol · 1 candle · 1 request ·" in lines[-2]
     status = run("status", "last").stdout
     assert "1 candle · 1 request · 0 errors" in status
     assert re.search(r"created    \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", status)
