@@ -161,11 +161,14 @@ class ProcessingEngine:
         symbol_callback: SymbolCallback | None = None,
         on_stored: Callable[[str, tuple[int, int], int], None] | None = None,
         default_days: int = 365,
+        refresh: bool = False,
     ) -> list[SymbolResult]:
         """Process every symbol; return one result per symbol, in the order given.
 
         `start=None` means the last `default_days` days; `start="earliest"` each symbol's first
-        available bar. On cancellation, pending symbols are
+        available bar. With `refresh`, the window is fetched again where it is stored too, and the
+        stored bars there are replaced (a symbol's `candles` then counts bars added, changed or
+        removed). On cancellation, pending symbols are
         not started and ProcessingCancelledException is raised with the results so far.
         """
         symbols = list(symbols)
@@ -182,7 +185,7 @@ class ProcessingEngine:
         ctx = BatchContext(
             provider=self.provider, store=self.store, timeframe=timeframe, start=start_ts, end=end_ts,
             tracker=tracker, token=token, gate=gate or PauseGate(), pacer=self.pacer_of(timeframe), retry=self.retry,
-            on_stored=on_stored, now=self.now, claims=self.claims,
+            on_stored=on_stored, now=self.now, claims=self.claims, refresh=refresh,
         )
         todo = [s for s in symbols if tracker.snapshot_symbol(s).status not in FINISHED]
         notifier = Notifier() if (progress_callback or symbol_callback) else None

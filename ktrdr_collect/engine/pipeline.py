@@ -25,6 +25,7 @@ from ktrdr_collect.providers.base import (
 from ktrdr_collect.providers.pacing import SharedPacer
 from ktrdr_collect.storage.claims import Claim, ClaimBook, SeriesClaims
 from ktrdr_collect.storage.gaps import merge_intervals, subtract
+from ktrdr_collect.storage.refresh import replace_ranges
 from ktrdr_collect.storage.restamp import restamp_series
 from ktrdr_collect.storage.timeframes import DAY, format_ts, timeframe_seconds
 
@@ -99,6 +100,8 @@ class BatchContext:
     ranges it stored, from which its counts are rebuilt after a crash (see jobs/journal.py)."""
     claims: ClaimBook | None = None
     """Where ranges are claimed before they are fetched (None: no claims, the job fetches alone)."""
+    refresh: bool = False
+    """Fetch the whole window again, stored or not, and replace what is stored there (`start --refresh`)."""
 
 
 @dataclass
@@ -239,16 +242,51 @@ class SymbolPipeline:
         self._stage("loading_local")
         self._convert_legacy_stamps()
         self._stage("analyzing_gaps")
-        plan = plan_series(ctx.provider, ctx.store, ctx.timeframe, symbol, start, ctx.end, ctx.now())
+        plan = plan_series(ctx.provider, ctx.store, ctx.timeframe, symbol, start, ctx.end, ctx.now(),
+                           refresh=ctx.refresh)
         self.edge = plan.edge
         self._stage("segmenting")
         segments = plan.segments
         for gap in plan.empty:  # no bars can exist there (weekend, night, holiday on the symbol's calendar)
             ctx.store.write(ctx.provider.name, ctx.timeframe, symbol, [], gap)
         self.track.planned(symbol, len(segments))
+        if ctx.refresh:
+            self._refresh(segments)
+            return
         if ctx.claims is not None:
             self.claims = ctx.claims.series(ctx.store, ctx.provider.name, ctx.timeframe, symbol)
         self._fetch_and_store(segments)
+
+    def _refresh(self, segments: list[tuple[int, int]]) -> None:
+        """Fetch every segment again and replace the stored bars there (storage/refresh.py), in
+        batches of up to PREPEND_BATCH_BARS bars: each batch is one swap of the data file."""
+        batch = Batch()
+        try:
+            for segment in segments:
+                bars = self._fetch(segment)
+                covered = self._covered(segment, bars)
+                if covered is not None:
+                    batch.add(covered, [bar for bar in bars if bar[0] < covered[1]])
+                self.track.segment_done(self.symbol, 0)
+                if len(batch.bars) >= PREPEND_BATCH_BARS:
+                    self._replace(batch)
+        finally:
+            self._replace(batch)  # what was fetched is kept, even when cancelled or failing
+
+    def _replace(self, batch: Batch) -> None:
+        if not batch.ranges:
+            return
+        ctx = self.ctx
+        self._stage("merging")
+        whole = (batch.ranges[0][0], batch.ranges[-1][1])
+        if ctx.on_stored is not None:
+            ctx.on_stored(self.symbol, whole, len(batch.bars))
+        changed = replace_ranges(ctx.store, ctx.provider.name, ctx.timeframe, self.symbol, batch.bars, batch.ranges)
+        if changed:
+            log.info("%s: refreshed %s, %d bar%s changed", self.symbol, ctx.timeframe, changed,
+                     "" if changed == 1 else "s")
+        self.track.candles_stored(self.symbol, changed)
+        batch.clear()
 
     def _convert_legacy_stamps(self) -> None:
         """Daily and weekly files written before bars were stamped at 00:00Z of their session date
