@@ -17,7 +17,7 @@ from ktrdr_collect.cli.tables import print_table
 
 def make_plan(symbols: list[str], timeframe: str | None, start: str | None, end: str | None, days: int | None,
               provider: str | None, option: list[str], workers: int | None, data_dir: Path | None,
-              fmt_: str | None, file: str | None, now: float | None = None) -> dict[str, Any]:
+              fmt_: str | None, file: str | None, now: float | None = None, refresh: bool = False) -> dict[str, Any]:
     """The plan as data (what `--json` prints): the same checks as `start`, then each series'
     gaps against what is stored."""
     from ktrdr_collect.cli.cmd_start import build_request
@@ -36,7 +36,7 @@ def make_plan(symbols: list[str], timeframe: str | None, start: str | None, end:
         head = 1 if req.start is None and source.head_timestamp_is_request else 0
         series = []
         for symbol in req.symbols:
-            sp = plan_series(source, store, req.timeframe, symbol, first, last, now)
+            sp = plan_series(source, store, req.timeframe, symbol, first, last, now, refresh=refresh)
             series.append({
                 "provider": req.provider, "timeframe": req.timeframe, "symbol": symbol,
                 "missing": [[iso_seconds(a), iso_seconds(b)] for a, b in sp.missing],
@@ -74,9 +74,11 @@ def plan(
     fmt_: str = typer.Option(None, "--format", help="csv, or parquet (needs the \\[parquet] extra)."),
     file: str = typer.Option(None, "-f", "--file", help="Symbols from FILE ('-': stdin), by line/comma/space."),
     json_: bool = typer.Option(False, "--json", help="JSON output."),
+    refresh: bool = typer.Option(False, "--refresh", help="As start --refresh: the whole window again."),
 ) -> int:
     """What start would do, without starting a job: missing ranges, requests, duration."""
-    p = make_plan(symbols or [], timeframe, start_, end, days, provider, option, workers, data_dir, fmt_, file)
+    p = make_plan(symbols or [], timeframe, start_, end, days, provider, option, workers, data_dir, fmt_, file,
+                  refresh=refresh)
     if json_:
         print(json.dumps(p, indent=2))
         return 0

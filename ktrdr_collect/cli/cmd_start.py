@@ -31,7 +31,7 @@ def read_symbol_file(source: str) -> list[str]:
 def build_request(
     symbols: list[str], timeframe: str | None, start: str | None, end: str | None, days: int | None,
     provider: str | None, options: list[str], workers: int | None, data_dir: Path | None,
-    fmt: str | None, name: str | None, file: str | None,
+    fmt: str | None, name: str | None, file: str | None, refresh: bool = False,
 ) -> JobRequest:
     """The job `start` asks for: config's defaults under the command line's, planned and checked
     (planning.plan_job, the same plan the Python API makes) before any job folder exists."""
@@ -52,7 +52,7 @@ def build_request(
     return JobRequest(
         symbols=plan.symbols, timeframe=plan.timeframe, start=plan.start, end=plan.end, provider=plan.provider,
         options=plan.options, public_options=plan.public_options, earliest_ts=plan.earliest_ts, workers=plan.workers,
-        data_dir=plan.data_dir, format=plan.format, name=plan.name, synthetic=plan.synthetic,
+        data_dir=plan.data_dir, format=plan.format, name=plan.name, synthetic=plan.synthetic, refresh=refresh,
     )
 
 
@@ -72,10 +72,11 @@ def start(
     detach: bool = typer.Option(False, "-d", "--detach", help="Print the job id and return at once."),
     json_: bool = typer.Option(False, "--json", help="NDJSON events on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Nothing on stdout but the id with -d; errors on stderr."),
+    refresh: bool = typer.Option(False, "--refresh", help="Fetch the window again where stored; replace those bars."),
 ) -> int:
     """Collect each symbol's bars for the window, fetching only what is missing."""
     req = build_request(symbols or [], timeframe, start_, end, days, provider, option, workers, data_dir,
-                        fmt, name, file)
+                        fmt, name, file, refresh)
     from ktrdr_collect.jobs.launch import create_job
 
     job_id = create_job(req)

@@ -47,6 +47,8 @@ class JobRequest:
     synthetic: bool = False
     retry_of: str | None = None
     """`collect retry`: the job whose unfinished series this one collects again."""
+    refresh: bool = False
+    """`start --refresh`: fetch the window again where it is stored and replace those bars."""
 
 
 def job_spec(req: JobRequest) -> JobSpec:
@@ -56,7 +58,7 @@ def job_spec(req: JobRequest) -> JobSpec:
         symbols=tuple(req.symbols), timeframe=req.timeframe, start=iso_seconds(start_ts),
         end=iso_seconds(req.end.timestamp()), provider=req.provider, earliest=req.start is None,
         options=dict(req.public_options), data_dir=str(req.data_dir), format=req.format, workers=req.workers,
-        name=req.name, synthetic=req.synthetic, retry_of=req.retry_of,
+        name=req.name, synthetic=req.synthetic, retry_of=req.retry_of, refresh=req.refresh,
     )
 
 

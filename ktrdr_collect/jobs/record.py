@@ -65,6 +65,8 @@ class JobSpec:
     name: str | None = None
     synthetic: bool = False
     retry_of: str | None = None
+    refresh: bool = False
+    """Fetch the window again where it is stored and replace those bars (`start --refresh`)."""
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -81,6 +83,7 @@ class JobSpec:
         values["format"] = values.get("format") or "csv"
         values["earliest"] = bool(values.get("earliest"))
         values["synthetic"] = bool(values.get("synthetic"))
+        values["refresh"] = bool(values.get("refresh"))
         return cls(**values)
 
     @classmethod

@@ -380,7 +380,7 @@ class Runner:
                 self.symbols, spec.timeframe,
                 start="earliest" if spec.earliest else spec.start, end=spec.end,
                 cancellation_token=self.token, gate=self.gate, tracker=self.tracker,
-                symbol_callback=self.on_symbol, on_stored=self.journal.record,
+                symbol_callback=self.on_symbol, on_stored=self.journal.record, refresh=spec.refresh,
             )
         except ProcessingCancelledException:
             pass
