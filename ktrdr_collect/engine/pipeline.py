@@ -200,6 +200,8 @@ class SymbolPipeline:
         """This symbol's claims on its series (storage/claims.py), while fetching."""
         self.waited = False
         """Whether it has waited for another job's claim yet (the first wait is logged as info)."""
+        self._stage_before_redis: str | None = None
+        """The stage to go back to after waiting for an unreachable pacing Redis."""
 
     def _stage(self, stage: str) -> None:
         self.track.stage(self.symbol, stage)
@@ -484,7 +486,10 @@ class SymbolPipeline:
                 raise Cancelled
             if ctx.pacer is None:
                 return None
-            slot = ctx.pacer.wait_turn(lambda seconds: ctx.gate.sleep(seconds, ctx.token))
+            slot = ctx.pacer.wait_turn(self._pacing_sleep)
+            if self._stage_before_redis is not None:  # it waited for Redis: back to work
+                self._stage(self._stage_before_redis)
+                self._stage_before_redis = None
             if slot is not None:
                 if ctx.gate.is_paused or ctx.token.is_cancelled:
                     ctx.pacer.release(slot)
@@ -492,6 +497,14 @@ class SymbolPipeline:
                     continue
                 return slot
             self._check_cancel()  # paused meanwhile: wait at the gate, then book again
+
+    def _pacing_sleep(self, seconds: float) -> bool:
+        """The pacer's wait; while its Redis is unreachable the series shows `waiting for Redis
+        (pacing)` (providers/redis_pacing.py: no request goes out unpaced)."""
+        if getattr(self.ctx.pacer, "waiting_for_redis", False) and self._stage_before_redis is None:
+            self._stage_before_redis = self.track.snapshot_symbol(self.symbol).stage
+            self.track.waiting(self.symbol, "Redis (pacing)")
+        return self.ctx.gate.sleep(seconds, self.ctx.token)
 
     def _sleep(self, seconds: float) -> None:
         if not self.ctx.gate.sleep(seconds, self.ctx.token):

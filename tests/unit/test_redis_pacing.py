@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -307,3 +308,38 @@ def test_stamp_counts_a_request_now_in_both_pacers(tmp_path: Path, redis_url: st
     shared.stamp()
     delay, _ = shared.delay(no_sleep)  # type: ignore[misc]
     assert delay > 55
+
+
+def test_a_series_waiting_for_redis_shows_it_then_goes_on(home: Path, tmp_path: Path) -> None:
+    """Redis down when the batch starts: the series stays at stage `waiting` (for `Redis (pacing)`)
+    without a request; once Redis answers, it goes on and completes."""
+    import threading
+
+    from ktrdr_collect.engine.engine import ProcessingEngine
+    from ktrdr_collect.providers.demo import DemoProvider
+    from ktrdr_collect.storage.csv_store import CsvStore
+
+    need_redis_server()
+    port = free_port()
+    engine = ProcessingEngine(DemoProvider({"latency_ms": 0, "rate_limit": 50}), CsvStore(home / "data"),
+                              sharing=Sharing(f"redis://127.0.0.1:{port}/0"), executor="threads")
+    tracker = engine.new_tracker(["AAA"], "1d")
+    done = threading.Event()
+    runner = threading.Thread(target=lambda: (engine.process_batch(
+        ["AAA"], "1d", start="2024-01-01", end="2024-02-01", tracker=tracker), done.set()))
+    runner.start()
+    server = None
+    try:
+        deadline = time.monotonic() + 20
+        while (sp := tracker.snapshot_symbol("AAA")).stage != "waiting" and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling for the state, with a deadline
+        assert sp.stage == "waiting" and sp.waiting_for == "Redis (pacing)" and sp.requests == 0
+        server = start_redis(tmp_path, port)
+        assert done.wait(30)
+    finally:
+        if server is None:
+            server = start_redis(tmp_path, port)  # let the batch finish, whatever failed
+        runner.join(30)
+        server.stop()
+    final = tracker.snapshot_symbol("AAA")
+    assert final.status == "completed" and final.stage == "done" and final.requests > 0
