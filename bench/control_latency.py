@@ -65,7 +65,7 @@ def wait_running(job_id: str, min_requests: int = 1, timeout: float = 30.0) -> d
 
     deadline = time.monotonic() + timeout
     while True:
-        st = load_status(job_id)
+        st = load_status(job_id).public()
         if st["status"] == "running" and st["requests"] >= min_requests:
             return st
         if st["status"] not in ("pending", "running"):
@@ -150,7 +150,7 @@ def bench_pause(trials: int) -> tuple[list[float], list[float], str]:
         if i < 3:  # contract: no new request starts once paused (in-flight ones may finish)
             at_ack = st["requests"]
             time.sleep(0.3)
-            later = load_status(job)["requests"]
+            later = load_status(job).requests
             if later > at_ack:
                 leaks.append(later - at_ack)
         t0 = time.perf_counter()
@@ -200,7 +200,7 @@ def bench_cancel(trials: int, batch: int = 10) -> tuple[list[float], str]:
             samples.append(time.perf_counter() - t0)
             to_state.append((t_state or time.perf_counter()) - t0)
             runners.append(runner_pid)
-            st = load_status(job)
+            st = load_status(job).public()
             if st["status"] != "cancelled" or not st.get("completed_at"):
                 bad.append((job, st["status"]))
         n += k

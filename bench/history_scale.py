@@ -1,7 +1,7 @@
 """history_scale: `collect list` and `collect stats` with 10,000 finished jobs in home.
 
 The jobs are written directly as job folders (0700) holding a valid state.json (0600, from
-`ktrdr_collect.jobs.launch.initial_state`, then finished: status, timestamps, per-symbol results)
+`ktrdr_collect.jobs.record.new_state`, then finished: status, timestamps, per-symbol results)
 and a short log: ids from `new_job_id(created)` so they sort by creation time, created over the
 last 25 days, 1-20 symbols each, providers demo/yahoo/binance/csv, ~80 % completed, the rest
 completed with failed symbols, failed or cancelled, with a handful of distinct error texts.
@@ -44,7 +44,8 @@ def make_jobs(n: int, seed: int = 7) -> tuple[list[str], int]:
     """Write n finished job folders; return (ids, how many finished within 30 days)."""
     from ktrdr_collect import paths
     from ktrdr_collect.jobs.folders import iso, new_job_id
-    from ktrdr_collect.jobs.launch import LOG_FILE, JobRequest, initial_state
+    from ktrdr_collect.jobs.launch import LOG_FILE, JobRequest, job_spec
+    from ktrdr_collect.jobs.record import new_state
     from ktrdr_collect.jobs.statefile import write_state
 
     rnd = random.Random(seed)
@@ -66,7 +67,8 @@ def make_jobs(n: int, seed: int = 7) -> tuple[list[str], int]:
                          provider=provider, public_options={"latency_ms": 50.0} if provider == "demo" else {},
                          workers=4, data_dir=paths.home() / "data", name=f"nightly-{i % 17}" if i % 3 == 0 else None,
                          synthetic=provider == "demo")
-        state = initial_state(job_id, req)
+        spec = job_spec(req)
+        state = new_state(job_id, spec, iso(created), None, False).to_json()
         roll = rnd.random()
         status = "completed" if roll < 0.85 else "failed" if roll < 0.93 else "cancelled"
         elapsed = round(rnd.uniform(0.5, 120.0) * len(syms), 3)
@@ -102,6 +104,7 @@ def make_jobs(n: int, seed: int = 7) -> tuple[list[str], int]:
         )
         folder = jobs_dir / job_id
         folder.mkdir(mode=0o700)
+        spec.write(folder)
         write_state(folder, state)
         fd = paths.open_private(folder / LOG_FILE, os.O_WRONLY | os.O_CREAT)
         os.write(fd, (f"{iso(created)} job {job_id}: pending -> running\n"

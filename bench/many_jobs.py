@@ -119,7 +119,7 @@ def run(quick: bool = False) -> list[Row]:
             # wait until every runner says running
             deadline = time.monotonic() + 20
             while True:
-                statuses = {j: load_status(j)["status"] for j in ids}
+                statuses = {j: load_status(j).status for j in ids}
                 if all(s == "running" for s in statuses.values()) or time.monotonic() > deadline:
                     break
                 if any(s not in ("pending", "running") for s in statuses.values()):
@@ -144,7 +144,7 @@ def run(quick: bool = False) -> list[Row]:
                     missing.append(j)
             if missing:
                 problems.append(f"{len(missing)} jobs without a live runner at the RSS sample, e.g. {missing[:2]}")
-            alive_after = sum(load_status(j)["status"] == "running" for j in ids)
+            alive_after = sum(load_status(j).status == "running" for j in ids)
             # the read commands while they run
             st_t, out = timed(cli("status", "--json"))
             shown = json.loads(out)
@@ -175,7 +175,7 @@ def run(quick: bool = False) -> list[Row]:
             # let them finish
             deadline = time.monotonic() + max(30.0, target[0] - time.time() + 30)
             while time.monotonic() < deadline:
-                finals = [load_status(j) for j in ids]
+                finals = [load_status(j).public() for j in ids]
                 if all(s["status"] not in ("pending", "running", "paused") for s in finals):
                     break
                 time.sleep(0.2)

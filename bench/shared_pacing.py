@@ -66,7 +66,7 @@ def run(quick: bool = False) -> list[Row]:
                 time.sleep(0.25)
         finally:
             stop_all()
-        finals = [load_status(j) for j in ids]
+        finals = [load_status(j).public() for j in ids]
     rates = [(last[j][1] - first[j][1]) / (last[j][0] - first[j][0]) for j in ids]
     total = sum(rates)
     simple = (r1 - r0) / (w1 - w0)

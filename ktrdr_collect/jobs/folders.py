@@ -178,15 +178,19 @@ def publish_folder(new: NewFolder) -> Path:
 
 
 def resolve(ref: str) -> str:
-    """A full id, a unique prefix of one, a unique job name, or `last` -> the job id."""
-    ids = job_ids()
+    """A full id, a unique prefix of one, a unique job name, or `last` -> the job id. One listing
+    of the jobs folder; state files are looked for only among the candidates (at 100,000 jobs,
+    `last` checks one folder, not all of them)."""
+    root = paths.jobs_dir()
+    names = folder_names()
     if ref == "last":
-        if not ids:
+        newest = next((n for n in sorted(names, reverse=True) if has_state(n, root)), None)
+        if newest is None:
             raise JobNotFoundError(ref)
-        return ids[-1]
-    if ref in ids:
+        return newest
+    if ref in names and has_state(ref, root):
         return ref
-    matches = [i for i in ids if i.startswith(ref)] if ref else []
+    matches = sorted(n for n in names if n.startswith(ref) and has_state(n, root)) if ref else []
     if not matches:
         matches = named(ref)
         if len(matches) > 1:
