@@ -383,7 +383,10 @@ class SymbolPipeline:
             self._flush(batch)
             return self._store_released(bars, covered, piece)
         last = ctx.store.last_ts(ctx.provider.name, ctx.timeframe, self.symbol)  # another job may append
-        if last is not None and piece[0] <= last:  # lands before stored data: batch it
+        # Lands before stored data: batch it. Stored bars inside the piece only (a crash between a
+        # write's bars and its record left them) are no reason to: it is stored now, so that a
+        # crash loses no more than the request in flight.
+        if last is not None and piece[1] <= last:
             if not batch.continues(piece):
                 self._flush(batch)
             batch.add(piece, bars)
