@@ -16,6 +16,10 @@ from ktrdr_collect.text import clean, has_credentials
 Bar = tuple[int, float, float, float, float, float]
 """(timestamp epoch seconds UTC, open, high, low, close, volume)."""
 
+Action = tuple[int, str, float]
+"""A corporate action: (00:00Z of its ex-date, "split" or "dividend", the split's new shares per
+old share — 10 for 10:1 — or the dividend per share). Stored by storage/actions.py."""
+
 
 class ProviderError(Exception):
     """Base of the classified provider errors; the engine decides what each one means.
@@ -295,6 +299,15 @@ class Provider:
     def fetch(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
         """Bars with start <= ts < end, ascending."""
         raise NotImplementedError
+
+    adjusted_for: frozenset[str] = frozenset()
+    """The action types ("split", "dividend") the provider's prices are adjusted for: one new to a
+    series changes the bars stored before it, so the pipeline restates them (docs/storage.md)."""
+
+    def take_actions(self, symbol: str, timeframe: str) -> list[Action]:
+        """The corporate actions the answers to this series' fetches carried since the last call,
+        each handed over once (the pipeline stores them beside the data). Default: none known."""
+        return []
 
     def close(self) -> None:
         """Release connections."""
