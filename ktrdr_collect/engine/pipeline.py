@@ -13,6 +13,7 @@ from typing import Protocol, TypeVar
 from ktrdr_collect.engine.cancellation import CancellationToken, PauseGate
 from ktrdr_collect.engine.planner import plan_series
 from ktrdr_collect.engine.progress import ProgressTracker
+from ktrdr_collect.engine.restate import Restater
 from ktrdr_collect.providers.base import (
     Bar,
     PermanentError,
@@ -200,6 +201,9 @@ class SymbolPipeline:
         """This symbol's claims on its series (storage/claims.py), while fetching."""
         self.waited = False
         """Whether it has waited for another job's claim yet (the first wait is logged as info)."""
+        self.restater = Restater(ctx.provider, ctx.store, ctx.timeframe, symbol, self._fetch,  # type: ignore[arg-type]
+                                 lambda n: self.track.candles_stored(symbol, n), ctx.now)
+        """Corporate actions seen while fetching: stored, and the series restated, before each write."""
         self._stage_before_redis: str | None = None
         """The stage to go back to after waiting for an unreachable pacing Redis."""
 
@@ -281,6 +285,7 @@ class SymbolPipeline:
         ctx = self.ctx
         self._stage("merging")
         whole = (batch.ranges[0][0], batch.ranges[-1][1])
+        self.restater.before_write()
         if ctx.on_stored is not None:
             ctx.on_stored(self.symbol, whole, len(batch.bars))
         changed = replace_ranges(ctx.store, ctx.provider.name, ctx.timeframe, self.symbol, batch.bars, batch.ranges)
@@ -464,6 +469,7 @@ class SymbolPipeline:
     def _store(self, bars: list[Bar], covered: tuple[int, int]) -> int:
         """Journal, then store; the rows the file gained or changed (what the job counts)."""
         ctx = self.ctx
+        self.restater.before_write()
         if ctx.on_stored is not None:
             ctx.on_stored(self.symbol, covered, len(bars))
         return ctx.store.write(ctx.provider.name, ctx.timeframe, self.symbol, bars, covered)
@@ -515,9 +521,11 @@ class SymbolPipeline:
 
     def _fetch(self, segment: tuple[int, int]) -> list[Bar]:
         ctx, (start, end) = self.ctx, segment
-        return self._request(
+        bars = self._request(
             lambda attempt: clean_bars(ctx.provider.fetch(self.symbol, ctx.timeframe, start, end, attempt), start, end)
         )
+        self.restater.fetched_range(segment)
+        return bars
 
     def _request(self, call: Callable[[Attempt], T], paced: bool = True) -> T:
         """One provider request, paced and counted, retried as its error class says."""
