@@ -1,9 +1,15 @@
 """`yahoo`: Yahoo Finance's v8 chart API (stocks, ETFs, indices, FX, futures; no key).
 
-`GET {base_url}/v8/finance/chart/{SYMBOL}?period1=s&period2=s&interval=1d&includePrePost=false`
+`GET {base_url}/v8/finance/chart/{SYMBOL}?period1=s&period2=s&interval=1d&includePrePost=false&events=div,splits`
 answers `chart.result[0]` with `meta` (`exchangeTimezoneName`, `tradingPeriods` for intraday),
 `timestamp` and `indicators.quote[0]` arrays (open, high, low, close, volume) that may hold nulls,
-or `chart.error` (404 unknown symbol, 422 window refused). See docs/providers/yahoo.md.
+`indicators.adjclose[0].adjclose` (daily and weekly), `events.splits` / `events.dividends` (the
+actions inside the window), or `chart.error` (404 unknown symbol, 422 window refused). See
+docs/providers/yahoo.md.
+
+Prices: Yahoo's OHLC are adjusted for every split up to today (`adjust=splits`, the default);
+`adjust=all` also adjusts them for dividends with each bar's `adjclose / close`. It serves no
+as-traded prices, so `adjust=none` is refused.
 
 Dates: Yahoo stamps a daily bar at the exchange's local open (local midnight for FX and futures),
 so its session date is the *local* date of that instant in `meta.exchangeTimezoneName`; we store
@@ -15,6 +21,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +38,7 @@ from ktrdr_collect.providers.base import (
     MAX_RATE,
     MAX_TIMEOUT_S,
     MIN_RATE,
+    Action,
     Bar,
     Interrupt,
     OptionSpec,
@@ -111,24 +120,77 @@ def _value(column: list[Any], i: int) -> float | None:
     return None if x is None else float(x)
 
 
-def parse_bars(result: dict[str, Any]) -> list[Bar]:
-    """Bars from a chart result, skipping rows with a null price (halts); null volume -> 0."""
+def adjclose_column(result: dict[str, Any]) -> list[Any]:
+    """`indicators.adjclose[0].adjclose`; PermanentError when the answer has none."""
+    try:
+        column = result["indicators"]["adjclose"][0]["adjclose"]
+    except (KeyError, IndexError, TypeError):
+        column = None
+    if not isinstance(column, list):
+        raise PermanentError("yahoo answered no adjclose, which adjust=all needs")
+    return column
+
+
+def parse_bars(result: dict[str, Any], dividends: bool = False) -> list[Bar]:
+    """Bars from a chart result, skipping rows with a null price (halts); null volume -> 0.
+    With `dividends`, open, high, low and close are scaled by the row's `adjclose / close`."""
     stamps = result.get("timestamp") or []
     try:
         quote_ = result["indicators"]["quote"][0] or {}
     except (KeyError, IndexError, TypeError):
         quote_ = {}
     columns = [quote_.get(k) or [] for k in ("open", "high", "low", "close", "volume")]
+    adjclose = adjclose_column(result) if dividends and stamps else []
     bars: list[Bar] = []
     try:
         for i, ts in enumerate(stamps):
             o, h, low, c, v = (_value(col, i) for col in columns)
             if o is None or h is None or low is None or c is None:
                 continue
+            if dividends:
+                adjusted = _value(adjclose, i)
+                if adjusted is None or c == 0:
+                    raise PermanentError(f"yahoo answered no adjclose for {format_ts(int(ts))}, which adjust=all needs")
+                factor = adjusted / c
+                o, h, low, c = o * factor, h * factor, low * factor, adjusted
             bars.append((int(ts), o, h, low, c, v or 0.0))
     except (TypeError, ValueError):
         raise TransientError("yahoo answered non-numeric quote values") from None
     return bars
+
+
+def _split_ratio(item: Mapping[str, Any]) -> float | None:
+    """New shares per old share: `numerator / denominator` (4 / 1 for "4:1"), else `splitRatio`."""
+    num, den = item.get("numerator"), item.get("denominator")
+    if isinstance(num, int | float) and isinstance(den, int | float) and num > 0 and den > 0:
+        return float(num) / float(den)
+    text = item.get("splitRatio")
+    if isinstance(text, str) and ":" in text:
+        a, _, b = text.partition(":")
+        try:
+            ratio = float(a) / float(b)
+        except (ValueError, ZeroDivisionError):
+            return None
+        return ratio if ratio > 0 and math.isfinite(ratio) else None
+    return None
+
+
+def parse_events(result: dict[str, Any], tz: ZoneInfo) -> list[Action]:
+    """Splits and dividends of `events`, each dated 00:00Z of its local session date (like a daily
+    bar); an entry that does not parse is skipped."""
+    events = result.get("events")
+    if not isinstance(events, dict):
+        return []
+    found: list[Action] = []
+    for kind, key in (("split", "splits"), ("dividend", "dividends")):
+        entries = events.get(key)
+        for item in entries.values() if isinstance(entries, dict) else []:
+            if not isinstance(item, dict) or not isinstance(item.get("date"), int | float):
+                continue
+            value = _split_ratio(item) if kind == "split" else item.get("amount")
+            if isinstance(value, int | float) and math.isfinite(value) and value > 0:
+                found.append((local_day(int(item["date"]), tz) * DAY, kind, float(value)))
+    return sorted(set(found))
 
 
 def parse_chart(body: Any) -> list[Bar]:
@@ -156,9 +218,10 @@ class Chart:
     tz: ZoneInfo
     granularity: str
     sessions: list[tuple[int, int]]
+    actions: list[Action]
 
 
-def read_chart(body: Any, fallback_tz: str) -> Chart:
+def read_chart(body: Any, fallback_tz: str, dividends: bool = False) -> Chart:
     result = chart_result(body)
     meta = result.get("meta") or {}
     tz_name = meta.get("exchangeTimezoneName")
@@ -166,7 +229,8 @@ def read_chart(body: Any, fallback_tz: str) -> Chart:
         tz = zone(tz_name) if isinstance(tz_name, str) and tz_name else zone(fallback_tz)
     except (KeyError, ValueError):  # ZoneInfoNotFoundError is a KeyError
         tz = zone(fallback_tz)
-    return Chart(parse_bars(result), tz, str(meta.get("dataGranularity") or ""), trading_periods(meta))
+    return Chart(parse_bars(result, dividends), tz, str(meta.get("dataGranularity") or ""), trading_periods(meta),
+                 parse_events(result, tz))
 
 
 # --- errors -------------------------------------------------------------------------------------
@@ -225,6 +289,8 @@ class YahooProvider(Provider):
         OptionSpec("client", str, "auto", "auto|browser|stdlib: browser is curl_cffi with Chrome's TLS "
                    "(Yahoo refuses other clients); auto: browser when installed"),
         OptionSpec("user_agent", str, BROWSER_USER_AGENT, "User-Agent header (the browser client sends Chrome's own)"),
+        OptionSpec("adjust", str, "splits", "splits|all|none: prices adjusted for splits (Yahoo's own, today's "
+                   "scale); all: also for dividends (adjclose, 1d and 1w); none: as traded (Yahoo has none)"),
     )
     max_bars = 5000
     publish_delay_s = PUBLISH_DELAY_S
@@ -240,6 +306,10 @@ class YahooProvider(Provider):
         self.use_exchange_calendars = use_exchange_calendars(o["holidays"])
         self.client = choose_client(o["client"])
         self.clock = clock
+        self.adjust = adjust_mode(o["adjust"])
+        self.adjusted_for = frozenset({"split", "dividend"} if self.adjust == "all" else {"split"})
+        self._actions: dict[tuple[str, str], set[Action]] = {}
+        self._actions_lock = threading.Lock()
         self._classify = classify_for(self.client)
         # the browser client sends the impersonated Chrome's own User-Agent, matching its TLS and
         # client hints; ours would contradict them (yfinance PR #2452)
@@ -273,6 +343,9 @@ class YahooProvider(Provider):
     def check_window(self, timeframe: str, start: int, end: int, now: int) -> None:
         if timeframe not in INTERVALS:
             raise ValueError(f"yahoo has no {timeframe} bars (it has: {' '.join(INTERVALS)})")
+        if self.adjust == "all" and timeframe not in ("1d", "1w"):
+            raise ValueError(f"yahoo: adjust=all needs adjclose, which Yahoo serves for 1d and 1w bars only, "
+                             f"not {timeframe} (use adjust=splits)")
         days = HISTORY_DAYS.get(timeframe)
         oldest = now - days * DAY + _MARGIN_S if days is not None else None
         if oldest is not None and start < oldest:  # an hour's margin: the job fetches a little later
@@ -283,8 +356,11 @@ class YahooProvider(Provider):
 
     # requests
 
-    def _chart(self, symbol: str, interval: str, start: int, end: int, interrupt: Interrupt | None) -> Any:
-        params = {"period1": start, "period2": end, "interval": interval, "includePrePost": "false"}
+    def _chart(self, symbol: str, interval: str, start: int, end: int, interrupt: Interrupt | None,
+               events: bool = True) -> Any:
+        params: dict[str, Any] = {"period1": start, "period2": end, "interval": interval, "includePrePost": "false"}
+        if events:
+            params["events"] = "div,splits"
         url = f"{self.base_url}/v8/finance/chart/{quote(symbol.upper(), safe='')}"
         return http.get_json(url, params, self.options["timeout_s"], interrupt, client=self.client,
                              headers=self._headers, classify=self._classify)
@@ -294,7 +370,7 @@ class YahooProvider(Provider):
     def head_timestamp(self, symbol: str, timeframe: str, interrupt: Interrupt | None = None) -> int:
         """`meta.firstTradeDate` from a small daily request, never before what the timeframe allows."""
         now = int(self.clock())
-        result = chart_result(self._chart(symbol, "1d", now - 10 * DAY, now, interrupt))
+        result = chart_result(self._chart(symbol, "1d", now - 10 * DAY, now, interrupt, events=False))
         first = (result.get("meta") or {}).get("firstTradeDate")
         floor = self.earliest(timeframe)
         if not isinstance(first, int | float):
@@ -317,7 +393,9 @@ class YahooProvider(Provider):
     def _fetch_dated(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
         exchange = self.exchange(symbol)
         period1, period2 = dated_request_window(timeframe, start, end, zone(exchange.tz))
-        chart = read_chart(self._chart(symbol, INTERVALS[timeframe], period1, period2, interrupt), exchange.tz)
+        chart = read_chart(self._chart(symbol, INTERVALS[timeframe], period1, period2, interrupt), exchange.tz,
+                           dividends=self.adjust == "all")
+        self._note_actions(symbol, timeframe, chart.actions)
         stamped = (restamp(bar, session_stamp(timeframe, bar[0], chart.tz)) for bar in chart.bars)
         return [bar for bar in stamped if start <= bar[0] < end]
 
@@ -332,6 +410,7 @@ class YahooProvider(Provider):
         step = timeframe_seconds(timeframe)
         exchange = self.exchange(symbol)
         chart = read_chart(self._chart(symbol, INTERVALS[timeframe], lo, hi, interrupt), exchange.tz)
+        self._note_actions(symbol, timeframe, chart.actions)
         if not granularity_ok(chart, INTERVALS[timeframe], step):
             if timeframe != "30m":
                 raise PermanentError(f"yahoo answered {chart.granularity or 'other'} bars for {timeframe}")
@@ -342,6 +421,17 @@ class YahooProvider(Provider):
             kept = in_session(fine, calendar, exchange, 900, lo, hi)
             return aggregate(kept, step, sessions_of(fine, calendar, exchange, kept))
         return in_session(chart, calendar, exchange, step, lo, hi)
+
+    # corporate actions
+
+    def _note_actions(self, symbol: str, timeframe: str, actions: list[Action]) -> None:
+        if actions:
+            with self._actions_lock:
+                self._actions.setdefault((symbol, timeframe), set()).update(actions)
+
+    def take_actions(self, symbol: str, timeframe: str) -> list[Action]:
+        with self._actions_lock:
+            return sorted(self._actions.pop((symbol, timeframe), ()))
 
     def windows(self, timeframe: str, start: int, end: int) -> list[tuple[int, int]]:
         if timeframe != "1m":
@@ -373,6 +463,16 @@ def use_exchange_calendars(holidays: str) -> bool:
     if holidays == "on" and not has_exchange_calendars():
         raise ProviderUnavailableError(f"provider yahoo: holidays need exchange_calendars: {INSTALL_HINT}")
     return holidays == "on" or (holidays == "auto" and has_exchange_calendars())
+
+
+def adjust_mode(adjust: str) -> str:
+    if adjust == "none":
+        raise ProviderUnavailableError(
+            "provider yahoo: adjust=none is not available: Yahoo's chart API serves prices adjusted for "
+            "every split up to today, never as traded (use adjust=splits, the default, or adjust=all)")
+    if adjust not in ("splits", "all"):
+        raise ProviderUnavailableError(f"provider yahoo: adjust must be splits, all or none, not '{adjust}'")
+    return adjust
 
 
 def choose_client(client: str) -> str:

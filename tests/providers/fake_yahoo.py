@@ -10,7 +10,15 @@ closes. The server reproduces what the real API does (learned from recorded answ
 * optional quirks: the 16:00 closing print (O=H=L=C, volume 0), post-market bars on early-close
   days, `interval=30m` answered with 60m bars, weekly buckets anchored on `period1`'s weekday;
 * a publication delay on a fake clock: a bar is served only once `delay_s` have passed since
-  its period ended.
+  its period ended;
+* corporate actions: `Listing.splits` and `Listing.dividends` by ex-date. Until the fake clock
+  reaches a split's date, the bars before it are served as traded (`ratio` times higher); from
+  then on every price before it is divided by the ratio (Yahoo's split-adjusted history) and, when
+  the request asks `events=...split...`, the split is in `events.splits` like Yahoo's
+  (`{date, numerator, denominator, splitRatio}` keyed by the date's instant). Dividends that have
+  gone ex are in `events.dividends` (`{amount, date}`) and scale `indicators.adjclose` (daily
+  and weekly answers) before their date by `1 - amount / previous close`, Yahoo's way.
+  `Listing.events=False` serves the same prices without ever saying why they moved.
 """
 
 from __future__ import annotations
@@ -48,6 +56,14 @@ class Listing:
     trading_periods: bool = True
     halted: frozenset[int] = frozenset()
     """Timestamps answered with null prices (halts)."""
+    price_scale: float = 1.0
+    """Every price times this (NVDA at ~1000 rather than ~10..100)."""
+    splits: dict[date, float] = field(default_factory=dict)
+    """Ex-date -> new shares per old share (10 for 10:1)."""
+    dividends: dict[date, float] = field(default_factory=dict)
+    """Ex-date -> amount per share."""
+    events: bool = True
+    """Whether asked-for `events` are served (False: prices move and nothing says why)."""
 
     @property
     def zone(self) -> ZoneInfo:
@@ -140,6 +156,62 @@ class YahooMarket:
     now: Callable[[], float]
     delay_s: float = 0.0
 
+    def today(self, listing: Listing) -> date:
+        return datetime.fromtimestamp(self.now(), listing.zone).date()
+
+    def scale(self, listing: Listing, d: date) -> float:
+        """What prices of local date `d` are multiplied by: the listing's scale, times the ratio of
+        every split after `d` that has not happened yet (those bars are still as traded)."""
+        factor = listing.price_scale
+        for ex, ratio in listing.splits.items():
+            if ex > d and ex > self.today(listing):
+                factor *= ratio
+        return factor
+
+    def scaled(self, listing: Listing, rows: list[tuple[int, tuple]]) -> list[tuple[int, tuple]]:
+        if listing.price_scale == 1.0 and not listing.splits:
+            return rows
+        out = []
+        for ts, (o, h, low, c, v) in rows:
+            k = self.scale(listing, datetime.fromtimestamp(ts, listing.zone).date())
+            out.append((ts, (round(o * k, 4), round(h * k, 4), round(low * k, 4), round(c * k, 4), v)))
+        return out
+
+    def close_before(self, listing: Listing, ex: date) -> float:
+        """The served close of the last trading day before `ex`."""
+        d = ex - timedelta(days=1)
+        while not listing.trades_on(d):
+            d -= timedelta(days=1)
+        ts = listing.daily_instant(d)
+        return round(price(listing.symbol, ts)[3] * self.scale(listing, d), 4)
+
+    def dividend_factor(self, listing: Listing, d: date) -> float:
+        """adjclose / close for local date `d`: every dividend gone ex after `d`, Yahoo's way."""
+        factor = 1.0
+        for ex, amount in listing.dividends.items():
+            if d < ex <= self.today(listing):
+                factor *= 1 - amount / self.close_before(listing, ex)
+        return factor
+
+    def events(self, listing: Listing, asked: str, p1: int, p2: int) -> dict[str, Any]:
+        happened = lambda ex: ex <= self.today(listing) and p1 <= listing.daily_instant(ex) <= p2  # noqa: E731
+        events: dict[str, Any] = {}
+        if "split" in asked:
+            splits = {}
+            for ex, ratio in listing.splits.items():
+                if happened(ex):
+                    at = listing.daily_instant(ex)
+                    n, d = (int(ratio), 1) if ratio >= 1 else (1, round(1 / ratio))
+                    splits[str(at)] = {"date": at, "numerator": n, "denominator": d, "splitRatio": f"{n}:{d}"}
+            if splits:
+                events["splits"] = splits
+        if "div" in asked:
+            dividends = {str(listing.daily_instant(ex)): {"amount": amount, "date": listing.daily_instant(ex)}
+                         for ex, amount in listing.dividends.items() if happened(ex)}
+            if dividends:
+                events["dividends"] = dividends
+        return events
+
     def rows(self, listing: Listing, interval: str, p1: int, p2: int) -> list[tuple[int, tuple]]:
         if interval == "1d":
             rows = daily_rows(listing, p1, p2)
@@ -149,7 +221,7 @@ class YahooMarket:
             served = "60m" if interval == "30m" and listing.thirty_as_sixty else interval
             rows = intraday_rows(listing, INTERVAL_S[served])(p1, p2)
         cutoff = self.now() - self.delay_s
-        return [r for r in rows if published_before(listing, interval, r[0]) <= cutoff]
+        return self.scaled(listing, [r for r in rows if published_before(listing, interval, r[0]) <= cutoff])
 
     def meta(self, listing: Listing, interval: str, p1: int, p2: int) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -189,6 +261,13 @@ class YahooMarket:
             result["timestamp"] = [ts for ts, _ in nulls]
             result["indicators"] = {"quote": [{k: [v[i] for _, v in nulls] for i, k in
                                               enumerate(("open", "high", "low", "close", "volume"))}]}
+            if interval in ("1d", "1wk"):
+                result["indicators"]["adjclose"] = [{"adjclose": [
+                    None if v[3] is None else round(v[3] * self.dividend_factor(
+                        listing, datetime.fromtimestamp(ts, listing.zone).date()), 6) for ts, v in nulls]}]
+        events = self.events(listing, r.params.get("events", ""), p1, p2) if listing.events else {}
+        if events:
+            result["events"] = events
         h.send_json(200, {"chart": {"result": [result], "error": None}})
 
 
