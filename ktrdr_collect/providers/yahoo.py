@@ -344,7 +344,7 @@ class YahooProvider(Provider):
         if timeframe not in INTERVALS:
             raise ValueError(f"yahoo has no {timeframe} bars (it has: {' '.join(INTERVALS)})")
         if self.adjust == "all" and timeframe not in ("1d", "1w"):
-            raise ValueError(f"yahoo: adjust=all needs adjclose, which Yahoo serves for 1d and 1w bars only, "
+            raise ValueError(f"adjust=all needs adjclose, which Yahoo serves for 1d and 1w bars only, "
                              f"not {timeframe} (use adjust=splits)")
         days = HISTORY_DAYS.get(timeframe)
         oldest = now - days * DAY + _MARGIN_S if days is not None else None

@@ -87,3 +87,10 @@ def test_without_the_event_the_scale_break_stays_and_verify_reports_it(home: Pat
     assert verify.exit_code == 3
     assert verify.stdout.startswith("yahoo 1d QUIET  2024-06-10T00:00:00Z  scale: ")
     assert "(about 10:1) with no stored split" in verify.stdout
+
+
+def test_adjust_none_is_refused_before_any_job(home: Path) -> None:
+    r = runner.invoke(app, ["start", "NVDA", "-p", "yahoo", "-o", "adjust=none"])
+    assert r.exit_code == 1
+    assert r.output.startswith("Error: provider yahoo: adjust=none is not available: ")
+    assert not (home / "jobs").exists() or not any(p.is_dir() for p in (home / "jobs").iterdir())
