@@ -54,8 +54,38 @@ def kill_runner(home: Path, job_id: str) -> str:
     return status_json(home, job_id)["status"]
 
 
-def test_kill9_at_random_moments_then_resume_gives_identical_files(home: Path, tmp_path: Path) -> None:
+TRACE_SITE = """
+import os
+if os.environ.get("KTRDR_TEST_TRACE"):
+    from ktrdr_collect.providers import demo
+
+    _fetch = demo.DemoProvider.fetch
+
+    def fetch(self, symbol, timeframe, start, end, interrupt):
+        with open(os.environ["KTRDR_TEST_TRACE"], "a") as f:  # one short append per request: kill-safe
+            f.write(f"{symbol} {timeframe} {start} {end} {os.getpid()}\\n")
+        return _fetch(self, symbol, timeframe, start, end, interrupt)
+
+    demo.DemoProvider.fetch = fetch
+"""
+
+
+def trace_requests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every request the demo provider serves, in every process of this test, one line each: the
+    exact count (state.json's `requests` may miss the last requests before a SIGKILL)."""
+    site = tmp_path / "trace-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(TRACE_SITE)
+    trace = tmp_path / "requests.trace"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("KTRDR_TEST_TRACE", str(trace))
+    return trace
+
+
+def test_kill9_at_random_moments_then_resume_gives_identical_files(home: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(20240611)
+    trace = trace_requests(tmp_path, monkeypatch)
     job_id = start_detached(home, *SYMBOLS, *OPTS, "-o", "latency_ms=30")
     kills = 0
     seen = 0
@@ -86,14 +116,23 @@ def test_kill9_at_random_moments_then_resume_gives_identical_files(home: Path, t
             collect(home, "cancel", job_id)
     st = status_json(home, job_id)
     assert st["status"] == "completed" and st["symbols_completed"] == len(SYMBOLS)
+    monkeypatch.setenv("KTRDR_TEST_TRACE", str(tmp_path / "reference.trace"))
     files, ref_requests = reference(tmp_path)
+    ref_ranges = {line.rsplit(" ", 1)[0] for line in (tmp_path / "reference.trace").read_text().splitlines()}
+    assert len(ref_ranges) == ref_requests  # the uninterrupted run asks for each range once
     got = csv_bytes(data_dir(home))
     assert sorted(got) == sorted(files)
     for name in files:
         assert got[name] == files[name], f"{name} differs from the uninterrupted run"
     for name in got:
         check_csv(data_dir(home) / name)
-    assert st["requests"] <= ref_requests + WORKERS * kills, (st["requests"], ref_requests, kills)
+    # What a SIGKILL may cost: the request each worker had in flight, fetched again after the
+    # resume (a kill between a request and the record of its bars) — no more, and nothing else.
+    served = [line.rsplit(" ", 1)[0] for line in trace.read_text().splitlines()]  # without the pid
+    again = len(served) - len(set(served))
+    assert set(served) == ref_ranges, "a request the uninterrupted run does not make"
+    assert len(served) == ref_requests + again and again <= WORKERS * kills, (
+        len(served), ref_requests, kills, trace.read_text())
 
 
 def test_two_simultaneous_resumes_start_one_runner(home: Path, tmp_path: Path) -> None:
