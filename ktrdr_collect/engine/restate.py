@@ -19,7 +19,7 @@ from fractions import Fraction
 
 from ktrdr_collect import files
 from ktrdr_collect.providers.base import Action, Bar, Provider
-from ktrdr_collect.storage.actions import keep_copy, read_actions, series_actions_path, store_actions
+from ktrdr_collect.storage.actions import keep_copy, merged, read_actions, series_actions_path, store_actions
 from ktrdr_collect.storage.gaps import merge_intervals, subtract
 from ktrdr_collect.storage.refresh import replace_ranges
 from ktrdr_collect.storage.store import Store
@@ -58,24 +58,31 @@ class Restater:
         self.now = now
         self.fetched: list[Range] = []
         """The ranges this job fetched: on the provider's price scale of today."""
+        self.pending: list[Action] = []
+        """Actions taken from the provider and not stored yet."""
 
     def fetched_range(self, segment: Range) -> None:
         self.fetched = merge_intervals([*self.fetched, segment])
 
     def before_write(self) -> int:
         """Store the actions the provider saw for this series, restating the series first when one
-        of them changes its stored bars; returns the bars restatement changed (0: none)."""
+        of them changes its stored bars; returns the bars restatement changed (0: none).
+
+        The actions stay pending until they are stored: when restating fails (a request gives up,
+        the job is cancelled), this raises, the write it comes before does not happen, and the
+        next write (a batch flushed on the way out) tries again rather than append the new scale."""
         p, key = self.provider, (self.provider.name, self.timeframe, self.symbol)
-        actions = p.take_actions(self.symbol, self.timeframe)
-        if not actions:
+        self.pending = merged(self.pending, p.take_actions(self.symbol, self.timeframe))
+        if not self.pending:
             return 0
         known = set(read_actions(series_actions_path(self.store, *key)))
-        triggers = [a for a in actions if a[1] in p.adjusted_for and a not in known]
+        triggers = [a for a in self.pending if a[1] in p.adjusted_for and a not in known]
         changed = 0
         if triggers:
             changed = self._restate(triggers)
-            actions = [*actions, *p.take_actions(self.symbol, self.timeframe)]  # seen again while restating
-        store_actions(self.store, *key, actions)
+            self.pending = merged(self.pending, p.take_actions(self.symbol, self.timeframe))  # seen again
+        store_actions(self.store, *key, self.pending)
+        self.pending = []
         return changed
 
     def _restate(self, triggers: list[Action]) -> int:

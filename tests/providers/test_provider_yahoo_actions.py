@@ -20,7 +20,7 @@ from ktrdr_collect.storage.csv_store import CsvStore
 from ktrdr_collect.storage.store import Store
 from ktrdr_collect.storage.timeframes import parse_ts
 from ktrdr_collect.storage.verify import scale_findings, stored_splits
-from tests.providers.fake_apis import Running
+from tests.providers.fake_apis import Handler, Running, status
 from tests.providers.fake_yahoo import Listing, YahooMarket, serve_market
 
 FAST = RetryPolicy(attempts=3, base_s=0.001, cap_s=0.002)
@@ -168,6 +168,36 @@ def test_a_split_restates_the_stored_history_in_the_same_job(yahoo: Running, clo
     with caplog.at_level(logging.INFO, logger="ktrdr_collect.engine"):
         assert run(yahoo, clock, store, "NVDA", SECOND_END) == (0, 0)
     assert not [m for m in caplog.messages if "restated" in m]
+
+
+def test_a_restatement_that_fails_writes_nothing_new_and_the_next_run_finishes_it(
+        yahoo: Running, clock: Clock, tmp_path: Path) -> None:
+    """The second run fills a range before the stored bars (batched) and the new days (which bring
+    the split); every request fetching the stored span again fails. Neither the batch (flushed on
+    the way out) nor the new days are written on the new scale, the split is not stored, and the
+    next run restates."""
+    store = CsvStore(tmp_path)
+    run(yahoo, clock, store, "NVDA", FIRST_END, start=parse_ts("2024-03-01"))
+    path = tmp_path / "yahoo/1d/NVDA.csv"
+    old_text = path.read_text()
+    coverage = store.coverage("yahoo", "1d", "NVDA")
+
+    def served(h: Handler) -> None:
+        yahoo.api.route(h, yahoo.api.requests[-1])
+
+    yahoo.queue(served, served, *[status(500, text="oops")] * (2 * FAST.attempts))
+    clock.now = AFTER
+    engine = ProcessingEngine(provider(yahoo, clock), store, workers=1, retry=FAST, now=clock)
+    [result] = engine.process_batch(["NVDA"], "1d", START, SECOND_END)
+    assert result.status == "failed" and "HTTP 500" in (result.error or "")
+    assert path.read_text() == old_text and store.coverage("yahoo", "1d", "NVDA") == coverage
+    assert not (tmp_path / "yahoo/1d/NVDA.actions.csv").exists()
+    _, requests = run(yahoo, clock, store, "NVDA", SECOND_END)
+    assert requests == 3  # before, after, and the stored span again
+    fresh = CsvStore(tmp_path / "fresh")
+    run(yahoo, clock, fresh, "NVDA", SECOND_END)
+    assert store.read("yahoo", "1d", "NVDA") == fresh.read("yahoo", "1d", "NVDA")
+    assert read_actions(tmp_path / "yahoo/1d/NVDA.actions.csv") == [(SPLIT, "split", 10.0)]
 
 
 def test_without_an_event_the_append_mixes_scales_and_verify_sees_it(yahoo: Running, clock: Clock,
