@@ -213,7 +213,7 @@ class IbProvider(Provider):
     def _count_twice(self) -> None:
         """BID_ASK: a second stamp in the shared 10-minute log, now (never waits: the engine booked
         the first one only when there was room for two)."""
-        SharedPacer(self.pacer.path, [(2**31, WINDOW[1])], clock=self.clock).reserve()
+        self.pacer.stamp()  # the file pacer or the Redis one alike
 
     def _contract_rules(self, timeframe: str, key: str, request: str, interrupt: Interrupt,
                         max_wait: float = MAX_WAIT_IN_PLACE_S) -> None:
