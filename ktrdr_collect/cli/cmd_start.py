@@ -31,7 +31,7 @@ def read_symbol_file(source: str) -> list[str]:
 def build_request(
     symbols: list[str], timeframe: str | None, start: str | None, end: str | None, days: int | None,
     provider: str | None, options: list[str], workers: int | None, data_dir: Path | None,
-    fmt: str | None, name: str | None, file: str | None, refresh: bool = False,
+    fmt: str | None, name: str | None, file: str | None, refresh: bool = False, executor: str | None = None,
 ) -> JobRequest:
     """The job `start` asks for: config's defaults under the command line's, planned and checked
     (planning.plan_job, the same plan the Python API makes) before any job folder exists."""
@@ -53,7 +53,16 @@ def build_request(
         symbols=plan.symbols, timeframe=plan.timeframe, start=plan.start, end=plan.end, provider=plan.provider,
         options=plan.options, public_options=plan.public_options, earliest_ts=plan.earliest_ts, workers=plan.workers,
         data_dir=plan.data_dir, format=plan.format, name=plan.name, synthetic=plan.synthetic, refresh=refresh,
+        executor=_checked_executor(executor),
     )
+
+
+def _checked_executor(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from ktrdr_collect.config import parse_value
+
+    return str(parse_value("executor", value, "--executor"))
 
 
 def start(
@@ -73,10 +82,11 @@ def start(
     json_: bool = typer.Option(False, "--json", help="NDJSON events on stdout."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Nothing on stdout but the id with -d; errors on stderr."),
     refresh: bool = typer.Option(False, "--refresh", help="Fetch the window again where stored; replace those bars."),
+    executor: str = typer.Option(None, "--executor", help="threads, or dask://HOST:PORT (default: config)."),
 ) -> int:
     """Collect each symbol's bars for the window, fetching only what is missing."""
     req = build_request(symbols or [], timeframe, start_, end, days, provider, option, workers, data_dir,
-                        fmt, name, file, refresh)
+                        fmt, name, file, refresh, executor)
     from ktrdr_collect.jobs.launch import create_job
 
     job_id = create_job(req)

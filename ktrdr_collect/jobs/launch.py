@@ -49,6 +49,8 @@ class JobRequest:
     """`collect retry`: the job whose unfinished series this one collects again."""
     refresh: bool = False
     """`start --refresh`: fetch the window again where it is stored and replace those bars."""
+    executor: str | None = None
+    """`threads` or `dask://HOST:PORT`; None: config `executor` when the job (re)starts."""
 
 
 def job_spec(req: JobRequest) -> JobSpec:
@@ -59,6 +61,7 @@ def job_spec(req: JobRequest) -> JobSpec:
         end=iso_seconds(req.end.timestamp()), provider=req.provider, earliest=req.start is None,
         options=dict(req.public_options), data_dir=str(req.data_dir), format=req.format, workers=req.workers,
         name=req.name, synthetic=req.synthetic, retry_of=req.retry_of, refresh=req.refresh,
+        executor=req.executor,
     )
 
 

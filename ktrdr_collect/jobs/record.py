@@ -67,6 +67,8 @@ class JobSpec:
     retry_of: str | None = None
     refresh: bool = False
     """Fetch the window again where it is stored and replace those bars (`start --refresh`)."""
+    executor: str | None = None
+    """Where the series run: `threads`, `dask://HOST:PORT`; None: config `executor` at each (re)start."""
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -35,4 +35,5 @@ def retry_request(job_id: str) -> JobRequest:
         provider=spec.provider, options=dict(spec.options), public_options=dict(spec.options),
         earliest_ts=int(start.timestamp()), workers=spec.workers, data_dir=Path(spec.data_dir), format=spec.format,
         name=spec.name, synthetic=spec.synthetic, retry_of=job_id, refresh=spec.refresh,
+        executor=spec.executor,
     )

@@ -335,7 +335,9 @@ class Runner:
         try:
             store = open_store(spec.format, Path(spec.data_dir))
             retry = RetryPolicy(max_throttle_wait_s=float(settings.values["max_rate_limit_wait"]))
-            engine = ProcessingEngine(provider, store, workers=spec.workers, retry=retry, owner=self.job_id)
+            engine = ProcessingEngine(provider, store, workers=spec.workers, retry=retry, owner=self.job_id,
+                                      executor=spec.executor)
+            engine.check_executor()  # a cluster that does not answer, or cannot see the data: start-up error
             stored = self.journal.candles(
                 lambda symbol, ranges: store.count(spec.provider, spec.timeframe, symbol, ranges))
             symbols = tracker_symbols(state.symbols, stored)

@@ -63,3 +63,16 @@ def test_the_api_and_the_cli_collect_the_same_window(home: Path, tmp_path: Path)
     cli = (tmp_path / "cli/demo/1d/AAPL.csv").read_bytes()
     assert cli == (tmp_path / "api/demo/1d/AAPL.csv").read_bytes()
     assert b"2024-03-05T00:00:00Z" in cli  # the 10th day's bar, stamped at 00:00Z, is in both
+
+
+def test_executor_is_checked_before_the_job_and_recorded_in_its_spec(home: Path) -> None:
+    import json
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["start", "AAPL", "--executor", "nope", "-q"])
+    assert r.exit_code == 1 and "executor must be threads or dask://HOST:PORT" in r.stderr
+    assert not (home / "jobs").exists() or not any((home / "jobs").iterdir())
+    r = runner.invoke(app, ["start", "AAPL", "--days", "5", "--executor", "threads", "-o", "latency_ms=0", "-q"])
+    assert r.exit_code == 0
+    job_id = json.loads(runner.invoke(app, ["status", "last", "--json"]).stdout)["id"]
+    assert json.loads((home / "jobs" / job_id / "job.json").read_text())["executor"] == "threads"
