@@ -94,3 +94,86 @@ def test_adjust_none_is_refused_before_any_job(home: Path) -> None:
     assert r.exit_code == 1
     assert r.output.startswith("Error: provider yahoo: adjust=none is not available: ")
     assert not (home / "jobs").exists() or not any(p.is_dir() for p in (home / "jobs").iterdir())
+
+
+KILLER = """
+import os, signal, sys
+n, url, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+calls = [0]
+def killing(real):
+    def call(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+    return call
+from ktrdr_collect.engine.engine import ProcessingEngine
+from ktrdr_collect.engine.pipeline import RetryPolicy
+from ktrdr_collect.providers.yahoo import YahooProvider
+from ktrdr_collect.storage.csv_store import CsvStore
+from ktrdr_collect.storage.timeframes import parse_ts
+os.replace, os.rename, os.unlink = killing(os.replace), killing(os.rename), killing(os.unlink)
+provider = YahooProvider({"base_url": url, "rate_limit": 0, "timeout_s": 5, "client": "stdlib"})
+engine = ProcessingEngine(provider, CsvStore(root), workers=1, retry=RetryPolicy(attempts=3, base_s=0.001, cap_s=0.002))
+[result] = engine.process_batch(["NVDA"], "1d", parse_ts("2024-01-02"), parse_ts("2024-07-01"))
+sys.exit(0 if result.status == "completed" else 1)
+"""
+
+
+def test_kill9_anywhere_in_a_restating_run_then_a_run_gives_the_files_of_an_uninterrupted_one(
+        tmp_path: Path, yahoo: Running, clock: Clock) -> None:
+    """The second run (which restates) killed with SIGKILL before each of its renames and unlinks
+    (a real subprocess): the file is never on two price scales, and one more run leaves the data
+    and actions files byte-identical to an uninterrupted run's."""
+    import shutil
+    import subprocess
+    import sys
+
+    from ktrdr_collect.engine.engine import ProcessingEngine
+    from ktrdr_collect.engine.pipeline import RetryPolicy
+    from ktrdr_collect.providers.yahoo import YahooProvider
+    from ktrdr_collect.storage.csv_store import CsvStore
+    from ktrdr_collect.storage.inventory import SeriesKey
+    from ktrdr_collect.storage.verify import scale_findings, stored_splits
+
+    def collect(root: Path) -> None:
+        provider = YahooProvider({"base_url": yahoo.url, "rate_limit": 0, "timeout_s": 5, "client": "stdlib"})
+        engine = ProcessingEngine(provider, CsvStore(root), workers=1,
+                                  retry=RetryPolicy(attempts=3, base_s=0.001, cap_s=0.002))
+        [result] = engine.process_batch(["NVDA"], "1d", parse_ts(FIRST[1]), parse_ts(SECOND[3]))
+        assert result.status == "completed", result.error
+
+    def outcome(root: Path) -> tuple[bytes, bytes, list[tuple[int, int]]]:
+        folder = root / "yahoo/1d"
+        return ((folder / "NVDA.csv").read_bytes(), (folder / "NVDA.actions.csv").read_bytes(),
+                CsvStore(root).coverage("yahoo", "1d", "NVDA"))
+
+    base = tmp_path / "base"
+    engine = ProcessingEngine(
+        YahooProvider({"base_url": yahoo.url, "rate_limit": 0, "timeout_s": 5, "client": "stdlib"}),
+        CsvStore(base), workers=1, retry=RetryPolicy(attempts=3, base_s=0.001, cap_s=0.002))
+    [first] = engine.process_batch(["NVDA"], "1d", parse_ts(FIRST[1]), parse_ts(FIRST[3]))
+    assert first.status == "completed"
+    clock.now = parse_ts("2024-07-02T12:00:00Z")
+    reference = tmp_path / "reference"
+    shutil.copytree(base, reference)
+    collect(reference)
+    expected = outcome(reference)
+    killed = 0
+    for kill_at in range(1, 60):
+        work = tmp_path / f"kill{kill_at}"
+        shutil.copytree(base, work)
+        r = subprocess.run([sys.executable, "-c", KILLER, str(kill_at), yahoo.url, str(work)],
+                           capture_output=True, text=True, timeout=120)
+        if r.returncode == 0:
+            break
+        assert r.returncode == -9, r.stderr
+        killed += 1
+        store = CsvStore(work)
+        bars = store.read("yahoo", "1d", "NVDA")
+        splits = stored_splits(work / "yahoo/1d/NVDA.csv")
+        assert not list(scale_findings(SeriesKey("yahoo", "1d", "NVDA", "csv"), bars, splits)), kill_at
+        collect(work)
+        assert outcome(work) == expected, kill_at
+        shutil.rmtree(work)
+    assert killed >= 5, killed  # the kept copy, the record emptied, the data file, the record, the actions file
