@@ -200,6 +200,26 @@ def test_a_restatement_that_fails_writes_nothing_new_and_the_next_run_finishes_i
     assert read_actions(tmp_path / "yahoo/1d/NVDA.actions.csv") == [(SPLIT, "split", 10.0)]
 
 
+def test_a_backfill_after_an_unseen_split_is_repaired_by_the_run_that_sees_it(
+        yahoo: Running, clock: Clock, tmp_path: Path) -> None:
+    """The documented limit: Yahoo reports actions inside the window only. A backfill after the
+    split stores the new scale before the old; the next run over the split restates it all."""
+    from ktrdr_collect.storage.inventory import SeriesKey
+
+    store = CsvStore(tmp_path)
+    march = parse_ts("2024-03-01")
+    run(yahoo, clock, store, "NVDA", FIRST_END, start=march)
+    clock.now = AFTER
+    run(yahoo, clock, store, "NVDA", march)
+    key = SeriesKey("yahoo", "1d", "NVDA", "csv")
+    assert [f.ts for f in scale_findings(key, store.read("yahoo", "1d", "NVDA"), [])] == [march]
+    _, requests = run(yahoo, clock, store, "NVDA", SECOND_END)
+    assert requests == 2
+    fresh = CsvStore(tmp_path / "fresh")
+    run(yahoo, clock, fresh, "NVDA", SECOND_END)
+    assert store.read("yahoo", "1d", "NVDA") == fresh.read("yahoo", "1d", "NVDA")
+
+
 def test_without_an_event_the_append_mixes_scales_and_verify_sees_it(yahoo: Running, clock: Clock,
                                                                       tmp_path: Path) -> None:
     """What restatement prevents: the same prices with no event leave the old scale stored."""
