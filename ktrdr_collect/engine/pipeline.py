@@ -430,9 +430,14 @@ class SymbolPipeline:
         """The parts of `segment` not stored yet, claimed by us, and whether the segment is put off.
 
         Where another job holds a claim on any of them, wait until it is released and look again:
-        it has usually stored them by then (a job that failed or died leaves them to us); nothing
-        is held while waiting. With `may_defer`, a segment better put off (`worth_deferring`)
-        gives only its unclaimed parts now, and is put off."""
+        it has usually stored them by then (a job that failed or died leaves them to us). With
+        `may_defer`, a segment better put off (`worth_deferring`) gives only its unclaimed parts
+        now, and is put off.
+
+        No deadlock: a series waits only for a claim that starts at or after the end of every
+        claim it holds (its pending batch); otherwise it first writes the batch, releasing them.
+        Along any chain of waits the claims then rise strictly, so the chain cannot close into a
+        cycle, and a series trailing another one keeps its batch (one rewrite, not one per wait)."""
         claims = self.claims
         if claims is None:
             return subtract(segment, self._coverage()), False
@@ -449,7 +454,8 @@ class SymbolPipeline:
                     free = [piece for gap in missing for piece in subtract(gap, taken)]
                     claims.take(free)
                     return free, True
-            self._flush(batch)  # what we hold is stored and released before we wait: no deadlock
+            if any(hi > blocking.start for _, hi in claims.held):
+                self._flush(batch)  # see `_claim_missing`: never wait for a claim below one we hold
             self._wait_for(blocking)
 
     def _wait_for(self, claim: Claim) -> None:

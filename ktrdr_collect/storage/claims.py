@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ktrdr_collect import files
-from ktrdr_collect.storage.gaps import Interval
+from ktrdr_collect.storage.gaps import Interval, subtract
 from ktrdr_collect.text import clean
 
 CLAIMS_SUFFIX = ".claims"
@@ -183,16 +183,23 @@ class SeriesClaims:
             os.close(fd)
 
     def take(self, ranges: Sequence[Interval]) -> None:
-        """Claim each of `ranges` (call under `locked()`, after checking `others()`)."""
+        """Claim each of `ranges` (call under `locked()`, after checking `others()`). A range that
+        continues one already held extends that claim (its file renamed): a batch of consecutive
+        segments is one claim, not one file per segment for every other job to look at."""
         for start, end in ranges:
-            self._take_one(start, end)
+            with self._mutex:
+                before = next((h for h in self._held.values() if h.end == start), None)
+            if before is not None:
+                self._rename(before, before.start, end)
+            else:
+                self._take_one(start, end)
 
     def _take_one(self, start: int, end: int) -> None:
-        path = self.folder / f"{start}_{end}.{secrets.token_hex(6)}.claim"
+        path = self._name(start, end)
         fd = files.open_nofollow(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, files.DATA_FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            doc = {"owner": self.owner, "pid": os.getpid(), "range": [start, end]}
+            doc = {"owner": self.owner, "pid": os.getpid()}
             files.write_all(fd, (json.dumps(doc) + "\n").encode())
         except BaseException:
             files.remove_quietly(path)
@@ -201,14 +208,37 @@ class SeriesClaims:
         with self._mutex:
             self._held[path] = _Held(start, end, path, fd)
 
-    def release(self, start: int, end: int) -> None:
-        """Release the claims held inside ``[start, end)`` (after their bars are stored)."""
+    def _name(self, start: int, end: int) -> Path:
+        return self.folder / f"{start}_{end}.{secrets.token_hex(6)}.claim"
+
+    def _rename(self, held: _Held, start: int, end: int) -> None:
+        """The claim `held` now covers ``[start, end)`` (same file, same lock; under `locked()`)."""
+        path = self._name(start, end)
+        os.rename(held.path, path)
         with self._mutex:
-            done = [h for h in self._held.values() if start <= h.start and h.end <= end]
-            for h in done:
+            del self._held[held.path]
+            held.start, held.end, held.path = start, end, path
+            self._held[path] = held
+
+    def release(self, start: int, end: int) -> None:
+        """Release what is held inside ``[start, end)`` (after its bars are stored): claims inside
+        it go; one reaching beyond it shrinks to the rest (under the folder lock, taken here)."""
+        with self._mutex:
+            hit = [h for h in self._held.values() if h.start < end and start < h.end]
+            gone = [h for h in hit if start <= h.start and h.end <= end]
+            for h in gone:
                 del self._held[h.path]
-        for h in done:
+        for h in gone:
             _drop(h)
+        shrunk = [h for h in hit if h not in gone]
+        if not shrunk:
+            return
+        with self.locked():
+            for h in shrunk:
+                first, *more = subtract((h.start, h.end), [(start, end)])
+                self._rename(h, *first)
+                for part in more:
+                    self._take_one(*part)
 
     def release_all(self) -> None:
         """Release every claim held, and close the folder's lock file (reopened if used again)."""

@@ -72,6 +72,29 @@ def test_a_claim_is_seen_by_others_until_released(tmp_path: Path) -> None:
     assert claim_files(tmp_path) == []
 
 
+def test_consecutive_ranges_are_one_claim_that_shrinks_as_parts_are_released(tmp_path: Path) -> None:
+    a, b = series_claims(tmp_path, "job-a"), series_claims(tmp_path, "job-b")
+
+    def seen() -> list[tuple[int, int]]:
+        with b.locked():
+            return [(c.start, c.end) for c in b.others()]
+
+    with a.locked():
+        a.take([(0, 10)])
+        a.take([(10, 20), (20, 30)])
+    assert seen() == [(0, 30)] and len(claim_files(tmp_path)) == 1  # one file, however long the batch
+    with b.locked():
+        (claim,) = b.others()
+    with claim.watch() as watch:
+        a.release(10, 20)  # a part in the middle: what is left stays claimed
+        assert seen() == [(0, 10), (20, 30)] and a.held == [(0, 10), (20, 30)]
+        assert not watch.released()  # its file (renamed) holds what is left of it
+        a.release(0, 10)
+        assert seen() == [(20, 30)] and watch.released()  # a waiter then looks again, and waits for (20, 30)
+    a.release(15, 40)
+    assert seen() == [] and claim_files(tmp_path) == []
+
+
 def test_a_watch_sees_the_release(tmp_path: Path) -> None:
     a, b = series_claims(tmp_path, "job-a"), series_claims(tmp_path, "job-b")
     with a.locked():
