@@ -220,6 +220,21 @@ def test_a_backfill_after_an_unseen_split_is_repaired_by_the_run_that_sees_it(
     assert store.read("yahoo", "1d", "NVDA") == fresh.read("yahoo", "1d", "NVDA")
 
 
+def test_a_refresh_that_meets_a_split_restates_the_bars_before_its_window(
+        yahoo: Running, clock: Clock, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = CsvStore(tmp_path)
+    run(yahoo, clock, store, "NVDA", FIRST_END)
+    clock.now = AFTER
+    engine = ProcessingEngine(provider(yahoo, clock), store, workers=1, retry=FAST, now=clock)
+    with caplog.at_level(logging.INFO, logger="ktrdr_collect.engine"):
+        [result] = engine.process_batch(["NVDA"], "1d", parse_ts("2024-06-03"), SECOND_END, refresh=True)
+    assert result.status == "completed" and result.requests == 2  # the window, then what lies before it
+    fresh = CsvStore(tmp_path / "fresh")
+    run(yahoo, clock, fresh, "NVDA", SECOND_END)
+    assert store.read("yahoo", "1d", "NVDA") == fresh.read("yahoo", "1d", "NVDA")
+    assert "NVDA: restated 109 bars after a 10:1 split on 2024-06-10" in caplog.messages  # Jan 2 to May 31
+
+
 def test_without_an_event_the_append_mixes_scales_and_verify_sees_it(yahoo: Running, clock: Clock,
                                                                       tmp_path: Path) -> None:
     """What restatement prevents: the same prices with no event leave the old scale stored."""
