@@ -98,7 +98,12 @@ def start(
         from ktrdr_collect.cli.watching import watch_job
 
         code = watch_job(job_id, json_mode=json_, quiet=quiet, cancel_on_interrupt=True)
-        if not (json_ or quiet):  # where the files went (`collect data path` says it again)
+        if not (json_ or quiet):  # what was restated, and where the files went (`collect data path` too)
+            from ktrdr_collect.jobs.folders import restatements
+            from ktrdr_collect.text import clean
+
+            for line in restatements(job_id):
+                print(clean(line), flush=True)
             print(f"Data: {req.data_dir / req.provider / req.timeframe}", flush=True)
     from ktrdr_collect.jobs.retention import auto_prune
 

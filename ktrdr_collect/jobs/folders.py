@@ -204,6 +204,19 @@ def resolve(ref: str) -> str:
     return matches[0]
 
 
+RESTATED = ": restated "
+"""How the pipeline logs a restatement (engine/restate.py): `NVDA: restated 1,024 bars after ...`."""
+
+
+def restatements(job_id: str) -> list[str]:
+    """The job's restatement lines from its log (what its summary repeats), without stamp and level."""
+    try:
+        text = (job_folder(job_id) / LOG_FILE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line.split(None, 2)[2] for line in text.splitlines() if RESTATED in line and len(line.split(None, 2)) == 3]
+
+
 def named(name: str) -> list[str]:
     """The jobs called `name` (`--name`), newest first: finished ones from the history index,
     running ones from their state."""

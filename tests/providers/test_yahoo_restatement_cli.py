@@ -67,6 +67,7 @@ def test_a_split_between_two_runs_is_restated_and_verify_is_clean(home: Path, ya
     assert "NVDA: completed" in second.output
     job = json.loads(runner.invoke(app, ["status", "last", "--json"]).stdout)["id"]
     assert line in runner.invoke(app, ["logs", job]).stdout  # the job's log
+    assert line in second.output.splitlines()  # and the summary of `start`
     now = closes(path)
     assert max(now) * 5 < min(old) and max(now) < 2 * min(now)  # one price scale, the new one
     assert [c * 10 for c in now[:len(old)]] == pytest.approx(old)
