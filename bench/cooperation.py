@@ -13,6 +13,11 @@ publication edge).
     wants 2021 -> 2024 (the 2 years A is about to fetch). A alone is the baseline. Aims: A+B
     requests <= 1.05x A alone; A's wall with B running <= 1.3x A alone (no crawl); B's wall
     (info); the file byte-identical to A alone's.
+(c) crossing: three jobs on one `1h` symbol with crossing windows (2012 -> 2019, 2016 -> 2022,
+    2020 -> 2024: each overlaps the next and has a part of its own), `max_bars=50`,
+    `latency_ms=5`, started at once; the baseline is the same three jobs one after the other.
+    Aims: requests <= 1.05x the sequential ones; wall (first start -> last end) <= the
+    sequential sum of walls; the file byte-identical.
 """
 
 from __future__ import annotations
@@ -137,8 +142,33 @@ def backfill(quick: bool) -> list[Row]:
     ]
 
 
+def crossing(quick: bool) -> list[Row]:
+    windows = [("2012-01-01", "2019-01-01"), ("2016-01-01", "2022-01-01"), ("2020-01-01", "2024-01-01")]
+    if quick:
+        windows = [("2019-01-01", "2022-01-01"), ("2020-06-01", "2023-01-01"), ("2022-01-01", "2024-01-01")]
+    opts = ["-t", "1h", "-o", "latency_ms=5", "-o", "max_bars=50", "-w", "1"]
+    arg_lists = [["CX", "--start", a, "--end", b, *opts] for a, b in windows]
+    with fresh_home() as home:
+        alone = [jobs(home, args)[0] for args in arg_lists]
+        want = files(home, "1h")
+    with fresh_home() as home:
+        together = jobs(home, *arg_lists)
+        got = files(home, "1h")
+    seq_req, req = sum(s["requests"] for s in alone), sum(s["requests"] for s in together)
+    seq_wall, wall = sum(span([s]) for s in alone), span(together)
+    log(f"cooperation crossing: one after the other {[s['requests'] for s in alone]} req {seq_wall:.2f}s; "
+        f"together {[s['requests'] for s in together]} req {wall:.2f}s; files identical {got == want}")
+    label = "cooperation 3 jobs, crossing 1h windows"
+    return [
+        Row(f"{label}, requests", f"{req} req", f"{seq_req} req in turn", req / seq_req, f"<= {AIM_REQUESTS}x",
+            req <= AIM_REQUESTS * seq_req),
+        Row(f"{label}, wall", fmt_s(wall), fmt_s(seq_wall) + " in turn", wall / seq_wall, "<= 1x", wall <= seq_wall),
+        Row(f"{label}, file", "identical" if got == want else "DIFFERENT", "in turn", None, "identical", got == want),
+    ]
+
+
 def run(quick: bool = False) -> list[Row]:
-    return identical(quick) + backfill(quick)
+    return identical(quick) + backfill(quick) + crossing(quick)
 
 
 if __name__ == "__main__":
