@@ -39,7 +39,7 @@ __all__ = [
 
 def collect(
     symbols: Iterable[str] | str,
-    timeframe: str = "1d",
+    timeframe: str | Iterable[str] = "1d",
     start: datetime | str | int | None = None,
     end: datetime | str | int | None = None,
     provider: str = "demo",
@@ -51,7 +51,8 @@ def collect(
     progress: bool = True,
     cancellation_token: CancellationToken | None = None,
 ) -> list[SymbolResult]:
-    """Collect bars for `symbols` into the data folder and return one result per symbol.
+    """Collect bars for `symbols` into the data folder and return one result per symbol (per
+    symbol and timeframe, timeframe by timeframe, when `timeframe` names several: "1h,1d" or a list).
 
     `start` is a date, ISO date-time, epoch seconds, "earliest", or None for the last `days` days;
     `end` defaults to now. With `progress=True` a tqdm bar shows symbols done and the ETA (in a
@@ -63,19 +64,25 @@ def collect(
     from ktrdr_collect.planning import plan_job
 
     plan = plan_job(
-        [symbols] if isinstance(symbols, str) else list(symbols), timeframe, start, end,
+        [symbols] if isinstance(symbols, str) else list(symbols),
+        timeframe if isinstance(timeframe, str) else list(timeframe), start, end,
         days if start is None else None, provider,
         Path(data_dir).expanduser() if data_dir is not None else paths.default_data_dir(),
         default_days=days, options=options, recorded=False, workers=workers, fmt=format,
     )
     source = create_provider(plan.provider, plan.options)
     engine = ProcessingEngine(source, open_store(plan.format, plan.data_dir), workers=plan.workers)
-    bar = _progress_bar(len(plan.symbols), plan.provider) if progress else None
+    bar = _progress_bar(len(plan.symbols) * len(plan.timeframes), plan.provider) if progress else None
+    results: list[SymbolResult] = []
     try:
-        return engine.process_batch(
-            plan.symbols, plan.timeframe, "earliest" if plan.start is None else plan.start_ts, plan.end_ts,
-            progress_callback=bar.update_from if bar else None, cancellation_token=cancellation_token,
-        )
+        for tf in plan.timeframes:
+            done = len(results)
+            update = (lambda p, done=done: bar.update_from(p, done)) if bar else None
+            results += engine.process_batch(
+                plan.symbols, tf, "earliest" if plan.start is None else plan.start_ts, plan.end_ts,
+                progress_callback=update, cancellation_token=cancellation_token,
+            )
+        return results
     finally:
         if bar is not None:
             bar.close()
@@ -90,8 +97,8 @@ class _TqdmProgress:
 
         self.bar = tqdm(total=total, unit="sym", desc=f"collect ({provider})", dynamic_ncols=True)
 
-    def update_from(self, p: ProcessingProgress) -> None:
-        self.bar.n = p.completed_symbols
+    def update_from(self, p: ProcessingProgress, done_before: int = 0) -> None:
+        self.bar.n = done_before + p.completed_symbols
         eta = "?" if p.estimated_remaining_ms is None else f"{p.estimated_remaining_ms / 1000:.1f}s"
         self.bar.set_postfix_str(f"errors={p.errors_count} eta={eta}", refresh=True)
 

@@ -28,6 +28,7 @@ MAX_WORKERS = 256
 class Plan:
     symbols: list[str]
     timeframe: str
+    """The first of `timeframes`."""
     start: datetime | None
     """None: `earliest`, the provider's first bar (`earliest_ts` when planned)."""
     end: datetime
@@ -42,6 +43,8 @@ class Plan:
     data_dir: Path
     format: str
     name: str | None = None
+    timeframes: tuple[str, ...] = ()
+    """Every timeframe: the job collects each (symbol, timeframe) pair."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -76,9 +79,30 @@ def check_data_dir(root: Path) -> Path:
     return root
 
 
+def parse_timeframes(texts: str | Sequence[str]) -> list[str]:
+    """`-t 1h -t 1d` or `-t 1h,1d` (or both): each timeframe once, in the order given."""
+    items = [texts] if isinstance(texts, str) else list(texts)
+    found = [part.strip() for text in items for part in text.split(",") if part.strip()]
+    if not found:
+        raise InvalidInputError("no timeframe given")
+    for tf in found:
+        if tf not in TIMEFRAMES:
+            raise InvalidInputError(f"unknown timeframe '{tf}' (choose from: {' '.join(TIMEFRAMES)})")
+    return list(dict.fromkeys(found))
+
+
+def window_rule(timeframes: Sequence[str]) -> str:
+    """Which timeframe's rule a window counted in days follows when a job has several: the widest
+    (`1w` starts on a Monday, `1d` at midnight), so that every timeframe's first bar is in it."""
+    for tf in ("1w", "1d"):
+        if tf in timeframes:
+            return tf
+    return timeframes[0]
+
+
 def plan_job(
     symbols: Sequence[str],
-    timeframe: str,
+    timeframe: str | Sequence[str],
     start: datetime | str | int | None,
     end: datetime | str | int | None,
     days: int | None,
@@ -105,14 +129,14 @@ def plan_job(
     if not symbols:
         raise UsageError("no symbols given (pass SYMBOL... or -f FILE)")
     names = parse_symbols(list(symbols))
-    if timeframe not in TIMEFRAMES:
-        raise InvalidInputError(f"unknown timeframe '{timeframe}' (choose from: {' '.join(TIMEFRAMES)})")
+    timeframes = parse_timeframes(timeframe)
     now = now or datetime.now(UTC)
-    start_dt, end_dt = resolve_window(as_text(start), as_text(end), days, default_days, now, timeframe)
+    start_dt, end_dt = resolve_window(as_text(start), as_text(end), days, default_days, now, window_rule(timeframes))
     name_ = canonical_name(provider)
     cls = provider_class(name_)
-    if timeframe not in cls.timeframes:
-        raise InvalidInputError(f"provider {name_} has no {timeframe} bars (it has: {' '.join(cls.timeframes)})")
+    for tf in timeframes:
+        if tf not in cls.timeframes:
+            raise InvalidInputError(f"provider {name_} has no {tf} bars (it has: {' '.join(cls.timeframes)})")
     caller = dict(options or {})
     if recorded:
         reject_secret_options(cls, caller)
@@ -122,13 +146,14 @@ def plan_job(
     except ValueError as e:
         raise InvalidInputError(f"provider {name_}: {e}") from None
     try:
-        earliest = instance.earliest(timeframe)
+        earliest = min(instance.earliest(tf) for tf in timeframes)
         public = instance.public_options()
-        first = int(start_dt.timestamp()) if start_dt is not None else earliest
-        try:
-            instance.check_window(timeframe, first, int(end_dt.timestamp()), int(now.timestamp()))
-        except ValueError as e:
-            raise InvalidInputError(f"provider {name_}: {e}") from None
+        for tf in timeframes:
+            first = int(start_dt.timestamp()) if start_dt is not None else instance.earliest(tf)
+            try:
+                instance.check_window(tf, first, int(end_dt.timestamp()), int(now.timestamp()))
+            except ValueError as e:
+                raise InvalidInputError(f"provider {name_}: {e}") from None
     finally:
         instance.close()
     if not 1 <= workers <= MAX_WORKERS:
@@ -137,6 +162,7 @@ def plan_job(
         raise InvalidInputError("--name must not be empty")
     open_store(fmt, Path("."))  # an unknown format, or a missing extra, is refused here
     root = check_data_dir(data_dir)
-    return Plan(symbols=names, timeframe=timeframe, start=start_dt, end=end_dt, earliest_ts=earliest,
+    return Plan(symbols=names, timeframe=timeframes[0], timeframes=tuple(timeframes), start=start_dt, end=end_dt,
+                earliest_ts=earliest,
                 provider=name_, options=merged, public_options=public, synthetic=cls.synthetic, workers=workers,
                 data_dir=root, format=fmt, name=name)

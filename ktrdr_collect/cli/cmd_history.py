@@ -66,7 +66,7 @@ def list_(
             # fits 80 columns for typical rows (scripts read --json, which has every field in full)
             print_stream_table(
                 ["ID", "STATUS", "PROV", "TF", "SYMS", "CANDLES", "CREATED UTC", "ELAPSED", "NAME"],
-                ([j.id, fmt.status_word(j), j.provider, j.timeframe, f"{j.symbols_completed}/{j.symbols_total}",
+                ([j.id, fmt.status_word(j), j.provider, j.timeframes_text, f"{j.symbols_completed}/{j.symbols_total}",
                   fmt.count(j.candles), fmt.when_short(j.created_at, year), fmt.duration(j.elapsed_s),
                   clean(j.name or "")] for j in jobs),
                 right=("SYMS", "CANDLES", "ELAPSED"), empty="No jobs.", uncut=("ID", "STATUS", "CREATED UTC"),

@@ -21,13 +21,19 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
 
+def now_line(st: JobState) -> str:
+    """The series in progress; one waiting for another job's range says for which."""
+    waiting = {e.name(st.several).replace(" ", "@"): e.stage_label for e in st.symbols if e.stage == "waiting"}
+    return ", ".join(f"{s} ({waiting[s]})" if s in waiting else s for s in st.current_symbols)
+
+
 def status_text(st: JobState) -> str:
     lines = [
         f"Job {st.id}" + (f" ({st.name})" if st.name else "") + f": {st.status}"
         + (f" (queued, {st.queue_ahead} ahead)" if st.queue_ahead is not None else ""),
-        f"  provider   {fmt.provider_label(st)} · {st.timeframe} · {fmt.day(st.start)} → {fmt.day(st.end)}",
+        f"  provider   {fmt.provider_label(st)} · {st.timeframes_text} · {fmt.day(st.start)} → {fmt.day(st.end)}",
         f"  progress   {st.percent:.1f}% · {fmt.symbols_line(st)}"
-        + (f" · now: {', '.join(st.current_symbols)}" if st.current_symbols else ""),
+        + (f" · now: {now_line(st)}" if st.current_symbols else ""),
         f"  data       {fmt.plural(st.candles, 'candle')} · {fmt.plural(st.requests, 'request')} · "
         f"{fmt.plural(st.errors_count, 'error')} · {st.throttled} throttled",
         f"  time       elapsed {fmt.duration(st.elapsed_s)} · eta {fmt.eta(st)} · "
@@ -91,12 +97,13 @@ def show(
         return 0
     print(status_text(st))
     print()
-    print_table(
-        ["SYMBOL", "STATUS", "STAGE", "SEGMENTS", "CANDLES", "REQUESTS", "ERROR"],
-        [[e.symbol, e.label, e.stage_label, f"{e.segments_done}/{e.segments_total}", fmt.count(e.candles),
-          str(e.requests), clean(e.error or "")] for e in st.symbols],
-        right=("SEGMENTS", "CANDLES", "REQUESTS"),
-    )
+    rows = [[e.symbol, e.timeframe or st.timeframe, e.label, e.stage_label, f"{e.segments_done}/{e.segments_total}",
+             fmt.count(e.candles), str(e.requests), clean(e.error or "")] for e in st.symbols]
+    headers = ["SYMBOL", "TF", "STATUS", "STAGE", "SEGMENTS", "CANDLES", "REQUESTS", "ERROR"]
+    if not st.several:  # one timeframe: the header line says which
+        headers.pop(1)
+        rows = [row[:1] + row[2:] for row in rows]
+    print_table(headers, rows, right=("SEGMENTS", "CANDLES", "REQUESTS"))
     return 0
 
 

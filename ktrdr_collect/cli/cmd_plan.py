@@ -15,8 +15,8 @@ from ktrdr_collect.cli import fmt
 from ktrdr_collect.cli.tables import print_table
 
 
-def make_plan(symbols: list[str], timeframe: str | None, start: str | None, end: str | None, days: int | None,
-              provider: str | None, option: list[str], workers: int | None, data_dir: Path | None,
+def make_plan(symbols: list[str], timeframe: str | list[str] | None, start: str | None, end: str | None,
+              days: int | None, provider: str | None, option: list[str], workers: int | None, data_dir: Path | None,
               fmt_: str | None, file: str | None, now: float | None = None, refresh: bool = False) -> dict[str, Any]:
     """The plan as data (what `--json` prints): the same checks as `start`, then each series'
     gaps against what is stored."""
@@ -35,19 +35,24 @@ def make_plan(symbols: list[str], timeframe: str | None, start: str | None, end:
         last = int(req.end.timestamp())
         head = 1 if req.start is None and source.head_timestamp_is_request else 0
         series = []
-        for symbol in req.symbols:
-            sp = plan_series(source, store, req.timeframe, symbol, first, last, now, refresh=refresh)
-            series.append({
-                "provider": req.provider, "timeframe": req.timeframe, "symbol": symbol,
-                "missing": [[iso_seconds(a), iso_seconds(b)] for a, b in sp.missing],
-                "requests": len(sp.segments) + head,
-            })
+        paced = 0.0
         rate, windows = source.pacing_for(req.timeframe)
+        for tf in req.timeframes or (req.timeframe,):  # the job runs its timeframes one after the other
+            counts = []
+            for symbol in req.symbols:
+                sp = plan_series(source, store, tf, symbol, first, last, now, refresh=refresh)
+                counts.append(len(sp.segments) + head)
+                series.append({
+                    "provider": req.provider, "timeframe": tf, "symbol": symbol,
+                    "missing": [[iso_seconds(a), iso_seconds(b)] for a, b in sp.missing],
+                    "requests": counts[-1],
+                })
+            rate_tf, windows_tf = source.pacing_for(tf)
+            paced += paced_duration(sum(counts), rate_tf, windows_tf)
         latency = source.expected_latency_s
     finally:
         source.close()
     requests = sum(s["requests"] for s in series)
-    paced = paced_duration(requests, rate, windows)
     duration = None
     if latency is not None:  # the pacing, or the workers' latency, whichever binds; then the last answer
         duration = round(max(paced, math.ceil(requests / req.workers) * latency - latency) + latency, 3) \
@@ -55,7 +60,8 @@ def make_plan(symbols: list[str], timeframe: str | None, start: str | None, end:
     elif rate or windows:
         duration = round(paced, 3)
     return {
-        "provider": req.provider, "timeframe": req.timeframe, "start": iso_seconds(first), "end": iso_seconds(last),
+        "provider": req.provider, "timeframe": req.timeframe, "timeframes": list(req.timeframes or (req.timeframe,)),
+        "start": iso_seconds(first), "end": iso_seconds(last),
         "workers": req.workers, "series": series, "requests": requests, "duration_s": duration,
         "rate_limit": rate, "rate_windows": [list(w) for w in windows] if windows else None,
     }
@@ -63,7 +69,7 @@ def make_plan(symbols: list[str], timeframe: str | None, start: str | None, end:
 
 def plan(
     symbols: list[str] = typer.Argument(None, help="Symbols, as for start."),
-    timeframe: str = typer.Option(None, "-t", "--timeframe", help="1m 5m 15m 30m 1h 4h 1d 1w (default 1d)."),
+    timeframe: list[str] = typer.Option(None, "-t", "--timeframe", help="As for start: repeat or comma list."),
     start_: str = typer.Option(None, "--start", help="YYYY-MM-DD, ISO date-time, or 'earliest'."),
     end: str = typer.Option(None, "--end", help="YYYY-MM-DD or ISO date-time (default: now)."),
     days: int = typer.Option(None, "--days", help="Start = end - N days (default 365)."),
@@ -82,11 +88,12 @@ def plan(
     if json_:
         print(json.dumps(p, indent=2))
         return 0
-    print(f"Plan: {p['provider']} · {p['timeframe']} · {fmt.day(p['start'])} → {fmt.day(p['end'])} · "
+    print(f"Plan: {p['provider']} · {','.join(p['timeframes'])} · {fmt.day(p['start'])} → {fmt.day(p['end'])} · "
           f"{fmt.count(len(p['series']))} series")
     print_table(
-        ["SYMBOL", "MISSING", "RANGES", "REQUESTS"],
-        [[s["symbol"], _span(s["missing"]), str(len(s["missing"])), fmt.count(s["requests"])] for s in p["series"]],
+        ["SYMBOL", "TF", "MISSING", "RANGES", "REQUESTS"],
+        [[s["symbol"], s["timeframe"], _span(s["missing"]), str(len(s["missing"])), fmt.count(s["requests"])]
+         for s in p["series"]],
         right=("RANGES", "REQUESTS"),
     )
     pacing = _pacing(p)

@@ -29,7 +29,7 @@ def read_symbol_file(source: str) -> list[str]:
 
 
 def build_request(
-    symbols: list[str], timeframe: str | None, start: str | None, end: str | None, days: int | None,
+    symbols: list[str], timeframe: str | list[str] | None, start: str | None, end: str | None, days: int | None,
     provider: str | None, options: list[str], workers: int | None, data_dir: Path | None,
     fmt: str | None, name: str | None, file: str | None, refresh: bool = False, executor: str | None = None,
 ) -> JobRequest:
@@ -50,7 +50,8 @@ def build_request(
         workers=workers if workers is not None else int(settings["workers"]), fmt=fmt or settings["format"], name=name,
     )
     return JobRequest(
-        symbols=plan.symbols, timeframe=plan.timeframe, start=plan.start, end=plan.end, provider=plan.provider,
+        symbols=plan.symbols, timeframe=plan.timeframe, timeframes=plan.timeframes,
+        start=plan.start, end=plan.end, provider=plan.provider,
         options=plan.options, public_options=plan.public_options, earliest_ts=plan.earliest_ts, workers=plan.workers,
         data_dir=plan.data_dir, format=plan.format, name=plan.name, synthetic=plan.synthetic, refresh=refresh,
         executor=_checked_executor(executor),
@@ -67,7 +68,8 @@ def _checked_executor(value: str | None) -> str | None:
 
 def start(
     symbols: list[str] = typer.Argument(None, help="Symbols to collect (AAPL, BRK.B, ^GSPC, BTC/USDT)."),
-    timeframe: str = typer.Option(None, "-t", "--timeframe", help="1m 5m 15m 30m 1h 4h 1d 1w (default 1d)."),
+    timeframe: list[str] = typer.Option(None, "-t", "--timeframe",
+                                        help="1m 5m 15m 30m 1h 4h 1d 1w (default 1d); repeat or comma list."),
     start_: str = typer.Option(None, "--start", help="YYYY-MM-DD, ISO date-time, or 'earliest'."),
     end: str = typer.Option(None, "--end", help="YYYY-MM-DD or ISO date-time (default: now)."),
     days: int = typer.Option(None, "--days", help="Start = end - N days (default 365)."),

@@ -64,9 +64,14 @@ def provider_label(status: JobState) -> str:
     return label
 
 
+def units(status: JobState, n: int) -> str:
+    """`3 symbols`, or `6 series` in a job of several timeframes (its units are pairs)."""
+    return f"{count(n)} series" if status.several else plural(n, "symbol")
+
+
 def symbols_line(status: JobState) -> str:
     return (
-        f"{status.symbols_completed}/{plural(status.symbols_total, 'symbol')}"
+        f"{status.symbols_completed}/{units(status, status.symbols_total)}"
         + (f", {status.symbols_failed} failed" if status.symbols_failed else "")
     )
 
@@ -114,17 +119,19 @@ def summary_line(status: JobState) -> str:
     return clean(line)
 
 
-def symbol_line(entry: SymbolEntry) -> str:
+def symbol_line(entry: SymbolEntry, several: bool = False) -> str:
+    """`AAPL: completed, 42 candles` (`AAPL 1h: ...` in a job of several timeframes)."""
+    name = entry.name(several)
     if entry.status == "completed":
-        return f"{entry.symbol}: completed, {plural(entry.candles, 'candle')}"
+        return f"{name}: completed, {plural(entry.candles, 'candle')}"
     if not entry.error and entry.label != entry.status:
-        return f"{entry.symbol}: {entry.label}"
-    return clean(f"{entry.symbol}: {entry.label}: {entry.error or 'no reason given'}")
+        return f"{name}: {entry.label}"
+    return clean(f"{name}: {entry.label}: {entry.error or 'no reason given'}")
 
 
 def header_line(status: JobState) -> str:
     name = f" ({status.name})" if status.name else ""
     return clean(
-        f"Job {status.id}{name} · {provider_label(status)} · {status.timeframe} · "
-        f"{day(status.start)} → {day(status.end)} · {plural(status.symbols_total, 'symbol')}"
+        f"Job {status.id}{name} · {provider_label(status)} · {status.timeframes_text} · "
+        f"{day(status.start)} → {day(status.end)} · {units(status, status.symbols_total)}"
     )

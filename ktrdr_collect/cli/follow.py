@@ -61,10 +61,11 @@ class Unchanged:
 
 
 def finished_symbols(status: JobState, seen: set[str]) -> list[SymbolEntry]:
-    """Symbols that reached completed/failed since the last call (updates `seen`)."""
+    """Series that reached completed/failed since the last call (updates `seen`)."""
     out = []
     for entry in status.symbols:
-        if entry.finished and entry.symbol not in seen:
-            seen.add(entry.symbol)
+        key = f"{entry.symbol}@{entry.timeframe}"
+        if entry.finished and key not in seen:
+            seen.add(key)
             out.append(entry)
     return out

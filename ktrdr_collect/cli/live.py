@@ -70,7 +70,7 @@ class PlainRenderer:
             if i == 0:
                 self.line(fmt.header_line(status))
             for entry in finished_symbols(status, seen):
-                self.line(fmt.symbol_line(entry))
+                self.line(fmt.symbol_line(entry, status.several))
             if time.monotonic() - last >= self.interval and status.status in ("running", "paused"):
                 self.line(fmt.progress_line(status))
                 last = time.monotonic()
@@ -88,7 +88,7 @@ class QuietRenderer:
         for status in statuses:
             for entry in finished_symbols(status, seen):
                 if entry.status == "failed":
-                    print(fmt.symbol_line(entry), file=sys.stderr)
+                    print(fmt.symbol_line(entry, status.several), file=sys.stderr)
         assert status is not None, "follow() yields at least once"
         if status.error:
             print(f"Error: {clean(status.error)}", file=sys.stderr)
@@ -135,8 +135,8 @@ class RichRenderer:
         p.update(overall, completed=st.percent, info=self.overall_info(st))
         for entry in finished_symbols(st, seen):
             mark = "[green]✓[/]" if entry.status == "completed" else "[red]✗[/]"
-            p.console.print(f"{mark} {escape(fmt.symbol_line(entry))}")
-        active = {e.symbol: e for e in st.symbols if e.status == "running"}
+            p.console.print(f"{mark} {escape(fmt.symbol_line(entry, st.several))}")
+        active = {e.name(st.several): e for e in st.symbols if e.status == "running"}
         for symbol in list(self.rows):
             if symbol not in active:
                 p.remove_task(self.rows.pop(symbol))

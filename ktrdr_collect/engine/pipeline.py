@@ -77,6 +77,7 @@ class SymbolResult:
     segments_total: int = 0
     error: str | None = None
     elapsed_s: float = 0.0
+    timeframe: str = ""
 
     @property
     def ok(self) -> bool:
@@ -232,7 +233,7 @@ class SymbolPipeline:
         return SymbolResult(
             symbol=self.symbol, status=status, candles=sp.candles, requests=sp.requests,
             segments_done=sp.segments_done, segments_total=sp.segments_total, error=error,
-            elapsed_s=round(time.monotonic() - started, 3),
+            elapsed_s=round(time.monotonic() - started, 3), timeframe=self.ctx.timeframe,
         )
 
     def _run(self) -> None:

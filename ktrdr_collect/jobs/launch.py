@@ -51,6 +51,8 @@ class JobRequest:
     """`start --refresh`: fetch the window again where it is stored and replace those bars."""
     executor: str | None = None
     """`threads` or `dask://HOST:PORT`; None: config `executor` when the job (re)starts."""
+    timeframes: tuple[str, ...] = ()
+    """Every timeframe (`-t 1h -t 1d`); empty: `timeframe` alone."""
 
 
 def job_spec(req: JobRequest) -> JobSpec:
@@ -61,7 +63,7 @@ def job_spec(req: JobRequest) -> JobSpec:
         end=iso_seconds(req.end.timestamp()), provider=req.provider, earliest=req.start is None,
         options=dict(req.public_options), data_dir=str(req.data_dir), format=req.format, workers=req.workers,
         name=req.name, synthetic=req.synthetic, retry_of=req.retry_of, refresh=req.refresh,
-        executor=req.executor,
+        executor=req.executor, timeframes=tuple(req.timeframes or (req.timeframe,)),
     )
 
 

@@ -69,10 +69,22 @@ class JobSpec:
     """Fetch the window again where it is stored and replace those bars (`start --refresh`)."""
     executor: str | None = None
     """Where the series run: `threads`, `dask://HOST:PORT`; None: config `executor` at each (re)start."""
+    timeframes: tuple[str, ...] = ()
+    """Every timeframe of the job, `timeframe` first (a folder from before several timeframes: empty)."""
+
+    @property
+    def all_timeframes(self) -> tuple[str, ...]:
+        return self.timeframes or (self.timeframe,)
+
+    @property
+    def several(self) -> bool:
+        """More than one timeframe: the job's units are keyed `SYMBOL@TF` (engine/units.py)."""
+        return len(self.all_timeframes) > 1
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["symbols"] = list(self.symbols)
+        out["timeframes"] = list(self.timeframes)
         return out
 
     @classmethod
@@ -80,6 +92,7 @@ class JobSpec:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
         values["symbols"] = tuple(values.get("symbols") or ())
+        values["timeframes"] = tuple(values.get("timeframes") or ())
         values["options"] = dict(values.get("options") or {})
         values["workers"] = int(values.get("workers") or 4)
         values["format"] = values.get("format") or "csv"
@@ -138,6 +151,10 @@ class SymbolEntry:
     @property
     def finished(self) -> bool:
         return self.status in SYMBOL_FINISHED
+
+    def name(self, several: bool) -> str:
+        """How people see the series: the symbol, with its timeframe in a job of several."""
+        return f"{self.symbol} {self.timeframe}" if several and self.timeframe else self.symbol
 
     @property
     def label(self) -> str:
@@ -290,6 +307,15 @@ class JobState:
         return model.exit_code(self.status, self.symbols_failed)
 
     @property
+    def several(self) -> bool:
+        """A job of several timeframes: its series are (symbol, timeframe) pairs."""
+        return len(self.timeframes) > 1
+
+    @property
+    def timeframes_text(self) -> str:
+        return ",".join(self.timeframes) or self.timeframe
+
+    @property
     def finished(self) -> bool:
         return self.status in model.FINISHED
 
@@ -399,9 +425,10 @@ _STATE_FIELDS = tuple(f.name for f in fields(JobState) if f.name not in _VIEW_ON
 
 def new_state(job_id: str, spec: JobSpec, created_at: str, seq: int | None, queued: bool) -> JobState:
     """A job's first state: pending, every series not started."""
+    units = [SymbolEntry(s, timeframe=tf) for tf in spec.all_timeframes for s in spec.symbols]
     return JobState(
         id=job_id, name=spec.name, provider=spec.provider, timeframe=spec.timeframe, start=spec.start,
-        end=spec.end, created_at=created_at, updated_at=created_at, symbols_total=len(spec.symbols),
-        symbols=[SymbolEntry(s, timeframe=spec.timeframe) for s in spec.symbols], timeframes=[spec.timeframe],
+        end=spec.end, created_at=created_at, updated_at=created_at, symbols_total=len(units),
+        symbols=units, timeframes=list(spec.all_timeframes),
         retry_of=spec.retry_of, synthetic=spec.synthetic, seq=seq, queued=queued,
     )

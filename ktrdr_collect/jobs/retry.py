@@ -26,12 +26,15 @@ def retry_request(job_id: str) -> JobRequest:
         hint = f"; `collect resume {job_id}` continues it" if status.status == model.INTERRUPTED else ""
         raise InvalidJobStateError(f"Cannot retry {status.status} job{hint}")
     spec = read_spec(job_folder(job_id), status)
-    symbols = [e.symbol for e in status.symbols if e.status != "completed"]
+    todo = [e for e in status.symbols if e.status != "completed"]
+    symbols = list(dict.fromkeys(e.symbol for e in todo))
+    timeframes = [tf for tf in spec.all_timeframes if any((e.timeframe or spec.timeframe) == tf for e in todo)]
     if not symbols:
         raise InvalidJobStateError(f"job {job_id} has nothing to retry: every series completed")
     start = _when(spec.start)
     return JobRequest(
-        symbols=symbols, timeframe=spec.timeframe, start=None if spec.earliest else start, end=_when(spec.end),
+        symbols=symbols, timeframe=timeframes[0] if timeframes else spec.timeframe,
+        timeframes=tuple(timeframes), start=None if spec.earliest else start, end=_when(spec.end),
         provider=spec.provider, options=dict(spec.options), public_options=dict(spec.options),
         earliest_ts=int(start.timestamp()), workers=spec.workers, data_dir=Path(spec.data_dir), format=spec.format,
         name=spec.name, synthetic=spec.synthetic, retry_of=job_id, refresh=spec.refresh,

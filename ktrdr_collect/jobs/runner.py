@@ -33,6 +33,7 @@ from ktrdr_collect.engine.engine import ProcessingEngine
 from ktrdr_collect.engine.pipeline import RetryPolicy, SymbolResult
 from ktrdr_collect.engine.progress import FINISHED as SYMBOL_FINISHED
 from ktrdr_collect.engine.progress import BatchSnapshot, ProgressTracker, Summary, SymbolProgress, Totals
+from ktrdr_collect.engine.units import TimeframeView, split_key, unit_key
 from ktrdr_collect.errors import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -76,10 +77,12 @@ def setup_logging(folder: Path) -> logging.Handler:
 
 
 def symbol_entry(sp: SymbolProgress, timeframe: str, cut_short: bool = False) -> SymbolEntry:
-    """A symbol's entry in state.json; `cut_short`: a symbol cancelled by a stop starts again."""
+    """A series' entry in state.json (its tracker key split into symbol and timeframe);
+    `cut_short`: a series cancelled by a stop starts again."""
     status = "pending" if cut_short and sp.status == "cancelled" else sp.status
-    return SymbolEntry(sp.symbol, status, sp.stage, sp.segments_done, sp.segments_total, sp.candles, sp.requests,
-                       sp.error, timeframe, sp.waiting_for)
+    symbol, tf = split_key(sp.symbol, timeframe)
+    return SymbolEntry(symbol, status, sp.stage, sp.segments_done, sp.segments_total, sp.candles, sp.requests,
+                       sp.error, tf, sp.waiting_for)
 
 
 def apply_summary(state: JobState, snap: Summary | BatchSnapshot) -> None:
@@ -99,19 +102,22 @@ def apply_summary(state: JobState, snap: Summary | BatchSnapshot) -> None:
     state.throttled = snap.throttled
 
 
-def tracker_symbols(entries: list[SymbolEntry], stored: dict[str, int]) -> list[SymbolProgress]:
-    """Finished symbols are kept as they are; the rest start again (gap analysis skips what is
-    stored). Candle counts come from the journal, which never lags behind the data files."""
+def tracker_symbols(entries: list[SymbolEntry], stored: dict[str, int], timeframe: str,
+                    several: bool = False) -> list[SymbolProgress]:
+    """Finished series are kept as they are; the rest start again (gap analysis skips what is
+    stored). Candle counts come from the journal, which never lags behind the data files. Keys:
+    the symbol, or `SYMBOL@TF` in a job of several timeframes (engine/units.py)."""
     out = []
     for e in entries:
-        candles = stored.get(e.symbol, e.candles)
+        key = unit_key(e.symbol, e.timeframe or timeframe, several)
+        candles = stored.get(key, e.candles)
         if e.status in SYMBOL_FINISHED:
             out.append(SymbolProgress(
-                e.symbol, e.status, e.stage, e.segments_done, e.segments_total, candles, e.requests, e.error,
+                key, e.status, e.stage, e.segments_done, e.segments_total, candles, e.requests, e.error,
                 planned=True,
             ))
         else:
-            out.append(SymbolProgress(e.symbol, candles=candles, requests=e.requests))
+            out.append(SymbolProgress(key, candles=candles, requests=e.requests))
     return out
 
 
@@ -176,7 +182,7 @@ class Runner:
             self.folder, self.state.control_offset, self.state.control_tail, seen=acks, warn=log.warning,
         )
         self.tracker: ProgressTracker | None = None
-        self.symbols: list[str] = [e.symbol for e in self.state.symbols]
+        self.symbols: list[str] = list(dict.fromkeys(e.symbol for e in self.state.symbols))
         self.journal = StoredJournal(self.folder)
 
     # -- state.json --------------------------------------------------------------------
@@ -314,11 +320,12 @@ class Runner:
                 pending = not self.try_publish(paced=True)
             self.done.wait(MIN_WRITE_INTERVAL_S)
 
-    def on_symbol(self, result: SymbolResult) -> None:
+    def on_symbol(self, result: SymbolResult, timeframe: str | None = None) -> None:
+        name = f"{result.symbol} {timeframe}" if timeframe else result.symbol
         if result.status == "completed":
-            log.info("%s: completed, %d candles, %d requests", result.symbol, result.candles, result.requests)
+            log.info("%s: completed, %d candles, %d requests", name, result.candles, result.requests)
         elif result.status == "failed":
-            log.error("%s: failed: %s", result.symbol, result.error)
+            log.error("%s: failed: %s", name, result.error)
 
     def on_signal(self, signum: int, frame: object) -> None:
         log.warning("job %s: stopped by signal %d; `collect resume` continues it", self.job_id, signum)
@@ -339,8 +346,9 @@ class Runner:
                                       executor=spec.executor)
             engine.check_executor()  # a cluster that does not answer, or cannot see the data: start-up error
             stored = self.journal.candles(
-                lambda symbol, ranges: store.count(spec.provider, spec.timeframe, symbol, ranges))
-            symbols = tracker_symbols(state.symbols, stored)
+                lambda key, ranges: store.count(spec.provider, split_key(key, spec.timeframe)[1],
+                                                split_key(key, spec.timeframe)[0], ranges))
+            symbols = tracker_symbols(state.symbols, stored, spec.timeframe, spec.several)
             carried = Totals(state.requests, state.throttled, state.errors_count,
                              sum(sp.candles for sp in symbols), state.elapsed_s)
             self.tracker = engine.new_tracker(symbols, spec.timeframe, carried=carried)
@@ -378,12 +386,13 @@ class Runner:
         for t in threads:
             t.start()
         try:
-            engine.process_batch(
-                self.symbols, spec.timeframe,
-                start="earliest" if spec.earliest else spec.start, end=spec.end,
-                cancellation_token=self.token, gate=self.gate, tracker=self.tracker,
-                symbol_callback=self.on_symbol, on_stored=self.journal.record, refresh=spec.refresh,
-            )
+            for timeframe in spec.all_timeframes:  # one after the other; every pair is in the one tracker
+                engine.process_batch(
+                    self.symbols, timeframe,
+                    start="earliest" if spec.earliest else spec.start, end=spec.end,
+                    cancellation_token=self.token, gate=self.gate, refresh=spec.refresh,
+                    **self.for_timeframe(timeframe),
+                )
         except ProcessingCancelledException:
             pass
         finally:
@@ -394,6 +403,20 @@ class Runner:
             provider.close()
             self.journal.close()
         return self.finish()
+
+    def for_timeframe(self, timeframe: str) -> dict[str, Any]:
+        """What the engine gets to run one timeframe: the tracker (a view keyed by pair when the
+        job has several timeframes), the per-series log line and the journal, keyed alike."""
+        assert self.tracker is not None
+        if not self.spec.several:
+            return {"tracker": self.tracker, "symbol_callback": self.on_symbol, "on_stored": self.journal.record}
+        journal = self.journal
+        return {
+            "tracker": TimeframeView(self.tracker, timeframe),
+            "symbol_callback": lambda result: self.on_symbol(result, timeframe),
+            "on_stored": lambda symbol, covered, bars: journal.record(unit_key(symbol, timeframe, True), covered,
+                                                                      bars),
+        }
 
     def finish(self) -> int:
         assert self.tracker is not None
