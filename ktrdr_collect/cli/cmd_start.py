@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -109,7 +110,15 @@ def start(
             print(f"Data: {req.data_dir / req.provider / req.timeframe}", flush=True)
     from ktrdr_collect.jobs.retention import auto_prune
 
-    auto_prune(int(load_settings()["retention_days"]))
+    retention_days = int(load_settings()["retention_days"])
+    auto_prune(retention_days)
+    if retention_days > 0:  # copies kept by a restatement go with retention, like finished jobs
+        import time
+
+        from ktrdr_collect.storage.actions import prune_copies
+
+        with contextlib.suppress(OSError):
+            prune_copies(req.data_dir, retention_days * 86400.0, time.time())
     return code
 
 

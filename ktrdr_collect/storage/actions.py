@@ -20,8 +20,10 @@ the series' format). Every file here is written with files.atomic_write.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -119,3 +121,20 @@ def keep_copy(store: Store, provider: str, timeframe: str, symbol: str, bars: Se
     text = BARS_HEADER + "".join(map(format_row, bars))
     files.atomic_write(target, text.encode("utf-8"), mode=files.DATA_FILE_MODE, durable=True)
     return target
+
+
+def prune_copies(root: Path, older_than_s: float, now: float) -> list[Path]:
+    """Remove kept pre-restatement copies (`.ktrdr/*.before-restatement-*.csv`) last written more
+    than `older_than_s` ago, anywhere under the data folder `root`; links are left alone. The
+    removed paths."""
+    removed = []
+    for copy in root.glob(f"*/*/.ktrdr/*.{KEPT_TAG}-*.csv"):
+        try:
+            st = copy.lstat()
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and now - st.st_mtime > older_than_s:
+            with contextlib.suppress(FileNotFoundError):
+                copy.unlink()
+                removed.append(copy)
+    return removed

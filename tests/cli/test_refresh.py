@@ -46,3 +46,18 @@ def test_refresh_replaces_the_window_and_leaves_the_rest(home: Path) -> None:
     assert planned["requests"] == 1
     spec = json.loads((home / "jobs" / st["id"] / "job.json").read_text())
     assert spec["refresh"] is True
+
+
+def test_copies_kept_by_a_restatement_go_with_retention(home: Path) -> None:
+    import os
+    import time
+
+    kept = home / "data/demo/1d/.ktrdr"
+    kept.mkdir(parents=True)
+    old, new = kept / "AAPL.before-restatement-20240101T000000Z.csv", kept / "MSFT.before-restatement-x.csv"
+    for path in (old, new):
+        path.write_text("timestamp,open,high,low,close,volume\n")
+    os.utime(old, (time.time() - 40 * 86400, time.time() - 40 * 86400))
+    (kept / "IBM.before-restatement-y.csv").symlink_to(old)  # a link is never followed or removed
+    assert runner.invoke(app, ["start", "AAPL", *WINDOW, "-q"]).exit_code == 0  # retention 30 days by default
+    assert not old.exists() and new.exists() and (kept / "IBM.before-restatement-y.csv").is_symlink()
