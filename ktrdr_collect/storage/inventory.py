@@ -203,7 +203,10 @@ def describe(root: Path, key: SeriesKey, calendar: Calendar | None = None,
         recorded, stats = series.read_record(record)
         first, last, rows, size = summarize(root, key, data, stats)
         if index is not None:
-            index.store(key, data, record, (first, last, rows, size), recorded)
+            if stats is not None and (rows, first, last) == (stats.rows, stats.first, stats.last):
+                index.forget(key)  # the record says it all: nothing worth caching
+            else:
+                index.store(key, data, record, (first, last, rows, size), recorded)
     else:
         (first, last, rows, size), recorded = summary
     ranges = series.derived_coverage(recorded, first, last)
@@ -252,8 +255,10 @@ class Index:
     """A folder's cache of series summaries (``.ktrdr/inventory.json``), each kept with the
     signature (size, modification time, inode) of the data file and the coverage record it was
     read from: an entry is used only while both are unchanged, so a write, a crash's leftover or
-    a hand edit is always read again. Only ``data list`` reads and writes it; losing it (or not
-    being allowed to write it) costs a slower listing, never a wrong one."""
+    a hand edit is always read again. Only series whose record does not describe their file (its
+    rows had to be counted) are cached: the others cost a record read and a stat anyway. Only
+    ``data list`` reads and writes it; losing it (or not being allowed to write it) costs a
+    slower listing, never a wrong one."""
 
     def __init__(self, folder: str, entries: dict[str, list[object]]) -> None:
         self.folder = folder
@@ -293,6 +298,10 @@ class Index:
             None if recorded is None else [list(r) for r in recorded],
         ]
         self.changed = True
+
+    def forget(self, key: SeriesKey) -> None:
+        if self.entries.pop(self.name(key), None) is not None:
+            self.changed = True
 
     def save(self) -> None:
         if not self.changed:

@@ -121,6 +121,11 @@ def test_the_listing_cache_is_used_only_while_the_files_are_unchanged(tmp_path: 
 
     first = listing()
     cache = tmp_path / "demo" / "1d" / ".ktrdr" / inventory.INDEX_FILE
+    assert not cache.exists()  # the records say it all: nothing to cache
+    for symbol in ("AAPL", "MSFT"):  # records as older versions wrote them: rows unknown
+        record = store.coverage_path("demo", "1d", symbol)
+        record.write_text(json.dumps({"version": 1, "ranges": json.loads(record.read_text())["ranges"]}))
+    assert listing() == first
     assert cache.exists()
     reads: list[object] = []
     real = inventory.summarize
