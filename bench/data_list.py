@@ -10,12 +10,13 @@ Timed as whole processes (`python -m ktrdr_collect data list`, spawn to exit, ou
 wall time and the child's CPU time (user + sys: the machine is shared, so wall time carries other
 tenants' load), >= 5 rounds (3 with --quick) in rotating order, medians; baseline `python -c pass`:
 
-- warm: the human table and `--json` with the listing cache (`.ktrdr/inventory.json`) in place:
-  each series costs two stat calls while its data file and record are unchanged;
-- cold: the cache deleted first (the first listing after a job): each file's first and last line
-  are read, its rows taken from its record;
+- warm: the human table and `--json`, a listing done before;
+- cold: the listing cache (`.ktrdr/inventory.json`) deleted first: the first listing after a job.
+  With records as a job leaves them both read each record and stat each file (no data file is
+  opened; only series whose rows had to be counted are cached);
 - cold, rows counted: the records stripped of their file stats (as older versions or data copied
-  in leave them), the cache deleted: every file is read and its line ends counted.
+  in leave them), the cache deleted: every file is read and its line ends counted (the listing
+  after that uses the cache: two stat calls a series).
 
 The page cache is warm in all (one warm-up run first). The outputs are checked: the series
 count, every case's table identical, and for every series with a hole, holes = rows cut. Aim
