@@ -107,12 +107,13 @@ def _register() -> None:
         cmd_jobs,
         cmd_plan,
         cmd_providers,
+        cmd_query,
         cmd_retry,
         cmd_start,
     )
 
     for module in (cmd_start, cmd_plan, cmd_retry, cmd_jobs, cmd_history, cmd_control, cmd_providers, cmd_config,
-                   cmd_data):
+                   cmd_query, cmd_data):
         module.register(app)
 
 
