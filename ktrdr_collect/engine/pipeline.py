@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from ktrdr_collect.engine.cancellation import CancellationToken, PauseGate
 from ktrdr_collect.engine.planner import plan_series
@@ -28,19 +28,11 @@ from ktrdr_collect.storage.claims import Claim, ClaimBook, SeriesClaims
 from ktrdr_collect.storage.gaps import merge_intervals, subtract
 from ktrdr_collect.storage.refresh import replace_ranges
 from ktrdr_collect.storage.restamp import restamp_series
+from ktrdr_collect.storage.store import Store
 from ktrdr_collect.storage.timeframes import DAY, format_ts, timeframe_seconds
 
 log = logging.getLogger("ktrdr_collect.engine")
 T = TypeVar("T")
-
-
-class Store(Protocol):
-    def coverage(self, provider: str, timeframe: str, symbol: str) -> list[tuple[int, int]]: ...
-
-    def write(self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar], covered: tuple[int, int]) -> int:
-        """Store and record; returns the rows added or changed."""
-
-    def last_ts(self, provider: str, timeframe: str, symbol: str) -> int | None: ...
 
 
 CLAIM_POLL_S = 0.02
