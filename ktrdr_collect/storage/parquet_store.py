@@ -53,12 +53,18 @@ COMMIT_FILE = "_commit.json"
 SUPERSEDED_SUFFIX = ".superseded"
 MAX_PARTS = 32
 VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
-TIME_UNIT = "ms"  # Parquet has no seconds unit; ms is what any reader (pandas, polars, duckdb) sees
-_MS = 1000
+TIME_UNIT = "ns"  # UTC timestamp[ns]: what pandas, polars and DuckDB read without a conversion
+_PER_S = 1_000_000_000
+LABEL = pa.dictionary(pa.int8(), pa.string())
+LABEL_COLUMNS = ("provider", "timeframe", "symbol")
+"""Every part names its series (dictionary-encoded: a few bytes a part), so any engine reading a
+folder of parts, or all of them, can tell the series apart without our folder layout."""
 SCHEMA = pa.schema(
-    [pa.field("timestamp", pa.timestamp(TIME_UNIT, tz="UTC"), nullable=False)]
+    [pa.field(name, LABEL, nullable=False) for name in LABEL_COLUMNS]
+    + [pa.field("timestamp", pa.timestamp(TIME_UNIT, tz="UTC"), nullable=False)]
     + [pa.field(name, pa.float64(), nullable=False) for name in VALUE_COLUMNS]
 )
+"""Parts written before these columns existed (timestamp[ms], no labels) still read."""
 
 
 class Part(NamedTuple):
@@ -194,9 +200,20 @@ def committed_parts(folder: Path) -> list[Part]:
 # --- conversions --------------------------------------------------------------------------------
 
 
-def bars_to_table(bars: Sequence[Bar]) -> pa.Table:
+def label_of(folder: Path) -> tuple[str, str, str]:
+    """(provider, timeframe, symbol) of a series from its dataset folder
+    (`<root>/<provider>/<timeframe>/<FILE>.parquet`)."""
+    from ktrdr_collect.storage.paths import symbol_of_stem
+
+    return folder.parent.parent.name, folder.parent.name, symbol_of_stem(folder.name.removesuffix(SUFFIX))
+
+
+def bars_to_table(bars: Sequence[Bar], label: tuple[str, str, str] = ("", "", "")) -> pa.Table:
     columns = list(zip(*bars, strict=True)) if bars else [()] * 6
-    arrays = [pa.array([ts * _MS for ts in columns[0]], pa.int64()).cast(SCHEMA.field("timestamp").type)]
+    n = len(columns[0])
+    arrays = [pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int8()), pa.array([text], pa.string()))
+              for text in label]
+    arrays.append(pa.array([ts * _PER_S for ts in columns[0]], pa.int64()).cast(SCHEMA.field("timestamp").type))
     arrays += [pa.array(col, pa.float64()) for col in columns[1:]]
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
@@ -204,7 +221,7 @@ def bars_to_table(bars: Sequence[Bar]) -> pa.Table:
 def table_to_bars(table: pa.Table) -> list[Bar]:
     stamps = table.column("timestamp").cast(pa.timestamp(TIME_UNIT)).cast(pa.int64()).to_pylist()
     values = [table.column(name).cast(pa.float64()).to_pylist() for name in VALUE_COLUMNS]
-    return [(ms // _MS, *row) for ms, *row in zip(stamps, *values, strict=True)]
+    return [(ns // _PER_S, *row) for ns, *row in zip(stamps, *values, strict=True)]
 
 
 def read_part(path: Path) -> list[Bar]:
@@ -220,10 +237,10 @@ def merge_bars(old: Sequence[Sequence[Bar]], new: Sequence[Bar]) -> list[Bar]:
     return [merged[ts] for ts in sorted(merged)]
 
 
-def part_bytes(bars: Sequence[Bar]) -> bytes:
-    """``bars`` as the bytes of one Parquet file."""
+def part_bytes(bars: Sequence[Bar], label: tuple[str, str, str] = ("", "", "")) -> bytes:
+    """``bars`` as the bytes of one Parquet file, labelled with their series."""
     sink = pa.BufferOutputStream()
-    pq.write_table(bars_to_table(bars), sink, compression="zstd")
+    pq.write_table(bars_to_table(bars, label), sink, compression="zstd")
     return sink.getvalue().to_pybytes()
 
 
@@ -487,7 +504,8 @@ def commit_parts(folder: Path, bars: Sequence[Bar], old: Sequence[Part]) -> None
     new = part_name(bars[0][0], bars[-1][0]) if bars else None
     tmp = None
     if new is not None:
-        tmp = files.write_temp(folder / new, part_bytes(bars), mode=files.DATA_FILE_MODE, durable=True)
+        tmp = files.write_temp(folder / new, part_bytes(bars, label_of(folder)), mode=files.DATA_FILE_MODE,
+                               durable=True)
     if not old:  # nothing replaced: one rename is the commit
         if tmp is not None and new is not None:
             reveal(tmp, folder / new)

@@ -60,7 +60,7 @@ def connect(root: Path, keys: list[SeriesKey]) -> Any:
         selects.append(
             "SELECT f.provider, f.timeframe, f.symbol, CAST(p.timestamp AS TIMESTAMPTZ) AS timestamp, "
             "p.open, p.high, p.low, p.close, p.volume "
-            f"FROM read_parquet({_list(p for p, *_ in parquet)}, filename = true) p "
+            f"FROM read_parquet({_list(p for p, *_ in parquet)}, filename = true, union_by_name = true) p "
             "JOIN series_files f ON f.path = p.filename"
         )
     if not selects:

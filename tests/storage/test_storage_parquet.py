@@ -50,9 +50,16 @@ def frame(bars: list[Bar]) -> pd.DataFrame:
     return df
 
 
+LABELS = ["provider", "timeframe", "symbol"]
+
+
 def assert_pandas_reads(path: Path, bars: list[Bar]) -> None:
     df = pd.read_parquet(path)
-    assert list(df.columns) == COLUMNS
+    assert list(df.columns) == LABELS + COLUMNS  # every part names its series
+    provider, timeframe = path.parent.parent.name, path.parent.name
+    assert set(df["provider"]) == {provider} and set(df["timeframe"]) == {timeframe}
+    assert str(df["timestamp"].dtype) == "datetime64[ns, UTC]"
+    df = df[COLUMNS]
     assert str(df["timestamp"].dt.tz) == "UTC"
     assert df["timestamp"].is_monotonic_increasing and df["timestamp"].is_unique
     got = df.assign(timestamp=df["timestamp"].astype("datetime64[s, UTC]"))
@@ -255,7 +262,8 @@ def test_cli_start_format_parquet_is_readable_by_pandas(home: Path) -> None:
     assert "AAPL: completed, 42 candles" in r.stdout.splitlines()
     dataset = home / "data" / "demo" / "1d" / "AAPL.parquet"
     df = pd.read_parquet(dataset)
-    assert len(df) == 42 and list(df.columns) == COLUMNS
+    assert len(df) == 42 and list(df.columns) == LABELS + COLUMNS
+    assert set(df["symbol"]) == {"AAPL"} and set(df["provider"]) == {"demo"} and set(df["timeframe"]) == {"1d"}
     assert df["timestamp"].is_monotonic_increasing and df["timestamp"].is_unique
     assert str(df["timestamp"].iloc[0]) == "2023-01-02 00:00:00+00:00"
     assert not (home / "data" / "demo" / "1d" / "AAPL.csv").exists()
@@ -383,3 +391,28 @@ def test_a_write_killed_at_any_step_leaves_old_or_new_parts_never_both(tmp_path:
         assert_seen_after_crash(root, before, after)
     for root in roots:
         assert_repaired(root, scenario, before, after)
+
+
+def test_parts_written_before_the_label_columns_still_read_and_merge(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    old_bars = make_bars(T0, 2, step=86400)
+    folder = tmp_path / "demo" / "1d" / "AAPL.parquet"
+    folder.mkdir(parents=True)
+    stamps = pa.array([b[0] * 1000 for b in old_bars], pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+    old = pa.table([stamps, *[pa.array([b[i] for b in old_bars], pa.float64()) for i in range(1, 6)]],
+                   names=COLUMNS)  # how parts were written before: timestamp[ms], no labels
+    pq.write_table(old, folder / parquet_store.part_name(old_bars[0][0], old_bars[-1][0]))
+    store = ParquetStore(tmp_path)
+    assert store.read("demo", "1d", "AAPL") == old_bars
+    new = make_bars(T0 + 2 * 86400, 1, price=200.0)
+    store.write("demo", "1d", "AAPL", new, (new[0][0], new[0][0] + 86400))
+    assert store.read("demo", "1d", "AAPL") == old_bars + new
+    duckdb = pytest.importorskip("duckdb")
+    from ktrdr_collect.storage.inventory import find_series
+    from ktrdr_collect.storage.query import connect
+
+    con = connect(tmp_path, find_series(tmp_path))
+    assert con.execute("select symbol, count(*) from bars group by 1").fetchall() == [("AAPL", 3)]
+    assert isinstance(con, duckdb.DuckDBPyConnection)
