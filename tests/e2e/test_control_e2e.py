@@ -154,7 +154,9 @@ def test_wrong_state_transitions_and_unknown_job(home: Path) -> None:
 
 
 def test_ctrl_c_in_foreground_cancels_job_and_exits_130(home: Path) -> None:
-    proc = popen(home, "start", "CC1", "CC2", *LONG_WINDOW, "-o", "latency_ms=50", "-o", "max_bars=200",
+    # ~220 requests of 100 ms on 2 workers: ~11 s, so the job is still running when the signal lands,
+    # however loaded the machine (it ran 1.4 s before, and a CI run under load saw it finish first)
+    proc = popen(home, "start", "CC1", "CC2", *LONG_WINDOW, "-o", "latency_ms=100", "-o", "max_bars=50",
                  "-w", "2")
     try:
         folder = poll_until(lambda: job_folders(home) and job_folders(home)[0], 20, what="job folder")
