@@ -340,7 +340,7 @@ class Runner:
         settings = load_settings()
         provider = create_provider(spec.provider, {**settings.provider_options(spec.provider), **spec.options})
         try:
-            store = open_store(spec.format, Path(spec.data_dir))
+            store = open_store(spec.format, spec.data_dir)
             retry = RetryPolicy(max_throttle_wait_s=float(settings.values["max_rate_limit_wait"]))
             engine = ProcessingEngine(provider, store, workers=spec.workers, retry=retry, owner=self.job_id,
                                       executor=spec.executor)
