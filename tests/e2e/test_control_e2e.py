@@ -89,8 +89,8 @@ def test_pause_stops_new_requests_and_resume_gives_identical_files(home: Path, t
 
 
 def test_cancel_running_job_stops_within_a_second_and_keeps_data(home: Path) -> None:
-    job_id = start_detached(home, "CA1", "CA2", "CA3", *LONG_WINDOW, "-o", "latency_ms=50",
-                            "-o", "max_bars=200", "-w", "2")
+    job_id = start_detached(home, "CA1", "CA2", "CA3", *LONG_WINDOW, "-o", "latency_ms=100",
+                            "-o", "max_bars=50", "-w", "2")  # ~17 s: still running under any load
     folder = job_folder(home, job_id)
     wait_for_requests(home, job_id, at_least=4)
     pid = runner_pid(home, job_id)
@@ -121,8 +121,8 @@ def test_cancel_running_job_stops_within_a_second_and_keeps_data(home: Path) -> 
 
 
 def test_cancel_paused_job(home: Path) -> None:
-    job_id = start_detached(home, "CP1", "CP2", *LONG_WINDOW, "-o", "latency_ms=50", "-o", "max_bars=200",
-                            "-w", "2")
+    job_id = start_detached(home, "CP1", "CP2", *LONG_WINDOW, "-o", "latency_ms=100", "-o", "max_bars=50",
+                            "-w", "2")  # ~11 s: still running when the pause lands, under any load
     wait_for_requests(home, job_id)
     assert collect(home, "pause", job_id).returncode == 0
     r = collect(home, "cancel", job_id)
@@ -207,7 +207,8 @@ def test_state_json_never_torn_for_a_tight_reader(home: Path) -> None:
 
 @pytest.mark.parametrize("command", ["pause", "cancel"])
 def test_control_commands_accept_prefix_and_last(home: Path, command: str) -> None:
-    job_id = start_detached(home, "PX1", *LONG_WINDOW, "-o", "latency_ms=50", "-o", "max_bars=200", "-w", "1")
+    job_id = start_detached(home, "PX1", *LONG_WINDOW, "-o", "latency_ms=100", "-o", "max_bars=50",
+                            "-w", "1")  # ~11 s: still running when the command lands, under any load
     try:
         wait_for_requests(home, job_id)
         r = collect(home, command, job_id[:10] if command == "pause" else "last", "--json")
