@@ -210,7 +210,7 @@ def test_status_lists_unfinished_jobs_and_list_is_newest_first(home: Path) -> No
     assert done.returncode == 0
     done_id = status_json(home, "last")["id"]
     running_id = start_detached(home, "RUN1", "RUN2", *YEAR_WINDOW, "-o", "latency_ms=100",
-                                "-o", "max_bars=100", "-w", "1", "--name", "50% c")
+                                "-o", "max_bars=30", "-w", "1", "--name", "50% c")  # ~12 s: running throughout
     try:
         wait_for_requests(home, running_id)
         text = collect(home, "status")
@@ -262,7 +262,7 @@ def test_watch_prints_plain_progress_and_exits_with_job_code(home: Path) -> None
 
 def test_watch_of_cancelled_job_exits_5(home: Path) -> None:
     job_id = start_detached(home, "WC1", "WC2", *YEAR_WINDOW, "-o", "latency_ms=100",
-                            "-o", "max_bars=100", "-w", "1")
+                            "-o", "max_bars=30", "-w", "1")  # ~12 s: still running when the cancel lands
     watcher = popen(home, "watch", job_id)
     try:
         wait_for_requests(home, job_id)
