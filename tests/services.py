@@ -1,5 +1,5 @@
 """Services the tests start themselves, once per test session, on 127.0.0.1 (a pytest plugin,
-loaded from tests/conftest.py): a real `redis-server`."""
+loaded from tests/conftest.py): a real `redis-server`, a Dask cluster, an S3 server (moto)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -138,3 +139,76 @@ def dask_cluster() -> Iterator[DaskCluster]:
             yield DaskCluster(cluster.scheduler_address, home)
         finally:
             cluster.close()
+
+
+@dataclass
+class S3Server:
+    """moto's S3-compatible server (`python -m moto.server`) on 127.0.0.1."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def answers_http(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            s.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            return s.recv(16).startswith(b"HTTP/")
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """One moto S3 server process for the whole session (its own process: the tests' threads and
+    the server's never share a GIL), stopped at its end."""
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    for _ in range(5):
+        port = free_port()
+        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = S3Server(port, process)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and process.poll() is None and not answers_http(port):
+            time.sleep(0.02)  # polling for readiness, with a deadline
+        if process.poll() is None and answers_http(port):
+            try:
+                yield server
+            finally:
+                server.stop()
+            return
+        server.stop()
+    raise RuntimeError("moto.server did not start on 127.0.0.1")
+
+
+@pytest.fixture
+def s3_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://<a fresh bucket>/data`` on the session's S3 server; the AWS variables (endpoint,
+    dummy credentials) are set for this process and the processes it starts."""
+    import uuid
+
+    import s3fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    bucket = f"ktrdr-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(endpoint_url=s3_server.endpoint).mkdir(bucket)
+    return f"s3://{bucket}/data"
