@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ktrdr_collect.jobs.lock import holder_pid, is_locked
-from tests.services import dask_cluster, redis_server, redis_url  # noqa: F401  (session services)
+from tests.services import dask_cluster, redis_server, redis_url, s3_server, s3_url  # noqa: F401  (session services)
 
 REPO = Path(__file__).resolve().parent.parent
 COLLECT = [sys.executable, "-m", "ktrdr_collect"]
