@@ -20,6 +20,7 @@ from ktrdr_collect import files
 from ktrdr_collect.errors import InvalidInputError, UsageError
 from ktrdr_collect.inputs import parse_symbols, resolve_window
 from ktrdr_collect.storage.timeframes import TIMEFRAMES
+from ktrdr_collect.storage.urls import as_url, local_path
 
 MAX_WORKERS = 256
 
@@ -65,9 +66,14 @@ def as_text(value: datetime | str | int | float | None) -> str | None:
     return datetime.fromtimestamp(float(value), UTC).isoformat()
 
 
-def check_data_dir(root: Path) -> Path:
-    """The data folder, created if missing and checked writable now, not by the first write."""
-    root = root.expanduser().resolve()
+def check_data_dir(root: Path, fmt: str = "csv") -> Path:
+    """The data folder, created if missing and checked writable now, not by the first write. A URL
+    (``s3://bucket/prefix``, parquet only) is checked by listing its bucket once; it is returned as
+    a Path spelling the URL (``s3:/bucket/prefix``: storage.urls reads both)."""
+    url = as_url(root)
+    if url is not None:
+        return Path(check_object_store(url, fmt))
+    root = local_path(root).expanduser().resolve()
     try:
         files.make_dirs(root, files.DATA_DIR_MODE, root=root)
     except OSError as e:
@@ -77,6 +83,21 @@ def check_data_dir(root: Path) -> Path:
     if not os.access(root, os.W_OK | os.X_OK):
         raise InvalidInputError(f"cannot use data folder {root}: not writable")
     return root
+
+
+def check_object_store(url: str, fmt: str) -> str:
+    from ktrdr_collect.storage.open import CSV_NEEDS_FOLDER, open_store
+
+    if fmt != "parquet":
+        raise InvalidInputError(CSV_NEEDS_FOLDER)
+    open_store(fmt, url)  # pyarrow and s3fs installed, a scheme we can commit to
+    from ktrdr_collect.storage.object_store import check_bucket
+
+    try:
+        check_bucket(url)
+    except (OSError, ValueError) as e:
+        raise InvalidInputError(f"cannot use data folder {url}: {e}") from None
+    return url
 
 
 def parse_timeframes(texts: str | Sequence[str]) -> list[str]:
@@ -161,7 +182,7 @@ def plan_job(
     if name is not None and not name.strip():
         raise InvalidInputError("--name must not be empty")
     open_store(fmt, Path("."))  # an unknown format, or a missing extra, is refused here
-    root = check_data_dir(data_dir)
+    root = check_data_dir(data_dir, fmt)
     return Plan(symbols=names, timeframe=timeframes[0], timeframes=tuple(timeframes), start=start_dt, end=end_dt,
                 earliest_ts=earliest,
                 provider=name_, options=merged, public_options=public, synthetic=cls.synthetic, workers=workers,
