@@ -1,0 +1,106 @@
+"""End to end: `collect start --format parquet --data-dir s3://...` against a local S3 server
+(moto, tests/services.py); runners killed with SIGKILL at random moments, then resumed, store the
+same bars as an uninterrupted run; `--format csv` on a URL is refused before any job exists."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from e2e_helpers import (
+    LONG_WINDOW,
+    collect,
+    job_diagnostics,
+    job_folders,
+    poll_until,
+    read_state,
+    runner_gone,
+    runner_pid,
+    start_detached,
+    status_json,
+    wait_for_requests,
+    wait_rc,
+)
+
+pytest.importorskip("pyarrow")
+pytest.importorskip("s3fs")
+
+from ktrdr_collect.storage.object_store import ObjectParquetStore  # noqa: E402
+from ktrdr_collect.storage.parquet_store import ParquetStore  # noqa: E402
+
+SYMBOLS = ["KA", "KB", "KC"]
+OPTS = [*LONG_WINDOW, "-o", "max_bars=250", "-w", "2", "--format", "parquet"]
+
+
+def test_csv_on_a_url_is_refused_before_any_job_exists(home: Path, s3_url: str) -> None:
+    r = collect(home, "start", "AAPL", "-t", "1d", "--days", "5", "--format", "csv", "--data-dir", s3_url)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.strip().splitlines() == [
+        "Error: --format csv needs a local folder; use --format parquet for object storage (s3://...)"]
+    assert job_folders(home) == []
+
+
+def test_a_bucket_that_does_not_answer_is_refused(home: Path, s3_url: str) -> None:
+    missing = s3_url.replace("s3://ktrdr-", "s3://missing-")
+    r = collect(home, "start", "AAPL", "-t", "1d", "--days", "5", "--format", "parquet", "--data-dir", missing)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.startswith(f"Error: cannot use data folder {missing}: ") and r.stderr.count("\n") == 1
+    assert job_folders(home) == []
+
+
+def test_start_stores_in_the_bucket_what_it_stores_in_a_folder(home: Path, s3_url: str, tmp_path: Path) -> None:
+    window = ["-t", "1h", "--start", "2023-01-02", "--end", "2023-02-01", "--format", "parquet", "-q"]
+    r = collect(home, "start", "AAPL", "MSFT", *window, "--data-dir", s3_url)
+    assert r.returncode == 0, (r.stderr, job_diagnostics(home))
+    local = tmp_path / "local"
+    r = collect(home, "start", "AAPL", "MSFT", *window, "--data-dir", str(local))
+    assert r.returncode == 0, r.stderr
+    remote, disk = ObjectParquetStore(s3_url), ParquetStore(local)
+    for sym in ("AAPL", "MSFT"):
+        assert remote.read("demo", "1h", sym) == disk.read("demo", "1h", sym) != []
+        assert remote.coverage("demo", "1h", sym) == disk.coverage("demo", "1h", sym)
+    r = collect(home, "start", "AAPL", "MSFT", *window, "--data-dir", s3_url)
+    assert r.returncode == 0 and status_json(home, "last")["requests"] == 0  # coverage from the manifests
+
+
+def kill_runner(home: Path, job_id: str) -> str:
+    pid = runner_pid(home, job_id)
+    os.kill(pid, signal.SIGKILL)
+    poll_until(lambda: runner_gone(home, job_id, pid), 5, what="killed runner to be gone")
+    return str(status_json(home, job_id)["status"])
+
+
+def test_kill9_at_random_moments_then_resume_gives_the_same_bars(home: Path, s3_url: str) -> None:
+    rng = random.Random(20261130)
+    job_id = start_detached(home, *SYMBOLS, *OPTS, "--data-dir", s3_url, "-o", "latency_ms=20")
+    kills = seen = 0
+    try:
+        for _ in range(4):
+            seen = wait_for_requests(home, job_id, at_least=seen + 1, timeout=60)
+            time.sleep(rng.uniform(0.0, 0.3))  # a random moment, not synchronisation
+            if read_state(home, job_id)["status"] not in ("running", "pending"):
+                break
+            if kill_runner(home, job_id) == "completed":
+                break
+            kills += 1
+            seen = read_state(home, job_id)["requests"]
+            r = collect(home, "resume", job_id)
+            assert r.returncode == 0, r.stderr
+        assert kills >= 2, "the job finished before it could be killed"
+        assert wait_rc(home, job_id, timeout=120) == 0
+    finally:
+        if not runner_gone(home, job_id):
+            collect(home, "cancel", job_id)
+    reference = s3_url + "-reference"
+    r = collect(home, "start", *SYMBOLS, *OPTS, "--data-dir", reference, "-o", "latency_ms=0", "-q", timeout=180)
+    assert r.returncode == 0, (r.stderr, job_diagnostics(home))
+    got, want = ObjectParquetStore(s3_url), ObjectParquetStore(reference)
+    for sym in SYMBOLS:
+        bars = got.read("demo", "1h", sym)
+        assert bars == want.read("demo", "1h", sym) != [], sym
+        assert len({b[0] for b in bars}) == len(bars) == got.row_count("demo", "1h", sym)  # nothing doubled
+        assert got.coverage("demo", "1h", sym) == want.coverage("demo", "1h", sym)
