@@ -274,3 +274,54 @@ def test_a_second_run_reads_only_the_manifests(s3_url: str) -> None:
     again, store = run()
     assert again == [0, 0]
     assert set(store.requests) == {"get_object"}  # manifests only: no part read, nothing written
+
+
+CRASHER = """
+import os, sys
+from ktrdr_collect.storage.object_store import ObjectParquetStore
+url, k, after = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "after"
+store = ObjectParquetStore(url, max_parts=3, grace_s=0)
+real, seen = store._call, [0]
+
+def call(name, **kw):
+    seen[0] += 1
+    if seen[0] == k and not after:
+        os._exit(9)
+    out = real(name, **kw)
+    if seen[0] == k and after:
+        os._exit(9)
+    return out
+
+store._call = call
+store.write("demo", "1h", "AAPL", [(t * 3600, 9.0, 9.0, 9.0, 9.0, 9.0) for t in (6, 7)], (6 * 3600, 8 * 3600))
+print("done", seen[0])
+"""
+
+
+def test_a_process_killed_before_or_after_any_request_leaves_a_whole_state(s3_url: str) -> None:
+    """A write that adds a part, compacts two into one and deletes a retired part, killed before
+    and after each of its puts and deletes: the series is always the old state or the new one,
+    never between; the next write on top lands whole."""
+    new_tail = [(t * H, 9.0, 9.0, 9.0, 9.0, 9.0) for t in (6, 7)]
+    for k in range(1, 20):
+        for when in ("before", "after"):
+            url = f"{s3_url}/k{k}{when}"
+            store = ObjectParquetStore(url, max_parts=3)
+            for start in (0, 2, 4):
+                store.write(*KEY, bars(start * H, 1), (start * H, (start + 1) * H))
+            store.write(*KEY, bars(0, 1, 5.0), (0, H))  # replaces a part: one retired
+            old = (store.read(*KEY), store.coverage(*KEY))
+            new = (old[0] + new_tail, [(0, H), (2 * H, 3 * H), (4 * H, 5 * H), (6 * H, 8 * H)])
+            r = subprocess.run([sys.executable, "-c", CRASHER, url, str(k), when], capture_output=True, text=True,
+                               timeout=60)
+            state = (store.read(*KEY), store.coverage(*KEY))
+            if r.returncode == 0:  # fewer requests than k: the write finished
+                assert state == new
+                assert k > int(r.stdout.split()[1]) >= 4, r.stdout  # 2 parts, the manifest, a delete
+                assert len(store.manifest(*KEY).parts) == 3
+                return
+            assert r.returncode == 9, r.stderr
+            assert state in (old, new), (k, when, state)
+            store.write(*KEY, [(9 * H, 1.0, 1.0, 1.0, 1.0, 1.0)], (9 * H, 10 * H))
+            assert [b[0] for b in store.read(*KEY)] == [b[0] for b in state[0]] + [9 * H]
+    raise AssertionError("the write made more requests than the test tries")
