@@ -22,4 +22,5 @@ BENCHMARKS = (
     "binance_archive",
     "peer",
     "plan_accuracy",
+    "object_store",
 )
