@@ -104,3 +104,13 @@ def test_kill9_at_random_moments_then_resume_gives_the_same_bars(home: Path, s3_
         assert bars == want.read("demo", "1h", sym) != [], sym
         assert len({b[0] for b in bars}) == len(bars) == got.row_count("demo", "1h", sym)  # nothing doubled
         assert got.coverage("demo", "1h", sym) == want.coverage("demo", "1h", sym)
+
+
+def test_config_data_dir_may_be_a_bucket(home: Path, s3_url: str) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(f'data_dir = "{s3_url}"\nformat = "parquet"\n')
+    r = collect(home, "start", "AAPL", "-t", "1d", "--start", "2023-01-02", "--end", "2023-02-01", "--format",
+                "parquet", "-q")
+    assert r.returncode == 0, (r.stderr, job_diagnostics(home))
+    assert len(ObjectParquetStore(s3_url).read("demo", "1d", "AAPL")) == status_json(home, "last")["candles"] > 0
+    assert not (home / "data").exists()

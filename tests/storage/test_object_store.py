@@ -325,3 +325,25 @@ def test_a_process_killed_before_or_after_any_request_leaves_a_whole_state(s3_ur
             store.write(*KEY, [(9 * H, 1.0, 1.0, 1.0, 1.0, 1.0)], (9 * H, 10 * H))
             assert [b[0] for b in store.read(*KEY)] == [b[0] for b in state[0]] + [9 * H]
     raise AssertionError("the write made more requests than the test tries")
+
+
+@pytest.mark.parametrize(("given", "url"), [
+    ("s3://bucket/prefix", "s3://bucket/prefix"), ("s3:/bucket/prefix/", "s3://bucket/prefix"),
+    (Path("s3://bucket/prefix"), "s3://bucket/prefix"), ("S3://b", "s3://b"),
+    ("/data/x", None), ("data", None), ("C:/data", None), ("file:///data", None),
+])
+def test_urls_are_told_from_paths(given: str | Path, url: str | None) -> None:
+    from ktrdr_collect.storage.urls import as_url, local_path
+
+    assert as_url(given) == url
+    assert local_path("file:///srv/data") == Path("/srv/data")
+
+
+def test_check_data_dir_accepts_a_bucket_for_parquet_only(s3_url: str) -> None:
+    from ktrdr_collect.planning import check_data_dir
+
+    assert str(check_data_dir(Path(s3_url), "parquet")) == s3_url.replace("s3://", "s3:/")  # a Path's spelling
+    with pytest.raises(InvalidInputError, match="--format csv needs a local folder"):
+        check_data_dir(Path(s3_url), "csv")
+    with pytest.raises(InvalidInputError, match="cannot use data folder s3://no-such-bucket-"):
+        check_data_dir(Path("s3://no-such-bucket-ktrdr/x"), "parquet")
