@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import threading
 import time
 import uuid
 from collections import Counter
@@ -169,6 +170,7 @@ class ObjectParquetStore:
         self.grace_s = grace_s
         self.requests: Counter[str] = Counter()
         """Requests made, by S3 operation (for tests and the bench)."""
+        self._counting = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ObjectParquetStore({self.root!r})"
@@ -195,8 +197,12 @@ class ObjectParquetStore:
         bucket, key, _ = self.fs.split_path(url)
         return bucket, key
 
+    def _count(self, op: str) -> None:
+        with self._counting:
+            self.requests[op] += 1
+
     def _call(self, op: str, **kwargs: Any) -> Any:
-        self.requests[op] += 1
+        self._count(op)
         return self.fs.call_s3(op, **kwargs)
 
     def _get(self, url: str) -> tuple[bytes, str | None] | None:
@@ -204,7 +210,7 @@ class ObjectParquetStore:
         from fsspec.asyn import sync
 
         bucket, key = self._split(url)
-        self.requests["get_object"] += 1
+        self._count("get_object")
 
         async def get() -> tuple[bytes, str | None]:
             resp = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
@@ -253,7 +259,7 @@ class ObjectParquetStore:
         first, last = bars[0][0], bars[-1][0]
         name = f"part-{ts_name(first)}-{ts_name(last)}-{uuid.uuid4().hex}{SUFFIX}"
         data = part_bytes(bars, key)
-        self._put(f"{self.path(*key)}/{name}", data, create=True)
+        self._put(f"{self.path(*key)}/{name}", data)  # unconditional: a retried put writes the same bytes
         return PartRef(name, first, last, len(bars), len(data))
 
     def _read_part(self, key: tuple[str, str, str], part: PartRef) -> list[Bar]:
@@ -450,7 +456,7 @@ class ObjectParquetStore:
                 keep |= {p.name for p in parse_manifest(got, None).parts}
         now = self.clock()
         self.fs.invalidate_cache(base)
-        self.requests["list_objects_v2"] += 1
+        self._count("list_objects_v2")
         gone = []
         for info in self.fs.ls(base, detail=True, refresh=True):
             name = info["name"].rsplit("/", 1)[-1]
