@@ -114,3 +114,23 @@ def test_config_data_dir_may_be_a_bucket(home: Path, s3_url: str) -> None:
     assert r.returncode == 0, (r.stderr, job_diagnostics(home))
     assert len(ObjectParquetStore(s3_url).read("demo", "1d", "AAPL")) == status_json(home, "last")["candles"] > 0
     assert not (home / "data").exists()
+
+
+def test_two_jobs_on_the_same_series_at_once_store_each_bar_once(home: Path, s3_url: str, tmp_path: Path) -> None:
+    """No claims on object storage: both jobs fetch everything and store it; the series end up
+    with the bars of one job alone, none doubled. (Both jobs write every segment, so a lost update
+    would be healed by the other job here: tests/storage/test_object_store.py's racing writers are
+    the ones that need the conditional put.)"""
+    window = ["-t", "1h", "--start", "2022-01-01", "--end", "2023-01-01", "-o", "max_bars=100", "-w", "2",
+              "--format", "parquet"]
+    first = start_detached(home, "KA", "KB", *window, "--data-dir", s3_url, "-o", "latency_ms=5")
+    second = start_detached(home, "KB", "KA", *window, "--data-dir", s3_url, "-o", "latency_ms=5")
+    assert wait_rc(home, first, timeout=120) == 0 and wait_rc(home, second, timeout=120) == 0
+    local = tmp_path / "alone"
+    r = collect(home, "start", "KA", "KB", *window, "--data-dir", str(local), "-o", "latency_ms=0", "-q", timeout=120)
+    assert r.returncode == 0, r.stderr
+    got, alone = ObjectParquetStore(s3_url), ParquetStore(local)
+    for sym in ("KA", "KB"):
+        assert got.read("demo", "1h", sym) == alone.read("demo", "1h", sym) != []
+        assert got.row_count("demo", "1h", sym) == alone.row_count("demo", "1h", sym)
+        assert got.coverage("demo", "1h", sym) == alone.coverage("demo", "1h", sym)
