@@ -6,7 +6,7 @@ Layout (the local Parquet layout, with a manifest instead of renames)::
     <url>/<provider>/<timeframe>/<FILE>.parquet/part-<FIRST>-<LAST>-<UUID>.parquet
 
 The manifest is the series' one commit point: ``{"version", "parts": [{name, first, last, rows,
-size}], "ranges": [[start, end], ...], "retired": [{name, at}]}``. A part is visible only while the
+size}], "ranges": [[start, end], ...], "retired": [{name, at}], "swept_at"}``. A part is visible only while the
 manifest names it; parts are written once under a unique name and never changed.
 
 A write (``write``, ``replace``, ``erase``, ``set_aside``): read the manifest and its ETag; upload
@@ -23,7 +23,8 @@ is deleted. So:
   overlaps), so no bar is ever doubled.
 
 Replaced parts are kept ``GRACE_S`` as ``retired`` (a reader that read the previous manifest may
-still be reading them), then deleted by a later commit. There is no lock (``lock`` is a no-op):
+still be reading them), then deleted by a later commit; orphans are swept by a commit once per
+``GRACE_S`` per series (``sweep``). There is no lock (``lock`` is a no-op):
 the conditional put is the only arbitration, between threads, processes and hosts alike. The
 range claims of local stores (storage/claims.py) do not exist here: two jobs on one series may
 fetch the same range; both store it and the bars are the same.
@@ -97,11 +98,13 @@ class Manifest:
     """None: no manifest yet."""
     retired: list[tuple[str, float]] = field(default_factory=list)
     etag: str | None = None
+    swept_at: float | None = None
+    """When the series' folder was last swept of orphans (``sweep``)."""
 
     def to_bytes(self) -> bytes:
         doc = {"version": MANIFEST_VERSION, "parts": [p.doc() for p in self.parts],
                "ranges": [[s, e] for s, e in self.ranges or []],
-               "retired": [{"name": n, "at": at} for n, at in self.retired]}
+               "retired": [{"name": n, "at": at} for n, at in self.retired], "swept_at": self.swept_at}
         return (json.dumps(doc) + "\n").encode()
 
 
@@ -124,7 +127,11 @@ def parse_manifest(raw: bytes, etag: str | None) -> Manifest:
     retired = [(str(r["name"]), float(r["at"])) for r in doc.get("retired", [])]
     if any("/" in name or not name.startswith("part-") for name, _ in retired):
         raise ValueError("bad retired part")
-    return Manifest(sorted(parts, key=lambda p: (p.first, p.last)), ranges, retired, etag)
+    swept_at = doc.get("swept_at")
+    if swept_at is not None and type(swept_at) not in (int, float):
+        raise ValueError("bad swept_at")
+    return Manifest(sorted(parts, key=lambda p: (p.first, p.last)), ranges, retired, etag,
+                    None if swept_at is None else float(swept_at))
 
 
 def is_conflict(error: BaseException) -> bool:
@@ -275,9 +282,15 @@ class ObjectParquetStore:
         manifest drops are retired (deleted after ``grace_s``) unless ``retire`` is False."""
         url = self.coverage_path(*key)
         for attempt in range(MAX_ATTEMPTS):
+            began = self.clock()
             old = self.manifest(*key)
             new, uploaded, result = change(old)
             now = self.clock()
+            if uploaded and now - began > self.grace_s / 2:  # a sweep may take uploads this old for orphans
+                self._delete([f"{self.path(*key)}/{p.name}" for p in uploaded])
+                continue
+            due = old.swept_at is not None and now - old.swept_at >= self.grace_s
+            new.swept_at = now if old.swept_at is None or due else old.swept_at
             replaced = {p.name for p in old.parts} - {p.name for p in new.parts}
             expired = [n for n, at in old.retired if now - at >= self.grace_s]
             new.retired = [(n, at) for n, at in old.retired if now - at < self.grace_s]
@@ -292,6 +305,8 @@ class ObjectParquetStore:
                 time.sleep(random.uniform(0, min(0.2, 0.005 * 2**min(attempt, 6))))  # back off, out of step
                 continue
             self._delete([f"{self.path(*key)}/{n}" for n in expired])
+            if due:  # once per grace period per series: one listing
+                self.sweep(*key, older_than_s=self.grace_s)
             return result
         raise RuntimeError(f"{url}: gave up after {MAX_ATTEMPTS} conflicting commits")
 
@@ -445,16 +460,18 @@ class ObjectParquetStore:
         return any(p.name in names for p in uploaded)
 
     def sweep(self, provider: str, timeframe: str, symbol: str, older_than_s: float) -> list[str]:
-        """Delete parts no manifest names (uploads of writes that crashed or lost a race) last
-        written more than ``older_than_s`` ago; returns their URLs."""
+        """Delete parts no manifest names (uploads of writes that crashed) last written more than
+        ``older_than_s`` ago, and retired parts past the grace period; returns their URLs. Run by
+        a commit once per ``grace_s`` per series (writers never commit an upload older than half
+        of it, so a sweep at ``grace_s`` never takes a part about to be named)."""
         key = (provider, timeframe, symbol)
         m = self.manifest(*key)
-        keep = {p.name for p in m.parts} | {n for n, _ in m.retired}
+        now = self.clock()
+        keep = {p.name for p in m.parts} | {n for n, at in m.retired if now - at < self.grace_s}
         base = self.path(*key)
         for got in self._set_asides(base):
             with contextlib.suppress(ValueError, TypeError, KeyError):
                 keep |= {p.name for p in parse_manifest(got, None).parts}
-        now = self.clock()
         self.fs.invalidate_cache(base)
         self._count("list_objects_v2")
         gone = []

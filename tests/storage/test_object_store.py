@@ -226,12 +226,16 @@ def test_retired_parts_stay_readable_for_the_grace_period_then_go(s3_url: str) -
 
 
 def test_set_aside_keeps_the_parts_and_forgets_the_series(s3_url: str) -> None:
-    store = ObjectParquetStore(s3_url, grace_s=0)
+    import time
+
+    now = {"t": time.time()}
+    store = ObjectParquetStore(s3_url, clock=lambda: now["t"], grace_s=60)
     store.write(*KEY, bars(0, 3), (0, 3 * H))
     where = store.set_aside(*KEY, "legacy")
     assert where is not None and where.endswith("_set_aside.legacy.json")
     assert store.read(*KEY) == [] and store.coverage(*KEY) == []
-    store.write(*KEY, [], (10 * H, 11 * H))  # a later commit deletes nothing it set aside
+    now["t"] += 120
+    store.write(*KEY, [], (10 * H, 11 * H))  # a later commit (and its sweep) deletes nothing set aside
     kept = json.loads(store._get(where)[0])  # type: ignore[index]
     assert all(store._get(f"{store.path(*KEY)}/{p['name']}") is not None for p in kept["parts"])
     assert store.sweep(*KEY, older_than_s=-1) == []
@@ -280,7 +284,8 @@ CRASHER = """
 import os, sys
 from ktrdr_collect.storage.object_store import ObjectParquetStore
 url, k, after = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "after"
-store = ObjectParquetStore(url, max_parts=3, grace_s=0)
+import time
+store = ObjectParquetStore(url, max_parts=3, clock=lambda: time.time() + 7200)  # 2 h on: a sweep is due
 real, seen = store._call, [0]
 
 def call(name, **kw):
@@ -299,8 +304,8 @@ print("done", seen[0])
 
 
 def test_a_process_killed_before_or_after_any_request_leaves_a_whole_state(s3_url: str) -> None:
-    """A write that adds a part, compacts two into one and deletes a retired part, killed before
-    and after each of its puts and deletes: the series is always the old state or the new one,
+    """A write that adds a part, compacts two into one, deletes a retired part and sweeps, killed
+    before and after each of its puts and deletes: the series is always the old state or the new one,
     never between; the next write on top lands whole."""
     new_tail = [(t * H, 9.0, 9.0, 9.0, 9.0, 9.0) for t in (6, 7)]
     for k in range(1, 20):
@@ -347,3 +352,50 @@ def test_check_data_dir_accepts_a_bucket_for_parquet_only(s3_url: str) -> None:
         check_data_dir(Path(s3_url), "csv")
     with pytest.raises(InvalidInputError, match="cannot use data folder s3://no-such-bucket-"):
         check_data_dir(Path("s3://no-such-bucket-ktrdr/x"), "parquet")
+
+
+def test_a_commit_sweeps_orphans_once_per_grace_period(s3_url: str) -> None:
+    import time
+
+    now = {"t": time.time()}
+    store = ObjectParquetStore(s3_url, clock=lambda: now["t"], grace_s=600)
+    store.write(*KEY, bars(0, 2), (0, 2 * H))
+    crashed = ObjectParquetStore(s3_url, clock=lambda: now["t"], grace_s=600)
+    crashing(crashed, "manifest", 1)
+    with pytest.raises(CrashAt):
+        crashed.write(*KEY, bars(5 * H, 2), (5 * H, 7 * H))  # leaves an orphan part
+    names = lambda: {i["name"].rsplit("/", 1)[-1] for i in store.fs.ls(store.path(*KEY), detail=True,  # noqa: E731
+                                                                        refresh=True)}
+    assert len([n for n in names() if n.startswith("part-")]) == 2
+    now["t"] += 300
+    store.write(*KEY, [], (10 * H, 11 * H))  # not due yet: no listing
+    assert "list_objects_v2" not in store.requests
+    assert len([n for n in names() if n.startswith("part-")]) == 2
+    now["t"] += 400  # past the grace period since the series' first commit
+    store.write(*KEY, [], (11 * H, 12 * H))
+    assert store.requests["list_objects_v2"] == 1
+    assert [n for n in names() if n.startswith("part-")] == [p.name for p in store.manifest(*KEY).parts]
+    assert [b[0] for b in store.read(*KEY)] == [0, H]
+    store.write(*KEY, [], (12 * H, 13 * H))  # swept a moment ago: not again
+    assert store.requests["list_objects_v2"] == 1
+
+
+def test_an_upload_older_than_half_the_grace_period_is_not_committed(s3_url: str) -> None:
+    """A sweep takes unnamed parts older than the grace period for orphans: a writer that took
+    longer than half of it between upload and commit uploads again instead."""
+    now = {"t": 1000.0}
+    store = ObjectParquetStore(s3_url, clock=lambda: now["t"], grace_s=100)
+    real = store._upload
+    slow = {"n": 0}
+
+    def upload(key: tuple[str, str, str], new: list[Bar]) -> Any:
+        part = real(key, new)
+        slow["n"] += 1
+        if slow["n"] == 1:
+            now["t"] += 60  # the first upload took 60 s
+        return part
+
+    store._upload = upload  # type: ignore[method-assign]
+    store.write(*KEY, bars(0, 2), (0, 2 * H))
+    assert slow["n"] == 2 and store.requests["delete_object"] == 1
+    assert [b[0] for b in store.read(*KEY)] == [0, H]
