@@ -6,8 +6,8 @@ Layout (the local Parquet layout, with a manifest instead of renames)::
     <url>/<provider>/<timeframe>/<FILE>.parquet/part-<FIRST>-<LAST>-<UUID>.parquet
 
 The manifest is the series' one commit point: ``{"version", "parts": [{name, first, last, rows,
-size}], "ranges": [[start, end], ...], "retired": [{name, at}], "swept_at"}``. A part is visible only while the
-manifest names it; parts are written once under a unique name and never changed.
+size}], "ranges": [[start, end], ...], "retired": [{name, at}], "swept_at"}``. A part is visible
+only while the manifest names it; parts are written once under a unique name and never changed.
 
 A write (``write``, ``replace``, ``erase``, ``set_aside``): read the manifest and its ETag; upload
 the new part (the bars merged with the parts they overlap); put the new manifest with
