@@ -399,3 +399,35 @@ def test_an_upload_older_than_half_the_grace_period_is_not_committed(s3_url: str
     store.write(*KEY, bars(0, 2), (0, 2 * H))
     assert slow["n"] == 2 and store.requests["delete_object"] == 1
     assert [b[0] for b in store.read(*KEY)] == [0, H]
+
+
+def test_a_reader_during_writes_sees_only_whole_states(s3_url: str) -> None:
+    """Writes that merge and compact (every commit replaces parts) while a reader reads: each read
+    is sorted and unique, and never has fewer bars than the one before (writes only add)."""
+    writer_store = ObjectParquetStore(s3_url, max_parts=3)
+    reader = ObjectParquetStore(s3_url)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for i in range(15):
+                start = ((i * 7) % 15) * H  # out of order: merges and compactions
+                writer_store.write(*KEY, bars(start, 2, float(i)), (start, start + 2 * H))
+        except BaseException as e:  # noqa: BLE001 (checked below)
+            errors.append(e)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=write, name="writer")
+    thread.start()
+    seen, reads = 0, 0
+    while not done.is_set() or reads == 0:
+        got = [b[0] for b in reader.read(*KEY)]
+        assert got == sorted(set(got))
+        assert len(got) >= seen
+        seen, reads = len(got), reads + 1
+    thread.join()
+    assert not errors
+    assert [b[0] for b in reader.read(*KEY)] == [i * H for i in range(16)]
+    assert reads > 1
