@@ -56,10 +56,16 @@ def collect(home: Path, *args: str, timeout: float = 60.0) -> subprocess.Complet
     )
 
 
+def _as_a_terminal_would() -> None:
+    """In the child: SIGINT as a terminal delivers it. A test run started in the background by a
+    non-interactive shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def popen(home: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [*COLLECT, *args], env=env_for(home), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, preexec_fn=_as_a_terminal_would,
     )
 
 

