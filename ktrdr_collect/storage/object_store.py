@@ -29,9 +29,10 @@ the conditional put is the only arbitration, between threads, processes and host
 range claims of local stores (storage/claims.py) do not exist here: two jobs on one series may
 fetch the same range; both store it and the bars are the same.
 
-Conditional writes need S3 semantics (AWS since 2024, MinIO, moto, Ceph...); other fsspec schemes
-are refused. Where the server is: ``AWS_ENDPOINT_URL`` (botocore reads it), credentials as the AWS
-SDKs find them.
+Conditional writes need S3 semantics (AWS S3 since late 2024; moto, which the tests use): a server
+must honour ``If-Match`` / ``If-None-Match`` on PutObject, which ``check_bucket`` tries before a job
+starts. Other fsspec schemes are refused. Where the server is: ``AWS_ENDPOINT_URL`` (botocore
+reads it); credentials as the AWS SDKs find them.
 """
 
 from __future__ import annotations
@@ -494,11 +495,26 @@ class ObjectParquetStore:
         return found
 
 
-def check_bucket(url: str) -> None:
-    """The bucket answers (one small list); raises OSError (or ValueError/ModuleNotFoundError)
-    naming what is wrong."""
-    fs = open_fs(url)
+def check_bucket(url: str, fs: Any = None) -> None:
+    """The bucket answers, and honours conditional puts (a server that ignored them would let
+    two writers lose each other's bars): a probe object under ``url`` is created with
+    ``If-None-Match: *``, created again (must fail), put with a wrong ``If-Match`` (must fail),
+    then deleted. Raises OSError (or ValueError/ModuleNotFoundError) naming what is wrong."""
+    fs = fs if fs is not None else open_fs(url)
     bucket = url.split("://", 1)[1].split("/", 1)[0]
     if not bucket:
         raise ValueError("no bucket in the URL")
     fs.ls(bucket, refresh=True)
+    store = ObjectParquetStore(url, fs=fs)
+    probe = f"{store.root}/_probe-{uuid.uuid4().hex}"
+    store._put(probe, b"1", create=True)
+    try:
+        for condition in ({"create": True}, {"etag": '"0123456789abcdef0123456789abcdef"'}):
+            try:
+                store._put(probe, b"2", **condition)  # type: ignore[arg-type]
+            except Conflict:
+                continue
+            raise ValueError(f"the server ignores conditional writes ({', '.join(condition)}): "
+                             "two writers could lose bars; use a server that honours If-Match / If-None-Match")
+    finally:
+        store._delete([probe])

@@ -431,3 +431,29 @@ def test_a_reader_during_writes_sees_only_whole_states(s3_url: str) -> None:
     assert not errors
     assert [b[0] for b in reader.read(*KEY)] == [i * H for i in range(16)]
     assert reads > 1
+
+
+class IgnoresConditions:
+    """An S3 filesystem whose server ignores If-Match / If-None-Match (some S3-compatible ones do)."""
+
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fs, name)
+
+    def call_s3(self, op: str, **kwargs: Any) -> Any:
+        kwargs.pop("IfMatch", None)
+        kwargs.pop("IfNoneMatch", None)
+        return self.fs.call_s3(op, **kwargs)
+
+
+def test_check_bucket_refuses_a_server_that_ignores_conditional_writes(s3_url: str) -> None:
+    import s3fs
+
+    from ktrdr_collect.storage.object_store import check_bucket
+
+    check_bucket(s3_url)  # moto honours them
+    with pytest.raises(ValueError, match="ignores conditional writes"):
+        check_bucket(s3_url, fs=IgnoresConditions(s3fs.S3FileSystem()))
+    assert [p for p in s3fs.S3FileSystem().find(s3_url) if "_probe-" in p] == []  # the probes are gone
