@@ -134,3 +134,13 @@ def test_two_jobs_on_the_same_series_at_once_store_each_bar_once(home: Path, s3_
         assert got.read("demo", "1h", sym) == alone.read("demo", "1h", sym) != []
         assert got.row_count("demo", "1h", sym) == alone.row_count("demo", "1h", sym)
         assert got.coverage("demo", "1h", sym) == alone.coverage("demo", "1h", sym)
+
+
+def test_plan_counts_against_the_manifests(home: Path, s3_url: str) -> None:
+    window = ["AAPL", "-t", "1d", "--start", "2023-01-02", "--end", "2023-03-01", "--format", "parquet",
+              "--data-dir", s3_url]
+    before = collect(home, "plan", *window)
+    assert before.returncode == 0 and "Total: 1 request" in before.stdout, before.stderr
+    assert collect(home, "start", *window, "-q").returncode == 0
+    after = collect(home, "plan", *window)
+    assert after.returncode == 0 and "Total: 0 requests" in after.stdout, after.stdout
