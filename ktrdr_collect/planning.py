@@ -68,8 +68,9 @@ def as_text(value: datetime | str | int | float | None) -> str | None:
 
 def check_data_dir(root: Path, fmt: str = "csv") -> Path:
     """The data folder, created if missing and checked writable now, not by the first write. A URL
-    (``s3://bucket/prefix``, parquet only) is checked by listing its bucket once; it is returned as
-    a Path spelling the URL (``s3:/bucket/prefix``: storage.urls reads both)."""
+    (``s3://bucket/prefix``, parquet only) is checked by listing its bucket and probing its
+    conditional writes (object_store.check_bucket); it is returned as a Path spelling the URL
+    (``s3:/bucket/prefix``: storage.urls reads both)."""
     url = as_url(root)
     if url is not None:
         return Path(check_object_store(url, fmt))
