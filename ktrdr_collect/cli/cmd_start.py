@@ -107,7 +107,7 @@ def start(
 
             for line in restatements(job_id):
                 print(clean(line), flush=True)
-            print(f"Data: {req.data_dir / req.provider / req.timeframe}", flush=True)
+            print(f"Data: {data_location(req.data_dir, req.provider, req.timeframe)}", flush=True)
     from ktrdr_collect.jobs.retention import auto_prune
 
     retention_days = int(load_settings()["retention_days"])
@@ -120,6 +120,14 @@ def start(
         with contextlib.suppress(OSError):
             prune_copies(req.data_dir, retention_days * 86400.0, time.time())
     return code
+
+
+def data_location(root: Path | str, provider: str, timeframe: str) -> str:
+    """Where a series' files are: a folder, or (an object store) its URL."""
+    from ktrdr_collect.storage.urls import as_url
+
+    url = as_url(root)
+    return f"{url}/{provider}/{timeframe}" if url else str(Path(root) / provider / timeframe)
 
 
 def _say_if_queued(job_id: str, quiet: bool) -> None:

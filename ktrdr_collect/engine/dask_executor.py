@@ -68,7 +68,7 @@ def scheduler_address(executor: str) -> str:
 
 def store_location(store: Any) -> tuple[str, str]:
     """(format, root) of a store a worker can open again with `storage.open.open_store`."""
-    kinds = {"CsvStore": "csv", "ParquetStore": "parquet"}
+    kinds = {"CsvStore": "csv", "ParquetStore": "parquet", "ObjectParquetStore": "parquet"}
     fmt = kinds.get(type(store).__name__)
     root = getattr(store, "root", None)
     if fmt is None or root is None:
@@ -117,7 +117,20 @@ def executor_for(executor: str | None) -> DaskExecutor | None:
 
 
 def probe_storage(path: str, text: str) -> str | None:
-    """Run on every worker: None when the owner's probe file is there with its text, else why not."""
+    """Run on every worker: None when the owner's probe file is there with its text, else why not.
+    For a data folder that is a URL (an object store), `path` is that URL: the worker must reach it
+    (with its own credentials and endpoint: AWS_* in its environment) and see the same bucket."""
+    from ktrdr_collect.storage.urls import as_url
+
+    if as_url(path) is not None:
+        try:
+            from ktrdr_collect.storage.open import open_store
+
+            store: Any = open_store("parquet", path)  # type: ignore[arg-type]
+            store.fs.ls(path.split("://", 1)[1].split("/", 1)[0])
+        except Exception as e:  # no credentials, no endpoint, no bucket: say which
+            return f"{path}: {type(e).__name__}: {e}"
+        return None
     try:
         found = Path(path).read_text(encoding="utf-8")
     except OSError as e:
@@ -324,6 +337,17 @@ class DaskExecutor:
         """A client of the cluster whose every worker has read the probe file written under the
         store's folder: (client, batch id, probe path). Refused when any worker cannot."""
         _, root = store_location(store)
+        from ktrdr_collect.storage.urls import as_url
+
+        if as_url(root) is not None:  # an object store is shared storage: each worker must reach it
+            client = self._client()
+            try:
+                batch = uuid.uuid4().hex[:16]
+                self._check_storage(client, root, root, batch)
+                yield client, batch, root
+            finally:
+                client.close()
+            return
         if not Path(root).is_absolute():
             raise ExecutorError(f"the data folder must be an absolute path for a Dask cluster, got {root}")
         batch = uuid.uuid4().hex[:16]

@@ -207,3 +207,33 @@ def test_kill_9_of_a_worker_and_of_the_runner_then_resume_give_identical_data(
     assert wait_rc(other, threaded, timeout=120) == 0
     assert stored_files(home / "data") == stored_files(other / "data")
     poll_until(lambda: len(worker_pids(dask_cluster)) == 3, 60, what="the nanny to restart the worker")
+
+
+def set_environment(values: dict[str, str]) -> None:
+    """Run on a worker (a module-level function: a bound os.environ.update would be a pickled copy)."""
+    os.environ.update(values)
+
+
+def test_workers_write_to_an_object_store_what_threads_write(dask_cluster: DaskCluster, s3_url: str) -> None:
+    """A bucket is shared storage: each worker opens it with its own AWS settings and writes there."""
+    from distributed import Client
+
+    from ktrdr_collect.storage.object_store import ObjectParquetStore
+
+    aws = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    with Client(dask_cluster.executor.replace("dask://", "tcp://")) as client:
+        client.run(set_environment, aws)  # what a worker host's environment would say
+    options = {"latency_ms": 2, "max_bars": 40}
+    window = {"start": "2022-01-01", "end": "2024-01-01"}
+    symbols = SYMBOLS[:4]
+    expected = ProcessingEngine(DemoProvider(options), ObjectParquetStore(s3_url + "-threads"), workers=4,
+                                executor="threads").process_batch(symbols, "1d", **window)  # type: ignore[arg-type]
+    remote = ObjectParquetStore(s3_url)
+    engine = ProcessingEngine(DemoProvider(options), remote, workers=4, executor=dask_cluster.executor)
+    engine.check_executor()
+    results = engine.process_batch(symbols, "1d", **window)  # type: ignore[arg-type]
+    assert [(r.symbol, r.status, r.candles) for r in results] == [(r.symbol, r.status, r.candles) for r in expected]
+    threads = ObjectParquetStore(s3_url + "-threads")
+    for sym in symbols:
+        assert remote.read("demo", "1d", sym) == threads.read("demo", "1d", sym) != []
+        assert remote.coverage("demo", "1d", sym) == threads.coverage("demo", "1d", sym)
