@@ -339,14 +339,7 @@ class ParquetStore:
         crashed write left in the dataset is tidied up (every job looks at the coverage of each of
         its series, so the next one repairs it)."""
         self._tidy(provider, timeframe, symbol)
-        recorded = self._read_coverage(provider, timeframe, symbol)
-        if recorded is not None:
-            return recorded
-        return series.derived_coverage(None, self.first_ts(provider, timeframe, symbol),
-                                       self.last_ts(provider, timeframe, symbol))
-
-    def _read_coverage(self, provider: str, timeframe: str, symbol: str) -> list[Interval] | None:
-        return series.read_coverage_file(self.coverage_path(provider, timeframe, symbol))
+        return series.coverage_of(self, (provider, timeframe, symbol))
 
     def count(self, provider: str, timeframe: str, symbol: str, ranges: Sequence[Interval]) -> int:
         """Stored rows with a timestamp inside any of ``ranges``."""

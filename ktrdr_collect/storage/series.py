@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ktrdr_collect import files
 from ktrdr_collect.storage.gaps import Interval, merge_intervals, subtract
@@ -248,6 +248,15 @@ def save_coverage_file(path: Path, ranges: Sequence[Interval], durable: bool = F
     if stats is not None:
         doc["file"] = stats._asdict()
     files.atomic_write(path, (json.dumps(doc) + "\n").encode(), mode=files.DATA_FILE_MODE, durable=durable)
+
+
+def coverage_of(store: Any, key: tuple[str, str, str]) -> list[Interval]:
+    """A series' fetched ranges: its record, else (data written without one) the span of its bars.
+    The one reading both formats use."""
+    recorded = read_coverage_file(store.coverage_path(*key))
+    if recorded is not None:
+        return recorded
+    return derived_coverage(None, store.first_ts(*key), store.last_ts(*key))
 
 
 def derived_coverage(recorded: list[Interval] | None, first: int | None, last: int | None) -> list[Interval]:

@@ -20,6 +20,7 @@ from ktrdr_collect.engine.engine import ProcessingEngine
 from ktrdr_collect.engine.pipeline import SymbolResult
 from ktrdr_collect.providers.demo import DemoProvider
 from ktrdr_collect.storage.csv_store import CsvStore
+from ktrdr_collect.storage.series import read_coverage_file
 
 SYMBOLS = [f"X{i:04d}" for i in range(1000)]
 START, END = "2023-10-03", "2023-12-02"  # 1d over 60 days: one request per symbol
@@ -83,7 +84,7 @@ def check_files_agree(store: CsvStore, results: list[SymbolResult]) -> None:
             continue
         bars = store.read("demo", "1d", symbol)
         assert len(bars) == result.candles, (symbol, result)
-        coverage = store._read_coverage("demo", "1d", symbol)
+        coverage = read_coverage_file(store.coverage_path("demo", "1d", symbol))
         if result.status == "completed":
             assert result.candles > 0 and coverage, (symbol, result)
         if bars:  # every stored bar is inside the recorded coverage
