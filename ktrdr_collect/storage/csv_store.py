@@ -23,6 +23,7 @@ from typing import IO
 
 from ktrdr_collect import files
 from ktrdr_collect.storage import series
+from ktrdr_collect.storage.columns import Columns, as_columns
 from ktrdr_collect.storage.gaps import Interval
 from ktrdr_collect.storage.series import Bar, FileStats, changed_rows
 from ktrdr_collect.storage.timeframes import format_ts, parse_ts
@@ -65,6 +66,38 @@ def format_row(bar: Bar) -> str:
     if text.endswith(".0\n"):
         text = text[:-3] + "\n"
     return text
+
+
+def csv_text(bars: Sequence[Bar]) -> bytes:
+    """The CSV lines of ``bars``, byte for byte what ``format_row`` writes for each, made column-wise:
+    timestamps by numpy, each value column by msgspec's shortest round-trip encoder (the digits of
+    ``repr``) in one call, ``.0`` dropped from the whole column at once; only a value msgspec spells
+    with an exponent (below 1e-6 or from 1e16, where ``repr`` and msgspec differ) is respelled one
+    by one. No tuple per row is made (they would cost the garbage collector more than the text)."""
+    if not bars:
+        return b""
+    import msgspec
+    import numpy as np
+
+    from ktrdr_collect.storage.columns import as_columns
+
+    cols = as_columns(bars)
+    if not cols.all_finite():  # msgspec writes NaN as null: the row-wise path spells what it is
+        return "".join(map(format_row, cols)).encode()
+    stamps = np.datetime_as_string(cols.ts.astype("datetime64[s]"), unit="s", timezone="UTC")
+    columns = [stamps.astype("S").tolist()]
+    for i in range(5):
+        text = msgspec.json.encode(cols.values[:, i].tolist())  # [100.0,101.5,3e-7]
+        text = (text[1:-1] + b",").replace(b".0,", b",")
+        values = text[:-1].split(b",")
+        if b"e" in text:
+            values = [_plain(v) if b"e" in v else v for v in values]
+        columns.append(values)
+    return b"\n".join(map(b",".join, zip(*columns, strict=True))) + b"\n"
+
+
+def _plain(value: bytes) -> bytes:
+    return format_number(float(value)).encode()
 
 
 def parse_row(line: str) -> Bar:
@@ -376,11 +409,85 @@ def store_bars(path: Path, bars: Sequence[Bar], root: Path,
 
 
 def merge_into(path: Path, bars: Sequence[Bar]) -> tuple[int, FileStats]:
-    """merge_rewrite, also returning the new file's stats."""
+    """merge_rewrite, also returning the new file's stats.
+
+    Works on the file's lines as bytes: the stored lines before and after the new bars' span are
+    found by binary search (the file is in time order) and copied as they are; only the stored lines
+    inside the span are parsed and merged with the new ones. A backfill (all new bars before the
+    first stored one) is then one copy of the file behind the new lines: no stored line is parsed.
+    A file that is not in our canonical order (a foreign or hand-edited one) is merged row by row."""
+    with open(path, "rb") as f:
+        data = f.read()
+    cols = as_columns(bars)
+    head = data.find(b"\n") + 1 if data[:1].isalpha() else 0
+    body = data[head: data.rfind(b"\n") + 1] if head else data[: data.rfind(b"\n") + 1]
+    try:
+        i = _first_line_from(body, cols.first)
+        j = _first_line_from(body, cols.last + 1)
+        inside, written = _merge_lines(body[i:j], cols)
+        before, after = body[:i], body[j:]
+        first = _ts_at(before, 0) if before else cols.first
+        last = _ts_at(after, after.rfind(b"\n", 0, len(after) - 1) + 1) if after else cols.last
+    except ValueError:
+        return _merge_rows(path, bars)
+    text = b"".join([HEADER.encode(), before, inside, after])
+    files.atomic_write(path, text, mode=files.DATA_FILE_MODE, durable=True)
+    rows = before.count(b"\n") + inside.count(b"\n") + after.count(b"\n")
+    return written, FileStats.of(rows, os.stat(path), first, last)
+
+
+def _ts_at(body: bytes, start: int) -> int:
+    """The bar time of the line starting at ``start`` (ValueError if it holds no bar)."""
+    end = body.find(b",", start, body.find(b"\n", start))
+    if end < 0:
+        raise ValueError("not a bar line")
+    return parse_ts(body[start:end].decode("ascii"))
+
+
+def _first_line_from(body: bytes, ts: int) -> int:
+    """Offset of the first line of ``body`` (complete lines, in time order) whose bar is at or after
+    ``ts``; ``len(body)`` if none is. O(log lines) lines parsed."""
+    lo, hi = 0, len(body)  # lines before lo are before ts; lines from hi are not
+    while lo < hi:
+        mid = body.rfind(b"\n", lo, (lo + hi) // 2) + 1
+        if mid <= lo:  # the middle falls in the line at lo: decide that line
+            if _ts_at(body, lo) >= ts:
+                return lo
+            lo = body.find(b"\n", lo) + 1
+        elif _ts_at(body, mid) < ts:
+            lo = body.find(b"\n", mid) + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _merge_lines(stored: bytes, cols: Columns) -> tuple[bytes, int]:
+    """The stored lines of the new bars' span merged with the new bars (new ones win on equal
+    times), and how many new bars are not stored exactly so."""
+    new = csv_text(cols)
+    if not stored:
+        return new, len(cols)
+    old: dict[int, bytes] = {}
+    for line in stored.splitlines(keepends=True):
+        old[_ts_at(line, 0)] = line
+    written = 0
+    for ts, line in zip(cols.ts.tolist(), new.splitlines(keepends=True), strict=True):
+        before = old.get(ts)
+        if before != line and (before is None or parse_row(before.decode().rstrip("\r\n")) != parse_row(
+                line.decode().rstrip("\n"))):
+            written += 1
+        old[ts] = line
+    if not all(b.endswith(b"\n") for b in old.values()):
+        raise ValueError("a line without its end")
+    return b"".join(old[ts] for ts in sorted(old)), written
+
+
+def _merge_rows(path: Path, bars: Sequence[Bar]) -> tuple[int, FileStats]:
+    """Any file: every row parsed, merged by time, written back sorted."""
     with open(path, encoding="utf-8", newline="") as f:
         merged = {bar[0]: bar for bar in parse_lines(iter(f), None, None)}
     written = changed_rows(merged, bars)
-    merged.update((bar[0], bar) for bar in bars)
+    merged.update((bar[0], tuple(bar)) for bar in bars)
     stamps = sorted(merged)
     write_csv(path, [merged[ts] for ts in stamps])
     return written, FileStats.of(len(stamps), os.stat(path), stamps[0], stamps[-1])
@@ -409,14 +516,14 @@ def erase_rows(path: Path, start: int | None, end: int | None) -> int:
 def append_rows(f: IO[bytes], size: int, good_size: int, bars: Sequence[Bar]) -> None:
     """Append after the last complete line, dropping a torn one; write the header if needed. On any
     error (a full disk) the file is cut back to its complete lines: never half a segment."""
-    text = "".join(map(format_row, bars))
+    text = csv_text(bars)
     if good_size == 0:
-        text = HEADER + text
+        text = HEADER.encode() + text
     fd = f.fileno()
     try:
         if good_size != size:
             os.ftruncate(fd, good_size)
-        files.write_all(fd, text.encode("utf-8"), offset=good_size)
+        files.write_all(fd, text, offset=good_size)
         os.fsync(fd)
     except OSError:
         with contextlib.suppress(OSError):
@@ -432,5 +539,4 @@ def merge_rewrite(path: Path, bars: Sequence[Bar]) -> int:
 
 def write_csv(path: Path, bars: Sequence[Bar]) -> None:
     """Replace the data file with ``bars``, durably (files.atomic_write: the old file survives any error)."""
-    text = HEADER + "".join(map(format_row, bars))
-    files.atomic_write(path, text.encode("utf-8"), mode=files.DATA_FILE_MODE, durable=True)
+    files.atomic_write(path, HEADER.encode() + csv_text(bars), mode=files.DATA_FILE_MODE, durable=True)

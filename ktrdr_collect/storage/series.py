@@ -66,6 +66,10 @@ def check_bars(bars: Sequence[Bar], covered: Interval) -> None:
     start, end = covered
     if start > end:
         raise ValueError(f"covered range {covered} ends before it starts")
+    if hasattr(bars, "strictly_ascending"):  # storage.columns.Columns: the same checks, column-wise
+        if len(bars) and (bars.first < start or bars.last >= end or not bars.strictly_ascending()):
+            check_bars(list(bars), covered)  # says which bar is wrong
+        return
     previous: int | None = None
     for bar in bars:
         ts = bar[0]

@@ -1,0 +1,112 @@
+"""The columnar CSV path writes exactly what the row-by-row one did (issue 12: byte-identical files)."""
+
+from __future__ import annotations
+
+import random
+import struct
+from pathlib import Path
+
+import pytest
+
+from ktrdr_collect.storage import csv_store
+from ktrdr_collect.storage.columns import Columns
+from ktrdr_collect.storage.csv_store import HEADER, csv_text, format_row
+
+
+def _value(rng: random.Random) -> float:
+    r = rng.random()
+    if r < 0.3:
+        return round(rng.random() * 10 ** rng.randint(0, 7), rng.randint(0, 8))
+    if r < 0.5:
+        return rng.choice([0.0, -0.0, 1.0, 100, 5e-05, 2.1e-07, 1e16, 1e21, 1.2345678901234568e17, 0.1, 1e-4,
+                           9.99e-5, -3.5, 7, 1e-6, 1.5e-6])
+    if r < 0.7:
+        return rng.random() * 10 ** rng.randint(-9, -3)
+    bits = struct.unpack("d", struct.pack("Q", rng.getrandbits(62)))[0]
+    return abs(bits) if abs(bits) < 1e300 else 1.0
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_csv_text_is_format_row_byte_for_byte(seed: int) -> None:
+    rng = random.Random(seed)
+    bars = [(rng.randint(-10**9, 4 * 10**9), *(_value(rng) for _ in range(5))) for _ in range(rng.randint(1, 400))]
+    expected = "".join(map(format_row, bars)).encode()
+    assert csv_text(bars) == expected
+    assert csv_text(Columns.from_bars(bars)) == expected
+
+
+def test_csv_text_of_non_finite_values_spells_them_like_format_row() -> None:
+    bars = [(0, float("nan"), 1.0, 1.0, 1.0, float("inf"))]
+    assert csv_text(bars) == format_row(bars[0]).encode()
+
+
+def test_columns_are_a_sequence_of_bars() -> None:
+    bars = [(60, 1.0, 2.0, 0.5, 1.5, 10.0), (120, 1.5, 2.5, 1.0, 2.0, 0.0), (180, 2.0, 2.0, 2.0, 2.0, 3.0)]
+    cols = Columns.from_bars(bars)
+    assert len(cols) == 3 and cols[1] == bars[1] and cols[-1] == bars[-1]
+    assert list(cols) == bars and cols == bars and bars == cols
+    assert cols[1:] == bars[1:] and isinstance(cols[1:], Columns)
+    assert cols.window(100, 180) == bars[1:2]
+    shuffled = Columns.from_bars([bars[2], bars[0], (60, 9.0, 9.0, 9.0, 9.0, 9.0), bars[1]])
+    assert shuffled.sorted_unique() == [(60, 9.0, 9.0, 9.0, 9.0, 9.0), bars[1], bars[2]]  # the last given wins
+    assert Columns.concat([cols[:1], cols[1:]]) == cols
+    assert Columns.from_bars([]) == [] and not Columns.empty()
+
+
+def _write(path: Path, bars: list) -> None:
+    path.write_bytes(HEADER.encode() + csv_text(bars))
+
+
+def _bar(ts: int, x: float) -> tuple[int, float, float, float, float, float]:
+    return (ts, x, x + 1, x - 1, x + 0.5, float(ts % 7))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_merge_by_lines_equals_merge_by_rows(tmp_path: Path, seed: int) -> None:
+    """Prepend, overlap, interleave, rewrite-unchanged: the line-wise merge writes the same file and
+    counts the same rows as parsing every row did."""
+    rng = random.Random(seed)
+    stored = sorted({rng.randrange(0, 400) * 60 for _ in range(rng.randint(1, 120))})
+    new_ts = sorted({rng.randrange(0, 400) * 60 for _ in range(rng.randint(1, 120))})
+    old = [_bar(ts, 100.0) for ts in stored]
+    new = [_bar(ts, 100.0 if rng.random() < 0.5 else 200.25) for ts in new_ts]
+    fast, slow = tmp_path / "fast.csv", tmp_path / "slow.csv"
+    _write(fast, old)
+    _write(slow, old)
+    written, stats = csv_store.merge_into(fast, Columns.from_bars(new))
+    slow_written, slow_stats = csv_store._merge_rows(slow, new)
+    assert fast.read_bytes() == slow.read_bytes()
+    assert written == slow_written
+    assert (stats.rows, stats.first, stats.last) == (slow_stats.rows, slow_stats.first, slow_stats.last)
+
+
+def test_backfill_parses_no_stored_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "S.csv"
+    _write(path, [_bar(ts, 50.0) for ts in range(600_000, 660_000, 60)])
+    parsed: list[str] = []
+    real = csv_store.parse_ts
+    monkeypatch.setattr(csv_store, "parse_ts", lambda text: parsed.append(text) or real(text))
+    written, stats = csv_store.merge_into(path, Columns.from_bars([_bar(ts, 9.0) for ts in range(0, 6000, 60)]))
+    assert written == 100 and stats.rows == 1100 and (stats.first, stats.last) == (0, 659_940)
+    assert len(parsed) < 40  # a binary search's few lines, not the 1,000 stored ones
+    lines = path.read_text().splitlines()
+    assert lines[0] == HEADER.strip() and len(lines) == 1101 and lines[1].startswith("1970-01-01T00:00:00Z,9,")
+
+
+def test_a_file_out_of_order_loses_no_line(tmp_path: Path) -> None:
+    """We write files in time order; one that is not (edited by hand) keeps every line it had."""
+    path = tmp_path / "S.csv"
+    path.write_text(HEADER + "".join(map(format_row, [_bar(600, 1.0), _bar(0, 2.0)])))
+    written, stats = csv_store.merge_into(path, Columns.from_bars([_bar(300, 3.0)]))
+    assert sorted(line.split(",")[0] for line in path.read_text().splitlines()[1:]) == [
+        "1970-01-01T00:00:00Z", "1970-01-01T00:05:00Z", "1970-01-01T00:10:00Z"]
+    assert written == 1 and stats.rows == 3
+
+
+def test_a_file_with_a_line_that_is_no_bar_is_merged_row_by_row(tmp_path: Path) -> None:
+    path = tmp_path / "S.csv"
+    path.write_text(HEADER + format_row(_bar(0, 2.0)) + "\n" + format_row(_bar(600, 1.0)))
+    written, stats = csv_store.merge_into(path, Columns.from_bars([_bar(300, 3.0)]))
+    assert [line.split(",")[0] for line in path.read_text().splitlines()[1:]] == [
+        "1970-01-01T00:00:00Z", "1970-01-01T00:05:00Z", "1970-01-01T00:10:00Z"]
+    assert written == 1 and stats.rows == 3
