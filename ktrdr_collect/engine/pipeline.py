@@ -6,8 +6,10 @@ import logging
 import math
 import random
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TypeVar
 
 from ktrdr_collect.engine.cancellation import CancellationToken, PauseGate
@@ -25,6 +27,7 @@ from ktrdr_collect.providers.base import (
 )
 from ktrdr_collect.providers.pacing import SharedPacer
 from ktrdr_collect.storage.claims import Claim, ClaimBook, SeriesClaims
+from ktrdr_collect.storage.columns import Columns
 from ktrdr_collect.storage.gaps import merge_intervals, subtract
 from ktrdr_collect.storage.refresh import replace_ranges
 from ktrdr_collect.storage.restamp import restamp_series
@@ -103,18 +106,28 @@ class Batch:
     """Consecutive fetched segments waiting to be written together."""
 
     ranges: list[tuple[int, int]] = field(default_factory=list)
-    bars: list[Bar] = field(default_factory=list)
+    parts: list[Sequence[Bar]] = field(default_factory=list)
+    count: int = 0
 
     def continues(self, segment: tuple[int, int]) -> bool:
         return not self.ranges or self.ranges[-1][1] == segment[0]
 
-    def add(self, segment: tuple[int, int], bars: list[Bar]) -> None:
+    def add(self, segment: tuple[int, int], bars: Sequence[Bar]) -> None:
         self.ranges.append(segment)
-        self.bars.extend(bars)
+        self.parts.append(bars)
+        self.count += len(bars)
+
+    @property
+    def bars(self) -> Sequence[Bar]:
+        """The batch's bars in one piece: columns joined when every part is columns."""
+        if all(isinstance(part, Columns) for part in self.parts):
+            return Columns.concat(self.parts)  # type: ignore[arg-type]
+        return [tuple(bar) for part in self.parts for bar in part]  # type: ignore[misc]
 
     def clear(self) -> None:
         self.ranges.clear()
-        self.bars.clear()
+        self.parts.clear()
+        self.count = 0
 
 
 class Attempt:
@@ -159,8 +172,14 @@ class Cancelled(Exception):
     pass
 
 
-def clean_bars(bars: Sequence[Bar], start: int, end: int) -> list[Bar]:
-    """Bars inside [start, end), sorted, one per timestamp; garbage raises PermanentError."""
+def clean_bars(bars: Sequence[Bar], start: int, end: int) -> Sequence[Bar]:
+    """Bars inside [start, end), sorted, one per timestamp; garbage raises PermanentError. Columns
+    (storage.columns) are checked column-wise and stay columns."""
+    if isinstance(bars, Columns):
+        if not bars.all_finite():
+            bad = next(bar for bar in bars if not math.isfinite(sum(bar[1:])))
+            raise PermanentError(f"provider returned non-numeric values in {bad!r}"[:200])
+        return bars.window(start, end).sorted_unique()
     by_ts: dict[int, Bar] = {}
     ordered = True
     last = -(2**63)
@@ -265,9 +284,9 @@ class SymbolPipeline:
                 bars = self._fetch(segment)
                 covered = self._covered(segment, bars)
                 if covered is not None:
-                    batch.add(covered, [bar for bar in bars if bar[0] < covered[1]])
+                    batch.add(covered, bars[:bisect_left(bars, covered[1], key=itemgetter(0))])
                 self.track.segment_done(self.symbol, 0)
-                if len(batch.bars) >= PREPEND_BATCH_BARS:
+                if batch.count >= PREPEND_BATCH_BARS:
                     self._replace(batch)
         finally:
             self._replace(batch)  # what was fetched is kept, even when cancelled or failing
@@ -280,7 +299,7 @@ class SymbolPipeline:
         whole = (batch.ranges[0][0], batch.ranges[-1][1])
         self.restater.before_write()
         if ctx.on_stored is not None:
-            ctx.on_stored(self.symbol, whole, len(batch.bars))
+            ctx.on_stored(self.symbol, whole, batch.count)
         changed = replace_ranges(ctx.store, ctx.provider.name, ctx.timeframe, self.symbol, batch.bars, batch.ranges)
         if changed:
             log.info("%s: refreshed %s, %d bar%s changed", self.symbol, ctx.timeframe, changed,
@@ -302,7 +321,7 @@ class SymbolPipeline:
             lambda ts: ctx.provider.legacy_day(self.symbol, ctx.timeframe, ts))
         log.warning("%s: %s", self.symbol, outcome)
 
-    def _covered(self, segment: tuple[int, int], bars: list[Bar]) -> tuple[int, int] | None:
+    def _covered(self, segment: tuple[int, int], bars: Sequence[Bar]) -> tuple[int, int] | None:
         """What a fetched segment lets us record as fetched. A segment that reaches the publication
         edge only counts up to the end of its last bar: the provider may not have published the rest
         yet, and an empty answer there records nothing (a later run asks again)."""
@@ -388,7 +407,7 @@ class SymbolPipeline:
             if not batch.continues(piece):
                 self._flush(batch)
             batch.add(piece, bars)
-            if len(batch.bars) >= PREPEND_BATCH_BARS:
+            if batch.count >= PREPEND_BATCH_BARS:
                 self._flush(batch)
             return 0
         self._flush(batch)
@@ -403,7 +422,7 @@ class SymbolPipeline:
         self.track.candles_stored(self.symbol, self._store_released(batch.bars, whole, whole))
         batch.clear()
 
-    def _store_released(self, bars: list[Bar], covered: tuple[int, int], claimed: tuple[int, int]) -> int:
+    def _store_released(self, bars: Sequence[Bar], covered: tuple[int, int], claimed: tuple[int, int]) -> int:
         """Store, then release the claims inside `claimed` (coverage first: see storage/claims.py)."""
         try:
             return self._store(bars, covered)
@@ -465,7 +484,7 @@ class SymbolPipeline:
                     raise Cancelled
         self._stage("fetching")
 
-    def _store(self, bars: list[Bar], covered: tuple[int, int]) -> int:
+    def _store(self, bars: Sequence[Bar], covered: tuple[int, int]) -> int:
         """Journal, then store; the rows the file gained or changed (what the job counts)."""
         ctx = self.ctx
         self.restater.before_write()
@@ -518,7 +537,7 @@ class SymbolPipeline:
         if not self.ctx.gate.sleep(seconds, self.ctx.token):
             self._check_cancel()
 
-    def _fetch(self, segment: tuple[int, int]) -> list[Bar]:
+    def _fetch(self, segment: tuple[int, int]) -> Sequence[Bar]:
         ctx, (start, end) = self.ctx, segment
         bars = self._request(
             lambda attempt: clean_bars(ctx.provider.fetch(self.symbol, ctx.timeframe, start, end, attempt), start, end)
