@@ -22,7 +22,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import cache
 from operator import itemgetter
 from typing import Any
 
@@ -51,8 +52,9 @@ from ktrdr_collect.providers.binance_archive import (
     ready_archives,
 )
 from ktrdr_collect.providers.binance_archive import TIMEFRAMES as ARCHIVE_TIMEFRAMES
-from ktrdr_collect.providers.http import HttpFailure, HttpPool, RequestCancelled, get_json
+from ktrdr_collect.providers.http import HttpFailure, HttpPool, RequestCancelled, get_bytes, parse_json
 from ktrdr_collect.storage.calendar import AlwaysOpenCalendar
+from ktrdr_collect.storage.columns import Columns
 from ktrdr_collect.storage.timeframes import TIMEFRAMES, WEEK, timeframe_seconds
 
 EARLIEST = 1_499_990_400  # 2017-07-14T00:00:00Z (a Friday), Binance's first trading day
@@ -265,6 +267,45 @@ def parse_klines(body: Any, now_ms: int) -> list[Bar]:
     return bars
 
 
+@cache
+def _kline_decoder() -> Any:
+    """msgspec's typed decoder for a klines answer: the first seven fields of each row (open time,
+    OHLCV as numeric strings, close time) straight into typed fields; the rest are skipped unread."""
+    import msgspec
+
+    class Kline(msgspec.Struct, array_like=True):
+        open_ms: int
+        open: float
+        high: float
+        low: float
+        close: float
+        volume: float
+        close_ms: int
+
+    return msgspec.json.Decoder(list[Kline], strict=False)  # strict=False: "0.0163" -> 0.0163
+
+
+def decode_klines(raw: bytes, now_ms: int, url: str = "binance") -> Columns:
+    """A klines answer's bytes -> columns, ascending, without the still-forming candle: exactly the
+    bars `parse_klines` makes of the parsed body (which also says what is wrong with a malformed one)."""
+    import msgspec
+    import numpy as np
+
+    try:
+        rows = _kline_decoder().decode(raw)
+    except msgspec.DecodeError:
+        return Columns.from_bars(parse_klines(parse_json(raw, url), now_ms))
+    n = len(rows)
+    ts = np.fromiter((k.open_ms for k in rows), np.int64, n) // 1000
+    closes = np.fromiter((k.close_ms for k in rows), np.int64, n)
+    values = np.array([(k.open, k.high, k.low, k.close, k.volume) for k in rows], np.float64).reshape(n, 5)
+    cols = Columns(ts, values)
+    if n and closes.max() >= now_ms:
+        keep = closes < now_ms
+        cols = Columns(ts[keep], values[keep])
+    return cols.sorted_unique() if not cols.strictly_ascending() else cols
+
+
 class BinanceProvider(Provider):
     name = "binance"
     description = "Binance spot klines (crypto, 24/7), public REST API, no key needed"
@@ -312,10 +353,15 @@ class BinanceProvider(Provider):
 
     def _klines(self, symbol: str, timeframe: str, start: int, end: int, limit: int,
                 interrupt: Interrupt | None) -> Any:
+        return parse_json(self._klines_raw(symbol, timeframe, start, end, limit, interrupt),
+                          f"{self.base_url}/api/v3/klines")
+
+    def _klines_raw(self, symbol: str, timeframe: str, start: int, end: int, limit: int,
+                    interrupt: Interrupt | None) -> bytes:
         params = {"symbol": market_id(symbol), "interval": timeframe, "startTime": start * 1000,
                   "endTime": end * 1000 - 1, "limit": limit}
-        return get_json(f"{self.base_url}/api/v3/klines", params, self.options["timeout_s"], interrupt,
-                        classify=classify, pool=self.http)
+        return get_bytes(f"{self.base_url}/api/v3/klines", params, self.options["timeout_s"], interrupt,
+                         classify=classify, pool=self.http)
 
     head_timestamp_is_request = True
 
@@ -330,7 +376,7 @@ class BinanceProvider(Provider):
         self.calendar.lower_floor(timeframe, first)
         return first
 
-    def fetch(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
+    def fetch(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> Sequence[Bar]:
         try:
             if isinstance(self.calendar, ArchiveCalendar):
                 archive = self.calendar.archive_for(timeframe, start, end, self.max_bars)
@@ -344,10 +390,9 @@ class BinanceProvider(Provider):
         except RequestCancelled:
             return []
 
-    def _from_api(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
-        body = self._klines(symbol, timeframe, start, end, MAX_LIMIT, interrupt)
-        bars = parse_klines(body, int(self.clock() * 1000))
-        return [b for b in bars if start <= b[0] < end]
+    def _from_api(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> Columns:
+        raw = self._klines_raw(symbol, timeframe, start, end, MAX_LIMIT, interrupt)
+        return decode_klines(raw, int(self.clock() * 1000), f"{self.base_url}/api/v3/klines").window(start, end)
 
     def _from_archive(self, archive: Archive, symbol: str, timeframe: str, interrupt: Interrupt) -> list[Bar] | None:
         """The archive's bars, or None when the API must serve its span instead (missing or corrupt
@@ -366,17 +411,17 @@ class BinanceProvider(Provider):
         return None
 
     def _from_api_in_pieces(self, symbol: str, timeframe: str, start: int, end: int,
-                            interrupt: Interrupt) -> list[Bar]:
+                            interrupt: Interrupt) -> Columns:
         """An archive's span from the API: one request per `max_bars` bars, spaced by `rate_limit`
         (the engine paced the segment as one request)."""
-        bars: list[Bar] = []
+        parts: list[Columns] = []
         gap = 1.0 / self.rate_limit if self.rate_limit else 0.0
         listing = self.calendar.base if isinstance(self.calendar, ArchiveCalendar) else self.calendar
         for i, (lo, hi) in enumerate(listing.split(timeframe, start, end, self.max_bars)):
             if i and gap and interrupt.wait(gap):
                 raise RequestCancelled
-            bars += self._from_api(symbol, timeframe, lo, hi, interrupt)
-        return bars
+            parts.append(self._from_api(symbol, timeframe, lo, hi, interrupt))
+        return Columns.concat(parts)
 
     def close(self) -> None:
         self.http.close()

@@ -587,6 +587,11 @@ def get_json(
     ValueError for an unknown `client`.
     """
     raw = get_bytes(url, params, timeout, interrupt, headers=headers, classify=classify, client=client, pool=pool)
+    return parse_json(raw, url)
+
+
+def parse_json(raw: bytes, url: str) -> Any:
+    """A JSON body; TransientError (a truncated or garbled answer: worth asking again) if it is none."""
     body, text = _decode(raw)
     if body is None:
         snippet = " ".join(text.split())[:_BODY_SNIPPET]
