@@ -12,7 +12,7 @@ import random
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from ktrdr_collect.providers.base import (
 )
 from ktrdr_collect.providers.shared_file import locked_json
 from ktrdr_collect.storage.calendar import DEMO_CALENDAR
+from ktrdr_collect.storage.columns import Columns
 from ktrdr_collect.storage.timeframes import TIMEFRAMES, timeframe_seconds
 
 FIRST_BAR = 946857600  # 2000-01-03T00:00:00Z
@@ -80,6 +81,40 @@ class DemoSeries:
             nxt = levels[ts + step] = level(ts + step)
             out.append(self._bar(ts, now, nxt))
         return out
+
+    def columns(self, times: Iterable[int]) -> Columns:
+        """`bars(times)` as columns, made with array operations: the same values to the last bit
+        (the hash and the arithmetic are the same IEEE operations in the same order; the price
+        level keeps math.sin and math.exp, once per distinct time, as numpy's may differ in the
+        last bit on some CPUs). tests/unit/test_demo_provider.py compares the two."""
+        import numpy as np
+
+        ts = np.fromiter(times, np.int64)
+        if not len(ts):
+            return Columns.empty()
+        grid = np.union1d(ts, ts + self.step)
+        base, p, exp, sin = self.base, self.phase, math.exp, math.sin
+        levels = np.array([base * exp(0.35 * sin(t * _W1 + p) + 0.12 * sin(t * _W2 + 2 * p)
+                                      + 0.04 * sin(t * _W3 + 3 * p)) for t in grid.tolist()])
+        now, nxt = levels[np.searchsorted(grid, ts)], levels[np.searchsorted(grid, ts + self.step)]
+        x = np.uint64(self.seed) ^ ts.astype(np.uint64)
+        with np.errstate(over="ignore"):
+            x = x + np.uint64(0x9E3779B97F4A7C15)
+            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        h = x ^ (x >> np.uint64(31))
+        mask = np.uint64(0xFFFF)
+        u1 = (h & mask).astype(np.float64) / 65535 - 0.5
+        u2 = ((h >> np.uint64(16)) & mask).astype(np.float64) / 65535 - 0.5
+        u3 = ((h >> np.uint64(32)) & mask).astype(np.float64) / 65535
+        u4 = ((h >> np.uint64(48)) & mask).astype(np.float64) / 65535
+        open_ = now * (1 + 0.004 * u1)
+        close = nxt * (1 + 0.004 * u2)
+        high = np.maximum(open_, close) * (1 + 0.006 * u3)
+        low = np.minimum(open_, close) * (1 - 0.006 * u4)
+        volume = np.trunc(self.volume_scale * (0.5 + u3 + u4))
+        values = np.column_stack([np.trunc(v * 100 + 0.5) / 100 for v in (open_, high, low, close)] + [volume])
+        return Columns(ts, values)
 
     def bar(self, ts: int) -> Bar:
         return self._bar(ts, self.level(ts), self.level(ts + self.step))
@@ -165,7 +200,7 @@ class DemoProvider(Provider):
         if symbol.upper() in self.fail_symbols:
             raise UnknownSymbolError(f"unknown symbol {symbol} (demo fail_symbols)")
 
-    def fetch(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> list[Bar]:
+    def fetch(self, symbol: str, timeframe: str, start: int, end: int, interrupt: Interrupt) -> Sequence[Bar]:
         if self._server is not None:
             mark_sent(interrupt)
             wait = self._server.admit()
@@ -183,4 +218,4 @@ class DemoProvider(Provider):
                 raise TransientError("demo flaky symbol: connection reset (will succeed on retry)")
         series = DemoSeries(symbol.upper(), timeframe)
         times = self.calendar.bar_times(timeframe, max(start, FIRST_BAR), end)
-        return series.bars(itertools.islice(times, self.max_bars))
+        return series.columns(itertools.islice(times, self.max_bars))

@@ -85,6 +85,12 @@ class Columns(Sequence[Bar]):
             return list(self) == [tuple(bar) for bar in other]
         return NotImplemented
 
+    def __add__(self, other: Sequence[Bar]) -> Columns:
+        return Columns.concat([self, as_columns(other)])
+
+    def __radd__(self, other: Sequence[Bar]) -> Columns:
+        return Columns.concat([as_columns(other), self])
+
     __hash__ = None  # type: ignore[assignment]  (mutable arrays: not hashable, like a list)
 
     def __repr__(self) -> str:

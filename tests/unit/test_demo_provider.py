@@ -206,3 +206,22 @@ def test_the_engine_paces_by_when_requests_really_leave(home: Path, tmp_path: Pa
     [result] = engine.process_batch(["A"], "1d", "2023-01-02", "2023-01-23")
     assert result.ok and result.requests == 3
     assert len(corrected) == 3 and all(sent >= slot for slot, sent in corrected)
+
+
+@pytest.mark.parametrize("timeframe", ["1m", "5m", "1h", "1d", "1w"])
+def test_columns_are_the_bars_to_the_last_bit(timeframe: str) -> None:
+    """The vectorised demo (what fetch returns) equals the bar-by-bar definition exactly, in order
+    or not, across symbols and decades."""
+    import random
+
+    from ktrdr_collect.providers.demo import DemoSeries
+    from ktrdr_collect.storage.calendar import DEMO_CALENDAR
+
+    rng = random.Random(timeframe)
+    for symbol in ["AAPL", "MSFT", "S0001", "BTCUSDT", "Z"]:
+        series = DemoSeries(symbol, timeframe)
+        start = FIRST_BAR + rng.randrange(25 * 365 * 86400)
+        times = list(DEMO_CALENDAR.bar_times(timeframe, start, start + 1500 * series.step))[:1500]
+        if rng.random() < 0.5:
+            rng.shuffle(times)
+        assert series.columns(times) == [series.bar(ts) for ts in times] == series.bars(times)
