@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
@@ -27,7 +28,6 @@ from ktrdr_collect.providers.base import (
 )
 from ktrdr_collect.providers.pacing import SharedPacer
 from ktrdr_collect.storage.claims import Claim, ClaimBook, SeriesClaims
-from ktrdr_collect.storage.columns import Columns
 from ktrdr_collect.storage.gaps import merge_intervals, subtract
 from ktrdr_collect.storage.refresh import replace_ranges
 from ktrdr_collect.storage.restamp import restamp_series
@@ -120,6 +120,8 @@ class Batch:
     @property
     def bars(self) -> Sequence[Bar]:
         """The batch's bars in one piece: columns joined when every part is columns."""
+        from ktrdr_collect.storage.columns import Columns
+
         if all(isinstance(part, Columns) for part in self.parts):
             return Columns.concat(self.parts)  # type: ignore[arg-type]
         return [tuple(bar) for part in self.parts for bar in part]  # type: ignore[misc]
@@ -175,7 +177,8 @@ class Cancelled(Exception):
 def clean_bars(bars: Sequence[Bar], start: int, end: int) -> Sequence[Bar]:
     """Bars inside [start, end), sorted, one per timestamp; garbage raises PermanentError. Columns
     (storage.columns) are checked column-wise and stay columns."""
-    if isinstance(bars, Columns):
+    columns = sys.modules.get("ktrdr_collect.storage.columns")  # loaded by whoever made columns
+    if columns is not None and isinstance(bars, columns.Columns):
         if not bars.all_finite():
             bad = next(bar for bar in bars if not math.isfinite(sum(bar[1:])))
             raise PermanentError(f"provider returned non-numeric values in {bad!r}"[:200])

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cache
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ktrdr_collect.errors import ProviderUnavailableError
 from ktrdr_collect.providers.base import (
@@ -54,8 +54,10 @@ from ktrdr_collect.providers.binance_archive import (
 from ktrdr_collect.providers.binance_archive import TIMEFRAMES as ARCHIVE_TIMEFRAMES
 from ktrdr_collect.providers.http import HttpFailure, HttpPool, RequestCancelled, get_bytes, parse_json
 from ktrdr_collect.storage.calendar import AlwaysOpenCalendar
-from ktrdr_collect.storage.columns import Columns
 from ktrdr_collect.storage.timeframes import TIMEFRAMES, WEEK, timeframe_seconds
+
+if TYPE_CHECKING:
+    from ktrdr_collect.storage.columns import Columns
 
 EARLIEST = 1_499_990_400  # 2017-07-14T00:00:00Z (a Friday), Binance's first trading day
 MONDAY = 345_600  # 1970-01-05T00:00:00Z: weekly klines open on Mondays 00:00Z
@@ -291,6 +293,8 @@ def decode_klines(raw: bytes, now_ms: int, url: str = "binance") -> Columns:
     import msgspec
     import numpy as np
 
+    from ktrdr_collect.storage.columns import Columns
+
     try:
         rows = _kline_decoder().decode(raw)
     except msgspec.DecodeError:
@@ -414,6 +418,8 @@ class BinanceProvider(Provider):
                             interrupt: Interrupt) -> Columns:
         """An archive's span from the API: one request per `max_bars` bars, spaced by `rate_limit`
         (the engine paced the segment as one request)."""
+        from ktrdr_collect.storage.columns import Columns
+
         parts: list[Columns] = []
         gap = 1.0 / self.rate_limit if self.rate_limit else 0.0
         listing = self.calendar.base if isinstance(self.calendar, ArchiveCalendar) else self.calendar

@@ -14,7 +14,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ktrdr_collect import paths
 from ktrdr_collect.providers.base import (
@@ -29,8 +29,10 @@ from ktrdr_collect.providers.base import (
 )
 from ktrdr_collect.providers.shared_file import locked_json
 from ktrdr_collect.storage.calendar import DEMO_CALENDAR
-from ktrdr_collect.storage.columns import Columns
 from ktrdr_collect.storage.timeframes import TIMEFRAMES, timeframe_seconds
+
+if TYPE_CHECKING:
+    from ktrdr_collect.storage.columns import Columns
 
 FIRST_BAR = 946857600  # 2000-01-03T00:00:00Z
 _MASK = (1 << 64) - 1
@@ -88,6 +90,8 @@ class DemoSeries:
         level keeps math.sin and math.exp, once per distinct time, as numpy's may differ in the
         last bit on some CPUs). tests/unit/test_demo_provider.py compares the two."""
         import numpy as np
+
+        from ktrdr_collect.storage.columns import Columns
 
         ts = np.fromiter(times, np.int64)
         if not len(ts):

@@ -19,14 +19,16 @@ import os
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from ktrdr_collect import files
 from ktrdr_collect.storage import series
-from ktrdr_collect.storage.columns import Columns, as_columns
 from ktrdr_collect.storage.gaps import Interval
 from ktrdr_collect.storage.series import Bar, FileStats, changed_rows
 from ktrdr_collect.storage.timeframes import format_ts, parse_ts
+
+if TYPE_CHECKING:
+    from ktrdr_collect.storage.columns import Columns
 
 HEADER = "timestamp,open,high,low,close,volume\n"
 SUFFIX = ".csv"
@@ -416,6 +418,8 @@ def merge_into(path: Path, bars: Sequence[Bar]) -> tuple[int, FileStats]:
     inside the span are parsed and merged with the new ones. A backfill (all new bars before the
     first stored one) is then one copy of the file behind the new lines: no stored line is parsed.
     A file that is not in our canonical order (a foreign or hand-edited one) is merged row by row."""
+    from ktrdr_collect.storage.columns import as_columns  # numpy: only where bars are written
+
     with open(path, "rb") as f:
         data = f.read()
     cols = as_columns(bars)
