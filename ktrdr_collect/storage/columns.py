@@ -141,7 +141,45 @@ def as_columns(bars: Sequence[Bar] | Columns) -> Columns:
     return bars if isinstance(bars, Columns) else Columns.from_bars(bars)
 
 
-def timestamps_iso(ts: np.ndarray) -> list[str]:
-    """Epoch seconds -> ``"2024-01-02T14:30:00"`` (storage.timeframes.format_ts's text without its
-    ``Z``), all at once."""
-    return np.datetime_as_string(ts.astype("datetime64[s]"), unit="s").tolist()
+_DIGITS2 = np.array([[48 + i // 10, 48 + i % 10] for i in range(100)], np.uint8)
+"""The two ASCII digits of 0..99."""
+_CLOCKS: list[np.ndarray] = []
+
+
+def _clock_table() -> np.ndarray:
+    """``b"HH:MM:SSZ"`` of every second of a day, as an (86400, 9) byte matrix (made once, 0.8 MB)."""
+    if not _CLOCKS:
+        sec = np.arange(86_400)
+        table = np.empty((86_400, 9), np.uint8)
+        table[:, 0:2], table[:, 3:5] = _DIGITS2[sec // 3600], _DIGITS2[sec // 60 % 60]
+        table[:, 6:8] = _DIGITS2[sec % 60]
+        table[:, 2] = table[:, 5] = ord(":")
+        table[:, 8] = ord("Z")
+        _CLOCKS.append(table)
+    return _CLOCKS[0]
+
+
+def iso_stamps(ts: np.ndarray) -> list[bytes]:
+    """Epoch seconds -> ``b"2024-01-02T14:30:00Z"`` (storage.timeframes.format_ts's text), all at
+    once: the civil date by Howard Hinnant's days-to-civil algorithm, digits and clock times
+    gathered from tables into a byte matrix; no Python call per bar."""
+    days, secs = np.divmod(ts.astype(np.int64), 86_400)
+    z = days + 719_468
+    era = z // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1_460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    month = np.where(mp < 10, mp + 3, mp - 9)
+    year = yoe + era * 400 + (month <= 2)
+    if len(ts) and (year.min() < 1000 or year.max() > 9999):  # not four digits: format_ts spells it
+        from ktrdr_collect.storage.timeframes import format_ts
+
+        return [format_ts(t).encode() for t in ts.tolist()]
+    out = np.empty((len(ts), 20), np.uint8)
+    out[:, 0:2], out[:, 2:4] = _DIGITS2[year // 100], _DIGITS2[year % 100]
+    out[:, 5:7], out[:, 8:10] = _DIGITS2[month], _DIGITS2[doy - (153 * mp + 2) // 5 + 1]
+    out[:, 4] = out[:, 7] = ord("-")
+    out[:, 10] = ord("T")
+    out[:, 11:] = _clock_table()[secs]
+    return out.view("S20").ravel().tolist()

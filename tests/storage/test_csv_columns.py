@@ -110,3 +110,15 @@ def test_a_file_with_a_line_that_is_no_bar_is_merged_row_by_row(tmp_path: Path) 
     assert [line.split(",")[0] for line in path.read_text().splitlines()[1:]] == [
         "1970-01-01T00:00:00Z", "1970-01-01T00:05:00Z", "1970-01-01T00:10:00Z"]
     assert written == 1 and stats.rows == 3
+
+
+def test_iso_stamps_are_format_ts() -> None:
+    import numpy as np
+
+    from ktrdr_collect.storage.columns import iso_stamps
+    from ktrdr_collect.storage.timeframes import format_ts
+
+    rng = random.Random(7)
+    stamps = [rng.randint(-62_135_596_800, 253_402_300_799) for _ in range(5000)]  # years 1 .. 9999
+    stamps += [0, -1, 86_399, 86_400, 951_782_400, 951_868_800, 4_107_542_400, 253_402_300_799, -62_135_596_800]
+    assert iso_stamps(np.array(stamps)) == [format_ts(ts).encode() for ts in stamps]
