@@ -23,4 +23,5 @@ BENCHMARKS = (
     "peer",
     "plan_accuracy",
     "object_store",
+    "backfill",
 )
