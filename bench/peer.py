@@ -117,6 +117,7 @@ def run(quick: bool = False) -> list[Row]:
     note = "" if complete else f"bars: ours {ours.bars}, ccxt {ccxt.bars}, expected {expected}"
     ours_us, ccxt_us = ours.cpu / max(1, ours.bars) * 1e6, ccxt.cpu / max(1, ccxt.bars) * 1e6
     ideal = ours.requests / CONCURRENCY * LATENCY_MS / 1000
+    hot, rows_path, hot_bars = hot_path(pairs[:4], min(days, 30))
     return [
         Row(f"peer wall ({label})", f"{ours.wall:.2f} s", f"ccxt {ccxt.wall:.2f} s", ours.wall / ccxt.wall,
             f"<= {AIM_WALL}x ccxt", ours.wall <= AIM_WALL * ccxt.wall and complete,
@@ -130,7 +131,71 @@ def run(quick: bool = False) -> list[Row]:
             note=f"ours {ours.cpu:.2f} s CPU, ccxt {ccxt.cpu:.2f} s, for {ours.bars} bars each (imports included)"),
         Row("peer peak RSS", f"{ours.rss_mb:.0f} MB", f"ccxt {ccxt.rss_mb:.0f} MB", ours.rss_mb / ccxt.rss_mb,
             f"<= {AIM_RSS_MB:g} MB", ours.rss_mb <= AIM_RSS_MB),
+        Row("peer decode + check + store CSV, CPU per bar", f"{hot:.2f} us", f"row by row {rows_path:.2f} us",
+            hot / rows_path, f"<= {AIM_CPU_US:g} us/bar", hot <= AIM_CPU_US,
+            note=f"in this process, one thread, {hot_bars} bars of the fake's answers (1,000-kline bodies, built "
+                 "beforehand): BinanceProvider's decode_klines + the pipeline's clean_bars + CsvStore.write "
+                 "(append, fsync, coverage record) vs the same bodies through json.loads + parse_klines + the "
+                 "tuple checks + the same store writing row by row with format_row (the path before columns); "
+                 "thread CPU (user + system), best of 2"),
     ]
+
+
+def hot_path(pairs: list[str], days: int) -> tuple[float, float, int]:
+    """CPU per bar of what the issue's 2 us aim covers (decode + check + store CSV), without the HTTP
+    client and the engine: columns vs the row-by-row path, the same answers, the same files."""
+    import shutil
+
+    from bench._peer_exchange import STEPS, Exchange
+    from ktrdr_collect.engine.pipeline import clean_bars
+    from ktrdr_collect.providers.binance import decode_klines, parse_klines
+    from ktrdr_collect.storage import csv_store
+    from ktrdr_collect.storage.csv_store import CsvStore
+
+    exchange = Exchange(0, START + days * DAY, pairs)
+    step = STEPS["1m"]
+    bodies = [(p.replace("/", ""), t, exchange.klines({"symbol": p.replace("/", ""), "interval": "1m",
+                                                       "startTime": str(t * 1000), "limit": "1000"})[1])
+              for p in pairs for t in range(START, START + days * DAY, 1000 * step)]
+    now_ms = (START + days * DAY + 3600) * 1000
+
+    def columns(store: CsvStore) -> int:
+        n = 0
+        for market, t, raw in bodies:
+            bars = clean_bars(decode_klines(raw, now_ms), t, t + 1000 * step)
+            store.write("binance", "1m", market, bars, (t, t + 1000 * step))
+            n += len(bars)
+        return n
+
+    def rows(store: CsvStore) -> int:
+        n = 0
+        columnar = csv_store.csv_text
+        csv_store.csv_text = lambda bars: "".join(map(csv_store.format_row, bars)).encode()  # the 0.1 writer
+        try:
+            for market, t, raw in bodies:
+                bars = clean_bars(parse_klines(json.loads(raw), now_ms), t, t + 1000 * step)
+                store.write("binance", "1m", market, bars, (t, t + 1000 * step))
+                n += len(bars)
+        finally:
+            csv_store.csv_text = columnar
+        return n
+
+    best: dict[str, float] = {}
+    files: dict[str, bytes] = {}
+    for _ in range(2):
+        for name, fn in (("columns", columns), ("rows", rows)):
+            with tempfile.TemporaryDirectory(prefix="ktrdr-bench-hot-") as tmp:
+                store = CsvStore(Path(tmp))
+                t0 = time.thread_time()
+                n = fn(store)
+                cpu = (time.thread_time() - t0) / n * 1e6
+                best[name] = min(best.get(name, cpu), cpu)
+                files[name] = b"".join(store.path("binance", "1m", p.replace("/", "")).read_bytes() for p in pairs)
+                shutil.rmtree(tmp, ignore_errors=True)
+    if files["columns"] != files["rows"]:
+        raise RuntimeError("the columnar writer's files differ from the row-by-row writer's")
+    log(f"peer hot path: columns {best['columns']:.2f} us/bar, rows {best['rows']:.2f} us/bar ({n} bars, files equal)")
+    return best["columns"], best["rows"], n
 
 
 if __name__ == "__main__":

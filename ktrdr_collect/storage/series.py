@@ -24,6 +24,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -43,6 +44,7 @@ LOCK_SUFFIX = ".lock"
 # --- paths --------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)
 def series_folder(root: Path, provider: str, timeframe: str) -> Path:
     """``<root>/<provider>/<timeframe>``, refusing names that would leave the data dir."""
     timeframe_seconds(timeframe)
@@ -51,10 +53,12 @@ def series_folder(root: Path, provider: str, timeframe: str) -> Path:
     return Path(root) / provider / timeframe
 
 
+@lru_cache(maxsize=16384)  # paths are immutable: every segment's write asks for the same few again
 def data_path(root: Path, provider: str, timeframe: str, symbol: str, suffix: str) -> Path:
     return series_folder(root, provider, timeframe) / f"{file_stem(symbol)}{suffix}"
 
 
+@lru_cache(maxsize=16384)
 def meta_path(root: Path, provider: str, timeframe: str, symbol: str, suffix: str) -> Path:
     return series_folder(root, provider, timeframe) / META_DIR / f"{file_stem(symbol)}{suffix}"
 
