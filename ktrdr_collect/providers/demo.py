@@ -13,6 +13,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +94,7 @@ class DemoSeries:
 
         from ktrdr_collect.storage.columns import Columns
 
-        ts = np.fromiter(times, np.int64)
+        ts = times if isinstance(times, np.ndarray) else np.fromiter(times, np.int64)
         if not len(ts):
             return Columns.empty()
         grid = np.union1d(ts, ts + self.step)
@@ -135,6 +136,17 @@ class DemoSeries:
         low = min(open_, close) * (1 - 0.006 * u4)
         volume = float(int(self.volume_scale * (0.5 + u3 + u4)))
         return (ts, _cents(open_), _cents(high), _cents(low), _cents(close), volume)
+
+
+@lru_cache(maxsize=256)
+def bar_times(calendar: Any, timeframe: str, start: int, end: int, limit: int) -> Any:
+    """The first `limit` bar times in [start, end) as a read-only int64 array: the same for every
+    symbol, so a batch asking each symbol for the same window enumerates the calendar once."""
+    import numpy as np
+
+    times = np.fromiter(itertools.islice(calendar.bar_times(timeframe, start, end), limit), np.int64)
+    times.setflags(write=False)
+    return times
 
 
 def _symbol_set(text: str) -> frozenset[str]:
@@ -221,5 +233,4 @@ class DemoProvider(Provider):
             if first_time:
                 raise TransientError("demo flaky symbol: connection reset (will succeed on retry)")
         series = DemoSeries(symbol.upper(), timeframe)
-        times = self.calendar.bar_times(timeframe, max(start, FIRST_BAR), end)
-        return series.columns(itertools.islice(times, self.max_bars))
+        return series.columns(bar_times(self.calendar, timeframe, max(start, FIRST_BAR), end, self.max_bars))

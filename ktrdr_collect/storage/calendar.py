@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date, datetime, time
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
 from ktrdr_collect.storage.timeframes import DAY, WEEK, is_intraday, timeframe_seconds
@@ -18,6 +18,7 @@ Run = tuple[int, int, int]
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _MONDAY_PHASE = 4 * DAY  # 1970-01-05, the first Monday after the epoch
+_SPLIT_MEMO = 256
 _FIRST_BAR_TRIES = 13  # search windows double from 1 week: ~150 years in total
 
 
@@ -89,8 +90,25 @@ class RunCalendar:
             span *= 2
         return None
 
+    memo_split = False
+    """A calendar whose sessions never change once made (all but ``first``, which is in the key)
+    keeps its tilings: every symbol of a batch asks for the same window's."""
+
     def split(self, timeframe: str, start: int, end: int, max_bars: int) -> list[tuple[int, int]]:
         """Tile ``[start, end)`` with the fewest segments holding 1..max_bars bars each."""
+        if not self.memo_split:
+            return self._split(timeframe, start, end, max_bars)
+        memo: dict[tuple[Any, ...], list[tuple[int, int]]] = self.__dict__.setdefault("_split_memo", {})
+        key = (timeframe, start, end, max_bars, self.first)
+        segments = memo.get(key)
+        if segments is None:
+            segments = self._split(timeframe, start, end, max_bars)
+            if len(memo) >= _SPLIT_MEMO:
+                memo.clear()
+            memo[key] = segments
+        return list(segments)
+
+    def _split(self, timeframe: str, start: int, end: int, max_bars: int) -> list[tuple[int, int]]:
         if max_bars < 1:
             raise ValueError("max_bars must be at least 1")
         segments: list[tuple[int, int]] = []
@@ -150,6 +168,8 @@ def weekday_of(day: int) -> int:
 
 class SessionCalendar(RunCalendar):
     """Exchange sessions: given weekdays in a timezone, minus holidays, open..close local time."""
+
+    memo_split = True  # fixed at construction (``first`` is in the memo's key)
 
     def __init__(
         self,
