@@ -387,7 +387,7 @@ class BinanceProvider(Provider):
                 if archive is not None:
                     bars = self._from_archive(archive, symbol, timeframe, interrupt)
                     if bars is not None:
-                        return [b for b in bars if start <= b[0] < end]
+                        return bars.window(start, end)
             if self.calendar.count(timeframe, start, end) > self.max_bars:
                 return self._from_api_in_pieces(symbol, timeframe, start, end, interrupt)
             return self._from_api(symbol, timeframe, start, end, interrupt)
@@ -398,7 +398,7 @@ class BinanceProvider(Provider):
         raw = self._klines_raw(symbol, timeframe, start, end, MAX_LIMIT, interrupt)
         return decode_klines(raw, int(self.clock() * 1000), f"{self.base_url}/api/v3/klines").window(start, end)
 
-    def _from_archive(self, archive: Archive, symbol: str, timeframe: str, interrupt: Interrupt) -> list[Bar] | None:
+    def _from_archive(self, archive: Archive, symbol: str, timeframe: str, interrupt: Interrupt) -> Columns | None:
         """The archive's bars, or None when the API must serve its span instead (missing or corrupt
         archive; with source=auto also an archive host that cannot be reached)."""
         market = market_id(symbol)

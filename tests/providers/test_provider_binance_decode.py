@@ -51,3 +51,34 @@ def test_malformed_answers_fail_as_the_row_parser_says(raw: bytes) -> None:
 def test_a_truncated_answer_is_a_transient_error() -> None:
     with pytest.raises(TransientError, match="malformed JSON"):
         decode_klines(b'[[60000,"1","1"', 2**62)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_archive_columns_equal_the_row_parser(seed: int) -> None:
+    """Archives: milliseconds before 2025 and microseconds after, a header or not, CRLF, rows out of
+    order and repeated: the columns are parse_csv's bars (ascending, one per time, the last kept)."""
+    from ktrdr_collect.engine.pipeline import clean_bars
+    from ktrdr_collect.providers.binance_archive import parse_columns, parse_csv
+
+    text = _archive_text(random.Random(seed))
+    columns = parse_columns(text)
+    assert isinstance(columns, Columns)
+    assert columns == clean_bars(parse_csv(text), 0, 2**40)
+
+
+def test_an_archive_row_that_is_not_numbers_fails_as_the_row_parser_says() -> None:
+    from ktrdr_collect.providers.binance_archive import ArchiveUnavailable, parse_columns
+
+    with pytest.raises(ArchiveUnavailable, match="malformed archive row 2"):
+        parse_columns("1735689600000000,1,2,0.5,1.5,10\n1735693200000000,1,2,oops,1.5,10\n")
+
+
+def _archive_text(rng: random.Random) -> str:
+    lines = []
+    for i in range(rng.randint(1, 200)):
+        t = 1_735_689_600 + rng.randint(-3, 3) * 86_400 + rng.randrange(100) * 60
+        stamp = t * 1_000_000 if t >= 1_735_689_600 else t * 1000
+        lines.append(f"{stamp},{rng.random():.8f},{rng.random() + 1:.8f},0.5,{rng.random():.5f},{i * 1.5},"
+                     f"{stamp + 59},1.0,3,0.5,0.25,0")
+    text = "\r\n".join(lines) if rng.random() < 0.3 else "\n".join(lines)
+    return ("open_time,open,high,low,close,volume,close_time,q,n,tb,tq,ignore\n" + text) if rng.random() < 0.3 else text
