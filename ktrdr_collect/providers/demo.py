@@ -98,9 +98,10 @@ class DemoSeries:
         if not len(ts):
             return Columns.empty()
         grid = np.union1d(ts, ts + self.step)
-        base, p, exp, sin = self.base, self.phase, math.exp, math.sin
-        levels = np.array([base * exp(0.35 * sin(t * _W1 + p) + 0.12 * sin(t * _W2 + 2 * p)
-                                      + 0.04 * sin(t * _W3 + 3 * p)) for t in grid.tolist()])
+        base, exp, sin, w1, w2, w3 = self.base, math.exp, math.sin, _W1, _W2, _W3
+        p1, p2, p3 = self.phase, 2 * self.phase, 3 * self.phase  # `level`'s operations, hoisted
+        levels = np.array([base * exp(0.35 * sin(t * w1 + p1) + 0.12 * sin(t * w2 + p2) + 0.04 * sin(t * w3 + p3))
+                           for t in grid.astype(np.float64).tolist()])  # times < 2**53: exact as floats
         now, nxt = levels[np.searchsorted(grid, ts)], levels[np.searchsorted(grid, ts + self.step)]
         x = np.uint64(self.seed) ^ ts.astype(np.uint64)
         with np.errstate(over="ignore"):
