@@ -11,6 +11,8 @@ API (ProcessingEngine: a job's engine without the runner):
   empty data dir.
 - run C: a straight 10-year forward fill into another empty dir; A's files must equal C's byte for
   byte.
+- not --quick, for information: one symbol extended 1 -> 20 years and its forward twin (how the
+  cost of rewriting the whole file once per batch grows with the file).
 
 Compared: wall and process CPU of the backfill job vs the forward job (aim: wall <= 1.3x). Also
 measured in the backfill job, by wrapping the store's `write` and the provider's `fetch`:
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import math
 import os
 import subprocess
 import sys
@@ -40,6 +43,8 @@ from bench._common import Row, fmt_s, format_table, fresh_home, log
 ROOT = Path(__file__).resolve().parent.parent
 END_YEAR = 2024
 AIM = 1.3
+LONG_YEARS = 20
+"""Not --quick: one symbol is also extended 1 -> 20 years (info: how the rewrites' cost grows)."""
 OPTIONS = {"latency_ms": 0, "max_bars": 1000}
 
 
@@ -131,9 +136,22 @@ def child(data_dir: str, symbols: list[str], start: str, end: str, profile: bool
     if bad:
         raise RuntimeError(f"job failed: {bad}")
     sizes = {s: store.size("demo", "1m", s) for s in symbols}
-    return {"wall": wall, "cpu": cpu, "candles": sum(r.candles for r in results),
+    return {"wall": wall, "cpu": cpu, "candles": sum(r.candles for r in results), "maxrss_mb": peak_rss_mb(),
             "requests": requests[0], "writes": writes, "rewrites": rewrites, "locked": locked_requests,
             "wchar": written, "sizes": sizes}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (Linux VmHWM: of this program alone; ru_maxrss would carry over the
+    parent's peak across fork and exec), or NaN."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
 
 
 def profile_symbols() -> list:
@@ -189,16 +207,18 @@ def run(quick: bool = False, profile: bool = False) -> list[Row]:
         folder = ("demo", "1m")
         got, want = files_of(a.joinpath(*folder)), files_of(c.joinpath(*folder))
         identical = sorted(got) == sorted(f"{s}.csv" for s in symbols) and got == want
+        del got, want
         if profile:  # a separate backfill, so that the profiler's overhead is in no timed job
             job(home / "d", symbols, recent, end)
             job(home / "d", symbols, first, end, profile=True)
+        longer = None if quick else trend(home, LONG_YEARS)
     same_bars = back["candles"] == fwd["candles"]
     ratio = back["wall"] / fwd["wall"]
     cpu_ratio = back["cpu"] / fwd["cpu"]
     final = sum(back["sizes"].values())
     rewrites = max(back["rewrites"].values())
     label = f"backfill 1m 1->{years}y ({len(symbols)} sym, {back['candles']} bars)"
-    return [
+    rows = [
         Row(f"{label} wall", fmt_s(back["wall"]), f"forward same bars {fmt_s(fwd['wall'])}", ratio,
             f"<= {AIM}x", ratio <= AIM and same_bars and identical,
             note=f"backfill {back['candles']} bars / forward {fwd['candles']} bars "
@@ -216,6 +236,31 @@ def run(quick: bool = False, profile: bool = False) -> list[Row]:
             note=f"store lock held at {back['locked']['store']}, claims-folder lock at "
                  f"{back['locked']['claims']} of the backfill's provider requests"),
     ]
+    rows.append(Row("backfill peak RSS (job's process)", f"{back['maxrss_mb']:.0f} MB",
+                    f"forward {fwd['maxrss_mb']:.0f} MB", back["maxrss_mb"] / fwd["maxrss_mb"], "(info)", None,
+                    note=f"VmHWM of each job's child process (imports included); each rewrite holds the "
+                         f"whole file in memory (largest final file {max(back['sizes'].values()) / 1e6:.0f} MB)"))
+    if longer is not None:
+        lback, lfwd = longer
+        rows.append(Row(f"backfill 1m 1->{LONG_YEARS}y (1 sym, {lback['candles']} bars) wall", fmt_s(lback["wall"]),
+                        f"forward same bars {fmt_s(lfwd['wall'])}", lback["wall"] / lfwd["wall"], "(info)", None,
+                        note=f"the trend: CPU {fmt_s(lback['cpu'])} vs {fmt_s(lfwd['cpu'])} forward "
+                             f"({lback['cpu'] / lfwd['cpu']:.2f}x), {lback['rewrites']['BF1']} rewrites, "
+                             f"{lback['wchar'] / 1e6:.0f} MB written for a "
+                             f"{lback['sizes']['BF1'] / 1e6:.0f} MB file (forward {lfwd['wchar'] / 1e6:.0f} MB), "
+                             f"peak RSS {lback['maxrss_mb']:.0f} MB (forward {lfwd['maxrss_mb']:.0f} MB)"))
+    return rows
+
+
+def trend(home: Path, years: int) -> tuple[dict, dict]:
+    """One symbol, 1 -> `years` years: the backfill and its forward twin (no identity check)."""
+    recent, first, end = f"{END_YEAR - 1}-01-01", f"{END_YEAR - years}-01-01", f"{END_YEAR}-01-01"
+    job(home / "e", ["BF1"], recent, end)
+    back = job(home / "e", ["BF1"], first, end)
+    fwd = job(home / "f", ["BF1"], first, recent)
+    log(f"backfill: 1->{years}y backfill {back['wall']:.2f}s (cpu {back['cpu']:.2f}s), forward {fwd['wall']:.2f}s "
+        f"(cpu {fwd['cpu']:.2f}s), rewrites {back['rewrites']}")
+    return back, fwd
 
 
 def main() -> None:
