@@ -12,9 +12,11 @@ is time order. Invariant: parts hold disjoint time ranges, each sorted with uniq
 reading the folder in name order (what ``pandas.read_parquet`` does) gives sorted unique rows.
 
 A segment that overlaps no part becomes a new part (appends and backfills cost O(segment)); one
-that overlaps parts is merged with just those parts. Beyond ``max_parts`` parts, the run of
-adjacent parts with the fewest rows is merged into one (log-structured: each bar is rewritten
-O(log n) times overall).
+that overlaps parts is merged with just those parts. Beyond ``max_parts`` parts below
+``full_rows`` rows, a run of adjacent such parts is merged into one (``choose_run``: appended
+bars are rewritten about twice; full parts never), streamed as Arrow columns. Bars move as Arrow
+tables throughout; Python tuples only at the Store interface (``read``), and a write takes tuples
+or storage.columns' numpy columns alike.
 
 Crash safety: a part is written to a hidden temp file (``.``-prefixed: pyarrow ignores it) and
 fsynced first. A new part that replaces none is then renamed into place. A merge, which replaces
@@ -31,27 +33,35 @@ Only imported when pyarrow is installed (``open_store`` checks first).
 
 from __future__ import annotations
 
+import calendar
 import contextlib
+import functools
 import json
 import os
-from collections.abc import Sequence
+import stat
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ktrdr_collect import files
 from ktrdr_collect.storage import series
 from ktrdr_collect.storage.gaps import Interval
-from ktrdr_collect.storage.series import Bar, changed_rows
+from ktrdr_collect.storage.series import Bar
 
 SUFFIX = ".parquet"
 PART_PREFIX = "part-"
 COMMIT_FILE = "_commit.json"
 SUPERSEDED_SUFFIX = ".superseded"
 MAX_PARTS = 32
+FULL_ROWS = 1 << 18
+"""A part of this many rows (half a year of 1m bars, ~5 MB) is full: compaction leaves it alone."""
 VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
 TIME_UNIT = "ns"  # UTC timestamp[ns]: what pandas, polars and DuckDB read without a conversion
 _PER_S = 1_000_000_000
@@ -79,7 +89,14 @@ def ts_name(ts: int) -> str:
 
 
 def name_ts(text: str) -> int:
-    return int(datetime.strptime(text, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp())
+    """``YYYYMMDDTHHMMSSZ`` -> epoch seconds (ValueError if it is not one): parsed by hand, as a
+    listing parses every part's name and strptime costs ~10 us a name."""
+    if len(text) != 16 or text[8] != "T" or text[15] != "Z" or not (text[:8] + text[9:15]).isdigit() \
+            or not text.isascii():
+        raise ValueError(f"not a part time: {text!r}")
+    d = datetime(int(text[:4]), int(text[4:6]), int(text[6:8]), int(text[9:11]), int(text[11:13]),
+                 int(text[13:15]), tzinfo=UTC)
+    return calendar.timegm(d.utctimetuple())
 
 
 def part_name(first: int, last: int) -> str:
@@ -96,19 +113,24 @@ def parse_part_name(name: str) -> tuple[int, int] | None:
         return None
 
 
-def list_parts(folder: Path) -> list[Part]:
-    """All part files, by time; a missing folder has none."""
-    try:
-        names = os.listdir(folder)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    parts = []
-    for name in names:
-        span = parse_part_name(name)
-        if span is not None:
-            parts.append(Part(span[0], span[1], folder / name))
+def list_parts(folder: Path, names: Sequence[str] | None = None) -> list[Part]:
+    """All part files (among ``names``, else the folder's), by time; a missing folder has none."""
+    if names is None:
+        try:
+            names = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    parts = [part for part in (part_in(folder, name) for name in names) if part is not None]
     parts.sort()
     return parts
+
+
+@functools.lru_cache(maxsize=4096)
+def part_in(folder: Path, name: str) -> Part | None:
+    """The part a file name in ``folder`` names, or None (remembered: every write lists the parts
+    a few times, and a name's meaning never changes)."""
+    span = parse_part_name(name)
+    return None if span is None else Part(span[0], span[1], folder / name)
 
 
 def split_live(parts: list[Part]) -> tuple[list[Part], list[Part]]:
@@ -197,7 +219,29 @@ def committed_parts(folder: Path) -> list[Part]:
     return committed_view(folder, parts, after)
 
 
-# --- conversions --------------------------------------------------------------------------------
+# --- conversions: bars move as Arrow columns; tuples only at the Store interface ---------------
+
+TS_TYPE = pa.timestamp(TIME_UNIT, tz="UTC")
+DATA_COLUMNS = ["timestamp", *VALUE_COLUMNS]
+CORE = pa.schema([SCHEMA.field(name) for name in DATA_COLUMNS])
+"""A part's bars without its labels: what merges, reads and compactions move around."""
+WRITE_OPTIONS: dict[str, object] = {
+    "compression": {**{name: "none" for name in LABEL_COLUMNS}, **{name: "zstd" for name in DATA_COLUMNS}},
+    "use_dictionary": list(LABEL_COLUMNS),  # the labels; prices and volumes encode plainly (smaller, faster)
+    "write_statistics": ["timestamp"],  # min/max time per row group: what readers filter on
+}
+"""How every part is encoded (the schema is SCHEMA whatever these say)."""
+SMALL_ROWS = 1 << 13
+"""A part of fewer rows is written uncompressed: zstd's set-up per column costs more than the
+~30 KB it would save on a 1000-bar segment, and compaction soon rewrites such parts, compressed."""
+BATCH_ROWS = 1 << 17
+"""Rows a compaction holds in memory at a time, and the row groups it writes."""
+_MAX_S = (2**63 - 1) // _PER_S
+"""Bar times beyond this many seconds from 1970 do not fit timestamp[ns]."""
+
+
+def write_options(rows: int) -> dict[str, object]:
+    return WRITE_OPTIONS if rows >= SMALL_ROWS else {**WRITE_OPTIONS, "compression": "none"}
 
 
 def label_of(folder: Path) -> tuple[str, str, str]:
@@ -208,40 +252,138 @@ def label_of(folder: Path) -> tuple[str, str, str]:
     return folder.parent.parent.name, folder.parent.name, symbol_of_stem(folder.name.removesuffix(SUFFIX))
 
 
+def core_table(bars: Sequence[Bar]) -> pa.Table:
+    """Bars (a list of tuples, or columns with numpy ``ts``/``values`` as storage.columns makes)
+    as an Arrow table of CORE; no Python object per value on the columnar path."""
+    ts, values = getattr(bars, "ts", None), getattr(bars, "values", None)
+    if isinstance(ts, np.ndarray) and isinstance(values, np.ndarray):
+        stamps = ts.astype(np.int64, copy=False)
+        cols = [np.ascontiguousarray(values[:, i], dtype=np.float64) for i in range(len(VALUE_COLUMNS))]
+    else:
+        rows = bars if isinstance(bars, list | tuple) else list(bars)
+        if rows:
+            first, *rest = zip(*rows, strict=True)
+            stamps = np.array(first, np.int64)
+            cols = [np.array(col, np.float64) for col in rest]
+        else:
+            stamps, cols = np.empty(0, np.int64), [np.empty(0, np.float64)] * len(VALUE_COLUMNS)
+    if len(cols) != len(VALUE_COLUMNS):
+        raise ValueError(f"a bar has {len(cols) + 1} fields, expected {len(DATA_COLUMNS)}")
+    if len(stamps) and (stamps.min() < -_MAX_S or stamps.max() > _MAX_S):
+        raise OverflowError("a bar time is out of the range of timestamp[ns]")
+    arrays = [pa.array(stamps * _PER_S, pa.int64()).view(TS_TYPE), *(pa.array(col, pa.float64()) for col in cols)]
+    return pa.Table.from_arrays(arrays, schema=CORE)
+
+
+def normalized(table: pa.Table) -> pa.Table:
+    """A part's bar columns as CORE, whatever the part was written with (timestamp[ms] without
+    labels before they existed)."""
+    columns = []
+    for field in CORE:
+        column = table.column(field.name)
+        if column.type != field.type:
+            if field.name == "timestamp":  # to ns, then the zone named
+                column = column.cast(pa.timestamp(TIME_UNIT)).cast(pa.int64()).cast(TS_TYPE)
+            else:
+                column = column.cast(field.type)
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=CORE)
+
+
+def labelled(core: pa.Table, label: tuple[str, str, str]) -> pa.Table:
+    """A CORE table with its series' label columns in front (SCHEMA)."""
+    zeros = label_indices(core.num_rows)
+    labels = [pa.DictionaryArray.from_arrays(zeros, label_dictionary(text), safe=False) for text in label]
+    return pa.Table.from_arrays([*labels, *core.columns], schema=SCHEMA)
+
+
+@functools.lru_cache(maxsize=8)
+def label_indices(rows: int) -> pa.Array:
+    return pa.array(np.zeros(rows, np.int8))
+
+
+@functools.lru_cache(maxsize=256)
+def label_dictionary(text: str) -> pa.Array:
+    return pa.array([text], pa.string())
+
+
+def stamps_ns(table: pa.Table) -> np.ndarray:
+    """The timestamp column as int64 nanoseconds (one numpy array)."""
+    column = table.column("timestamp")
+    if not column.num_chunks:
+        return np.empty(0, np.int64)
+    return column.to_numpy().view(np.int64)
+
+
+def ascending(ts: np.ndarray) -> bool:
+    return len(ts) < 2 or bool((ts[1:] > ts[:-1]).all())
+
+
 def bars_to_table(bars: Sequence[Bar], label: tuple[str, str, str] = ("", "", "")) -> pa.Table:
-    columns = list(zip(*bars, strict=True)) if bars else [()] * 6
-    n = len(columns[0])
-    arrays = [pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int8()), pa.array([text], pa.string()))
-              for text in label]
-    arrays.append(pa.array([ts * _PER_S for ts in columns[0]], pa.int64()).cast(SCHEMA.field("timestamp").type))
-    arrays += [pa.array(col, pa.float64()) for col in columns[1:]]
-    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+    return labelled(core_table(bars), label)
 
 
 def table_to_bars(table: pa.Table) -> list[Bar]:
-    stamps = table.column("timestamp").cast(pa.timestamp(TIME_UNIT)).cast(pa.int64()).to_pylist()
-    values = [table.column(name).cast(pa.float64()).to_pylist() for name in VALUE_COLUMNS]
-    return [(ns // _PER_S, *row) for ns, *row in zip(stamps, *values, strict=True)]
+    core = normalized(table)
+    stamps = (stamps_ns(core) // _PER_S).tolist()
+    values = [core.column(name).to_numpy().tolist() for name in VALUE_COLUMNS]
+    return list(zip(stamps, *values, strict=True))
+
+
+def read_core(path: Path) -> pa.Table:
+    """A part's bars (one thread: pyarrow's pool costs more CPU than it saves on parts this size)."""
+    with pq.ParquetFile(path, pre_buffer=False) as f:
+        return normalized(f.read(columns=DATA_COLUMNS, use_threads=False))
 
 
 def read_part(path: Path) -> list[Bar]:
-    return table_to_bars(pq.read_table(path, columns=["timestamp", *VALUE_COLUMNS]))
+    return table_to_bars(read_core(path))
+
+
+def merge_tables(tables: Sequence[pa.Table]) -> pa.Table:
+    """CORE tables as one, sorted, one row per timestamp; a later table wins on equal timestamps.
+    Tables already in order (each ascending, each after the one before) are just concatenated."""
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return CORE.empty_table()
+    stamps = [stamps_ns(t) for t in tables]
+    if all(ascending(ts) for ts in stamps) and all(a[-1] < b[0] for a, b in zip(stamps, stamps[1:], strict=False)):
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    ts = np.concatenate(stamps)
+    source = np.repeat(np.arange(len(tables)), [len(t) for t in stamps])
+    order = np.lexsort((-source, ts))  # by time, the latest table first among equal times
+    ts = ts[order]
+    keep = order[np.append(True, ts[1:] != ts[:-1])]
+    return pa.concat_tables(tables).take(pa.array(keep))
+
+
+def changed_count(stored: pa.Table, new: pa.Table) -> int:
+    """How many rows of ``new`` are not already in ``stored`` (sorted, unique) exactly so."""
+    old_ts, new_ts = stamps_ns(stored), stamps_ns(new)
+    if not len(old_ts):
+        return new.num_rows
+    at = np.minimum(np.searchsorted(old_ts, new_ts), len(old_ts) - 1)
+    same = old_ts[at] == new_ts
+    for name in VALUE_COLUMNS:
+        same &= stored.column(name).to_numpy()[at] == new.column(name).to_numpy()
+    return int(new.num_rows - np.count_nonzero(same))
 
 
 def merge_bars(old: Sequence[Sequence[Bar]], new: Sequence[Bar]) -> list[Bar]:
     """Bars of ``old`` and ``new`` sorted, one per timestamp; ``new`` wins on equal timestamps."""
-    merged: dict[int, Bar] = {}
-    for bars in old:
-        merged.update((bar[0], bar) for bar in bars)
-    merged.update((bar[0], bar) for bar in new)
-    return [merged[ts] for ts in sorted(merged)]
+    return table_to_bars(merge_tables([core_table(bars) for bars in (*old, new)]))
+
+
+def encode_part(core: pa.Table, label: tuple[str, str, str]) -> pa.Buffer:
+    """A CORE table as the bytes of one Parquet file, labelled with its series."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(labelled(core, label), sink, **write_options(core.num_rows))  # type: ignore[arg-type]
+    return sink.getvalue()
 
 
 def part_bytes(bars: Sequence[Bar], label: tuple[str, str, str] = ("", "", "")) -> bytes:
     """``bars`` as the bytes of one Parquet file, labelled with their series."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(bars_to_table(bars, label), sink, compression="zstd")
-    return sink.getvalue().to_pybytes()
+    return encode_part(core_table(bars), label).to_pybytes()
 
 
 def remove_files(paths: Sequence[Path]) -> None:
@@ -281,11 +423,14 @@ class ParquetStore:
     """``AAPL.parquet.coverage.json``: distinct from the CSV's ``AAPL.coverage.json``, so that
     collecting a symbol in both formats into one data dir never shares coverage."""
 
-    def __init__(self, root: Path, max_parts: int = MAX_PARTS) -> None:
+    def __init__(self, root: Path, max_parts: int = MAX_PARTS, full_rows: int = FULL_ROWS) -> None:
         if max_parts < 2:
             raise ValueError("max_parts must be at least 2")
+        if full_rows < 1:
+            raise ValueError("full_rows must be at least 1")
         self.root = Path(root)
         self.max_parts = max_parts
+        self.full_rows = full_rows
 
     def __repr__(self) -> str:
         return f"ParquetStore({str(self.root)!r})"
@@ -349,7 +494,7 @@ class ParquetStore:
         """Stored rows, from the parts' metadata (no data read)."""
         for attempt in range(10):
             try:
-                return sum(pq.read_metadata(p.path).num_rows for p in self._live_parts(provider, timeframe, symbol))
+                return sum(part_rows(p.path) for p in self._live_parts(provider, timeframe, symbol))
             except FileNotFoundError:
                 if attempt == 9:
                     raise
@@ -397,22 +542,23 @@ class ParquetStore:
     # the dataset operations (called under the lock)
 
     def _store_bars(self, path: Path, bars: Sequence[Bar]) -> int:
-        self._open_dataset(path)
-        live = list_parts(path)
+        parts = self._open_dataset(path)
+        new = core_table(bars)
         first, last = bars[0][0], bars[-1][0]
-        hit = [p for p in live if p.first <= last and first <= p.last]
-        written = len(bars)
-        if hit:
-            old = [read_part(p.path) for p in hit]
-            written = changed_rows({bar[0]: bar for part in old for bar in part}, bars)
-            bars = merge_bars(old, bars)
-        commit_parts(path, bars, hit)
-        compact(path, self.max_parts)
+        hit = [p for p in parts if p.first <= last and first <= p.last]
+        written = new.num_rows
+        if hit:  # merged with just the parts it overlaps; the new values win
+            stored = merge_tables([read_core_cached(p.path) for p in hit])
+            written = changed_count(stored, new)
+            new = merge_tables([stored, new])
+        made = commit_parts(path, new, hit)
+        parts = sorted([p for p in parts if p not in hit] + ([made] if made else []))
+        compact(path, self.max_parts, self.full_rows, parts)
         return written
 
     def _replace_bars(self, path: Path, bars: Sequence[Bar]) -> None:
         self._open_dataset(path)
-        commit_parts(path, bars, list_parts(path))
+        commit_parts(path, core_table(bars), list_parts(path))
 
     def _erase_bars(self, path: Path, start: int | None, end: int | None) -> int:
         if not os.path.lexists(path):
@@ -420,25 +566,31 @@ class ParquetStore:
         self._open_dataset(path)
         lo, hi = series.erase_window(start, end)
         hit = [p for p in list_parts(path) if p.first < hi and lo <= p.last]
-        old = [bar for p in hit for bar in read_part(p.path)]
-        kept = series.outside(old, start, end)
+        tables = [read_core(p.path) for p in hit]
+        kept = [t.filter(pa.array(~in_window(stamps_ns(t), lo, hi))) for t in tables]
         if hit:
-            commit_parts(path, merge_bars([kept], []), hit)
+            commit_parts(path, merge_tables(kept), hit)
         if start is None and end is None:  # the whole series: the empty dataset folder goes too
             with contextlib.suppress(OSError):
                 os.rmdir(path)
                 files.fsync_dir(path.parent)
-        return len(old) - len(kept)
+        return sum(t.num_rows for t in tables) - sum(t.num_rows for t in kept)
 
-    def _open_dataset(self, path: Path) -> None:
-        """Make the dataset folder (never through a link) and finish what a crash left in it."""
-        if os.path.isfile(path) and not files.is_symlink(path):
-            raise FileExistsError(f"{path} is a file, expected a Parquet dataset folder")
-        created = not os.path.lexists(path)
-        files.make_dirs(path, files.DATA_DIR_MODE, root=self.root)
-        if created:
-            files.fsync_dir(path.parent)
-        recover(path)
+    def _open_dataset(self, path: Path) -> list[Part]:
+        """Make the dataset folder (never through a link) and finish what a crash left in it;
+        returns its parts."""
+        try:
+            real_folder = stat.S_ISDIR(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            real_folder = False
+        if not real_folder:  # (an existing one: the lock has just checked the folders above it)
+            if os.path.isfile(path) and not files.is_symlink(path):
+                raise FileExistsError(f"{path} is a file, expected a Parquet dataset folder")
+            created = not os.path.lexists(path)
+            files.make_dirs(path, files.DATA_DIR_MODE, root=self.root)
+            if created:
+                files.fsync_dir(path.parent)
+        return recover(path)
 
     def _tidy(self, provider: str, timeframe: str, symbol: str) -> None:
         """Recover a dataset that needs it, if we may (a read-only data dir is left as it is)."""
@@ -462,7 +614,7 @@ def summarize(folder: Path) -> tuple[int | None, int | None, int, int]:
     for attempt in range(10):
         try:
             parts = live_parts(folder)
-            rows = sum(pq.read_metadata(p.path).num_rows for p in parts)
+            rows = sum(part_rows(p.path) for p in parts)
             size = sum(os.stat(p.path).st_size for p in parts)
             break
         except FileNotFoundError:  # a concurrent merge replaced a part we listed: list again
@@ -478,27 +630,51 @@ def raw_bars(folder: Path) -> list[Bar]:
     return [bar for part in live_parts(folder) for bar in read_part(part.path)]
 
 
+def in_window(ts_ns: np.ndarray, start: int | None, end: int | None) -> np.ndarray:
+    """Which of ``ts_ns`` (nanoseconds) lie in ``[start, end)`` (seconds; a missing bound is open)."""
+    keep = np.ones(len(ts_ns), bool)
+    if start is not None:
+        keep &= ts_ns >= start * _PER_S
+    if end is not None:
+        keep &= ts_ns < end * _PER_S
+    return keep
+
+
 def read_dataset(folder: Path, start: int | None, end: int | None) -> list[Bar]:
-    bars: list[Bar] = []
+    tables = []
     for part in live_parts(folder):
         if (start is not None and part.last < start) or (end is not None and part.first >= end):
             continue
-        bars.extend(
-            bar for bar in read_part(part.path)
-            if (start is None or bar[0] >= start) and (end is None or bar[0] < end)
-        )
-    if any(a[0] >= b[0] for a, b in zip(bars, bars[1:], strict=False)):
-        return merge_bars([bars], [])  # overlapping parts someone put there by hand
-    return bars
+        table = read_core(part.path)
+        keep = in_window(stamps_ns(table), start, end)
+        tables.append(table if keep.all() else table.filter(pa.array(keep)))
+    return table_to_bars(merge_tables(tables))  # parts someone put there overlapping are sorted out
 
 
-def commit_parts(folder: Path, bars: Sequence[Bar], old: Sequence[Part]) -> None:
-    """Replace the parts ``old`` by one part of ``bars`` (none if empty); see the module doc."""
-    new = part_name(bars[0][0], bars[-1][0]) if bars else None
-    tmp = None
-    if new is not None:
-        tmp = files.write_temp(folder / new, part_bytes(bars, label_of(folder)), mode=files.DATA_FILE_MODE,
-                               durable=True)
+def part_span(core: pa.Table) -> tuple[int, int]:
+    """First and last bar time of a non-empty sorted CORE table, in seconds."""
+    ts = core.column("timestamp")
+    return ts[0].value // _PER_S, ts[-1].value // _PER_S
+
+
+def commit_parts(folder: Path, core: pa.Table, old: Sequence[Part]) -> Part | None:
+    """Replace the parts ``old`` by one part of ``core``'s bars (none if empty; see the module
+    doc); returns the new part."""
+    new = tmp = None
+    if core.num_rows:
+        new = part_name(*part_span(core))
+        tmp = files.write_temp(folder / new, encode_part(core, label_of(folder)),  # type: ignore[arg-type]
+                               mode=files.DATA_FILE_MODE, durable=True)
+    commit_temp(folder, new, tmp, old)
+    if new is None:
+        return None
+    recent.put(folder / new, core)
+    remember_rows(folder / new, core.num_rows)
+    return part_in(folder, new)
+
+
+def commit_temp(folder: Path, new: str | None, tmp: Path | None, old: Sequence[Part]) -> None:
+    """Put the written part ``tmp`` in place as ``new``, replacing the parts ``old``."""
     if not old:  # nothing replaced: one rename is the commit
         if tmp is not None and new is not None:
             reveal(tmp, folder / new)
@@ -522,35 +698,232 @@ def reveal(tmp: Path, path: Path) -> None:
     files.fsync_dir(path.parent)
 
 
-def recover(folder: Path) -> None:
+def recover(folder: Path) -> list[Part]:
     """Under the lock (no write is in progress): finish a crashed commit, then delete temp files,
     hidden parts and parts lying inside another (left by versions before the commit record)."""
-    raw = None
-    with contextlib.suppress(FileNotFoundError):
-        raw = (folder / COMMIT_FILE).read_bytes()
-    if raw is not None:
-        commit = parse_commit(raw)
-        if commit is not None:
-            finish_commit(folder, commit)
-        else:  # not ours to follow: put hidden parts back, the checks below sort them out
-            restore_hidden(folder)
-            files.remove_quietly(folder / COMMIT_FILE)
-    remove_files([folder / name for name in os.listdir(folder) if is_leftover(name)])
-    remove_files([p.path for p in split_live(list_parts(folder))[1]])
+    names = os.listdir(folder)
+    if COMMIT_FILE in names:
+        raw = None
+        with contextlib.suppress(FileNotFoundError):
+            raw = (folder / COMMIT_FILE).read_bytes()
+        if raw is not None:
+            commit = parse_commit(raw)
+            if commit is not None:
+                finish_commit(folder, commit)
+            else:  # not ours to follow: put hidden parts back, the checks below sort them out
+                restore_hidden(folder)
+                files.remove_quietly(folder / COMMIT_FILE)
+        names = os.listdir(folder)
+    remove_files([folder / name for name in names if is_leftover(name)])
+    live, stale = split_live(list_parts(folder, names))
+    remove_files([p.path for p in stale])
+    return live
 
 
-def compact(folder: Path, max_parts: int) -> None:
-    """While there are more than ``max_parts`` parts, merge the run of ``max_parts // 2 + 1``
-    adjacent parts with the fewest rows into one."""
-    parts = list_parts(folder)
+def compact(folder: Path, max_parts: int, full_rows: int = FULL_ROWS, parts: list[Part] | None = None) -> None:
+    """While more than ``max_parts`` parts hold fewer than ``full_rows`` rows, merge the run of
+    adjacent parts ``choose_run`` picks. Parts never overlap, so a merge is a concatenation: the
+    parts are streamed into the new one a batch at a time, as Arrow columns."""
+    parts = list_parts(folder) if parts is None else parts
     while len(parts) > max_parts:
-        rows = [pq.read_metadata(p.path).num_rows for p in parts]
-        width = max_parts // 2 + 1
-        sums = [sum(rows[i : i + width]) for i in range(len(parts) - width + 1)]
-        i = sums.index(min(sums))
-        run = parts[i : i + width]
-        commit_parts(folder, merge_bars([read_part(p.path) for p in run], []), run)
+        run = choose_run([rows_hint(p.path) for p in parts], max_parts, full_rows)
+        if run is None:
+            return
+        chosen = parts[run[0] : run[1]]
+        if not concat_parts(folder, chosen):  # parts out of order (put there by hand): sort them
+            commit_parts(folder, merge_tables([read_core(p.path) for p in chosen]), chosen)
         parts = list_parts(folder)
+
+
+SIMILAR = 2
+"""Parts within this factor of each other's rows are of one size: merged together first."""
+BALANCE = 4
+"""Otherwise a run at least this many times bigger than its biggest part (every row it rewrites
+lands in a part BALANCE times bigger)."""
+
+
+def choose_run(rows: Sequence[int], max_parts: int, full_rows: int) -> tuple[int, int] | None:
+    """``(i, j)``: merge ``parts[i:j]``, or None when nothing needs (or can) be merged.
+
+    Only parts below ``full_rows`` rows are merged: a full part is never rewritten by compaction,
+    so what a write costs does not grow with the series. A run is 2 to ``max_parts // 2 + 1``
+    adjacent such parts. First choice, the longest run of parts of one size (within SIMILAR) if it
+    has at least 8 parts (or the most a run can have): appends then merge 17 segments' parts into
+    one, 17 of those into a full part, so each bar is rewritten about twice. Else, of the runs
+    BALANCE times bigger than their biggest part, the one rewriting the fewest rows per part it
+    removes; else (segments landing in any order) the cheapest run at all."""
+    if sum(1 for n in rows if n < full_rows) <= max_parts:
+        return None
+    width = max_parts // 2 + 1
+    similar: tuple[int, int, int] | None = None  # (-length, rows, i)
+    balanced: tuple[float, int, int] | None = None  # (rows per part removed, i, j)
+    cheapest: tuple[float, int, int] | None = None
+    for i in range(len(rows)):
+        total = top = 0
+        bottom = full_rows
+        for j in range(i, min(i + width, len(rows))):
+            if rows[j] >= full_rows:
+                break
+            total += rows[j]
+            top, bottom = max(top, rows[j]), min(bottom, rows[j])
+            if j == i:
+                continue
+            cost = (total / (j - i), i, j + 1)
+            cheapest = min(cheapest or cost, cost)
+            if total >= BALANCE * top:
+                balanced = min(balanced or cost, cost)
+            if top <= SIMILAR * bottom:
+                similar = min(similar or (i - j - 1, total, i), (i - j - 1, total, i))
+    if similar is not None and -similar[0] >= min(8, width):
+        return similar[2], similar[2] - similar[0]
+    chosen = balanced or cheapest
+    return None if chosen is None else (chosen[1], chosen[2])
+
+
+def stream_tables(run: Sequence[Part]) -> Iterator[pa.Table]:
+    """The bars of the parts ``run``, in order, a batch (of at most BATCH_ROWS) at a time."""
+    for part in run:
+        table = recent.get(part.path)
+        if table is not None:
+            yield table
+            continue
+        with pq.ParquetFile(part.path, pre_buffer=False) as f:
+            for batch in f.iter_batches(BATCH_ROWS, columns=DATA_COLUMNS, use_threads=False):
+                yield normalized(pa.Table.from_batches([batch]))
+
+
+class OutOfOrder(Exception):
+    """Parts to concatenate are not each sorted and one after the other."""
+
+
+def concat_parts(folder: Path, run: Sequence[Part]) -> bool:
+    """Replace the adjacent parts ``run`` by one holding their rows in order, streamed (memory:
+    one batch, not the parts). False, with nothing changed, if their rows are out of order."""
+    label = label_of(folder)
+    first = last = None
+    rows = 0
+    tmp = files.write_temp(folder / part_name(run[0].first, run[-1].last), b"", mode=files.DATA_FILE_MODE,
+                           durable=False)
+    fd = files.open_nofollow(tmp, os.O_WRONLY)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as out, \
+                pq.ParquetWriter(out, SCHEMA, **WRITE_OPTIONS) as writer:  # type: ignore[arg-type]
+            pending: list[pa.Table] = []
+            held = 0
+
+            def flush() -> None:
+                nonlocal held
+                if pending:
+                    writer.write_table(labelled(pa.concat_tables(pending), label), row_group_size=BATCH_ROWS)
+                    pending.clear()
+                    held = 0
+
+            for table in stream_tables(run):
+                ts = stamps_ns(table)
+                if not len(ts):
+                    continue
+                if not ascending(ts) or (last is not None and ts[0] <= last):
+                    raise OutOfOrder
+                first = ts[0] if first is None else first
+                last = ts[-1]
+                pending.append(table)
+                held += len(ts)
+                rows += len(ts)
+                if held >= BATCH_ROWS:
+                    flush()
+            flush()
+        os.fsync(fd)  # with the footer, written as the writer closed
+    except OutOfOrder:
+        files.remove_quietly(tmp)
+        return False
+    except BaseException:
+        files.remove_quietly(tmp)
+        raise
+    finally:
+        os.close(fd)
+    if first is None or last is None:
+        files.remove_quietly(tmp)
+        commit_temp(folder, None, None, run)
+        return True
+    new = part_name(int(first) // _PER_S, int(last) // _PER_S)
+    commit_temp(folder, new, tmp, run)
+    remember_rows(folder / new, rows)
+    return True
+
+
+class RecentParts:
+    """The bars of the small parts this process wrote last, so that merging them (compaction's
+    most frequent merge: 17 segments' parts) needs no read. Keyed by path, valid while the file
+    has the same inode, size and modification time; at most ``max_rows`` rows in all."""
+
+    def __init__(self, max_rows: int = 1 << 16, max_part_rows: int = 1 << 13) -> None:
+        self.max_rows, self.max_part_rows = max_rows, max_part_rows
+        self.tables: OrderedDict[str, tuple[tuple[int, int, int], pa.Table]] = OrderedDict()
+        self.rows = 0
+        self.guard = threading.Lock()
+
+    def put(self, path: Path, table: pa.Table) -> None:
+        if table.num_rows > self.max_part_rows:
+            return
+        st = os.stat(path)
+        with self.guard:
+            self._drop(os.fspath(path))
+            self.tables[os.fspath(path)] = ((st.st_ino, st.st_size, st.st_mtime_ns), table)
+            self.rows += table.num_rows
+            while self.rows > self.max_rows:
+                self._drop(next(iter(self.tables)))
+
+    def get(self, path: Path) -> pa.Table | None:
+        with self.guard:
+            known = self.tables.get(os.fspath(path))
+        if known is None:
+            return None
+        st = os.stat(path)
+        return known[1] if known[0] == (st.st_ino, st.st_size, st.st_mtime_ns) else None
+
+    def _drop(self, key: str) -> None:
+        known = self.tables.pop(key, None)
+        if known is not None:
+            self.rows -= known[1].num_rows
+
+
+recent = RecentParts()
+
+
+def read_core_cached(path: Path) -> pa.Table:
+    table = recent.get(path)
+    return read_core(path) if table is None else table
+
+
+_rows_known: dict[str, tuple[int, int, int, int]] = {}
+"""Row counts of parts read before, by path: (inode, size, mtime_ns, rows)."""
+
+
+def part_rows(path: Path) -> int:
+    """A part's row count from its footer, remembered while the file is unchanged (a compaction
+    looks at every part's count on every write beyond max_parts)."""
+    st = os.stat(path)
+    key = os.fspath(path)
+    known = _rows_known.get(key)
+    if known is not None and known[:3] == (st.st_ino, st.st_size, st.st_mtime_ns):
+        return known[3]
+    rows = pq.read_metadata(path).num_rows
+    remember_rows(path, rows, st)
+    return rows
+
+
+def rows_hint(path: Path) -> int:
+    """A part's row count as last seen by this process, without even a stat (compaction looks at
+    every part on every write beyond max_parts; a stale count only changes which run it picks)."""
+    known = _rows_known.get(os.fspath(path))
+    return part_rows(path) if known is None else known[3]
+
+
+def remember_rows(path: Path, rows: int, st: os.stat_result | None = None) -> None:
+    st = st or os.stat(path)
+    if len(_rows_known) >= 10_000:
+        _rows_known.clear()
+    _rows_known[os.fspath(path)] = (st.st_ino, st.st_size, st.st_mtime_ns, rows)
 
 
 def is_leftover(name: str) -> bool:
@@ -575,4 +948,4 @@ def needs_recovery(folder: Path) -> bool:
         return False
     if COMMIT_FILE in names or any(is_leftover(name) for name in names):
         return True
-    return bool(split_live(list_parts(folder))[1])
+    return bool(split_live(list_parts(folder, names))[1])
