@@ -119,7 +119,10 @@ def test_coverage_shrinks_before_the_bars_go(store: Store, monkeypatch: pytest.M
         raise OSError("crash")
 
     with monkeypatch.context() as m:
-        m.setattr(series, "outside", crash)
+        if store.format == "parquet":  # it sorts out the bars to keep as Arrow columns, not with outside()
+            m.setattr(type(store), "_erase_bars", crash)
+        else:
+            m.setattr(series, "outside", crash)
         with pytest.raises(OSError):
             store.erase(*KEY, *CUT)
     assert store.read(*KEY) == before  # the bars are all still there
