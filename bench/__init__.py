@@ -24,4 +24,5 @@ BENCHMARKS = (
     "plan_accuracy",
     "object_store",
     "backfill",
+    "parquet_scale",
 )
