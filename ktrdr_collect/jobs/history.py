@@ -26,6 +26,8 @@ from ktrdr_collect.jobs.record import JobState
 
 INDEX_FILE = "index.sqlite"
 INDEX_VERSION = 3
+SYNC_BATCH = 500
+"""Finished jobs indexed per transaction while syncing: what a rebuild holds in memory at once."""
 
 SCHEMA_SQL = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -151,12 +153,19 @@ class History:
         self.close()
 
     def sync(self) -> None:
+        """Index the folders it has not seen, SYNC_BATCH at a time (each batch one transaction:
+        a rebuild at 100,000 jobs holds one batch of states in memory, not all of them), and drop
+        rows whose folder is gone."""
         on_disk = folder_names()  # indexed jobs are finished: their state files never change
-        indexed = {row[0] for row in self.conn.execute("SELECT id FROM jobs")}
-        gone = indexed - on_disk
-        new_finished = []
+        joined = self.conn.execute("SELECT group_concat(id, '/') FROM jobs").fetchone()[0]
+        indexed = set(joined.split("/")) if joined else set()  # one string: a third of the cost of rows
+        gone, new = indexed - on_disk, sorted(on_disk - indexed)
+        del indexed, on_disk
+        if gone:
+            self.forget(sorted(gone))
         root = paths.jobs_dir()
-        for job_id in sorted(on_disk - indexed):
+        batch: list[JobState] = []
+        for job_id in new:
             if not has_state(job_id, root):
                 if stamp_of(job_id) is not None:
                     self._note_stateless(job_id)
@@ -166,16 +175,19 @@ class History:
             except StateFileError as e:
                 self.broken.append(e)
                 continue
-            if status.finished:
-                new_finished.append(status)
-            else:
+            if not status.finished:
                 self.live.append(status)
-        if gone or new_finished:
+                continue
+            batch.append(status)
+            if len(batch) >= SYNC_BATCH:
+                self._store(batch)
+                batch = []
+        self._store(batch)
+
+    def _store(self, batch: list[JobState]) -> None:
+        if batch:
             with self._transaction():
-                for job_id in gone:
-                    self.conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-                    self.conn.execute("DELETE FROM job_symbols WHERE job_id = ?", (job_id,))
-                for status in new_finished:
+                for status in batch:
                     _insert(self.conn, status)
 
     def _note_stateless(self, job_id: str) -> None:
