@@ -431,6 +431,7 @@ class ParquetStore:
         self.root = Path(root)
         self.max_parts = max_parts
         self.full_rows = full_rows
+        self._writing = threading.local()
 
     def __repr__(self) -> str:
         return f"ParquetStore({str(self.root)!r})"
@@ -483,7 +484,8 @@ class ParquetStore:
         """Recorded covered ranges (derived from the data if there is no record); first, what a
         crashed write left in the dataset is tidied up (every job looks at the coverage of each of
         its series, so the next one repairs it)."""
-        self._tidy(provider, timeframe, symbol)
+        if not getattr(self._writing, "bars", False):  # (a write with bars recovers under its lock)
+            self._tidy(provider, timeframe, symbol)
         return series.coverage_of(self, (provider, timeframe, symbol))
 
     def count(self, provider: str, timeframe: str, symbol: str, ranges: Sequence[Interval]) -> int:
@@ -513,8 +515,12 @@ class ParquetStore:
         """Store ``bars`` (ascending, inside ``covered``) durably, then record ``covered`` as
         fetched; returns how many rows the dataset gained or changed."""
         folder = self.path(provider, timeframe, symbol)
-        return series.write_series(self, (provider, timeframe, symbol), bars, covered,
-                                   lambda new, _known: (self._store_bars(folder, new), None))
+        self._writing.bars = len(bars) > 0
+        try:
+            return series.write_series(self, (provider, timeframe, symbol), bars, covered,
+                                       lambda new, _known: (self._store_bars(folder, new), None))
+        finally:
+            self._writing.bars = False
 
     def replace(self, provider: str, timeframe: str, symbol: str, bars: Sequence[Bar],
                 ranges: Sequence[Interval]) -> None:
