@@ -669,7 +669,7 @@ def commit_parts(folder: Path, core: pa.Table, old: Sequence[Part]) -> Part | No
     new = tmp = None
     if core.num_rows:
         new = part_name(*part_span(core))
-        tmp = files.write_temp(folder / new, encode_part(core, label_of(folder)),  # type: ignore[arg-type]
+        tmp = files.write_temp(folder / new, memoryview(encode_part(core, label_of(folder))),
                                mode=files.DATA_FILE_MODE, durable=True)
     commit_temp(folder, new, tmp, old)
     if new is None:
