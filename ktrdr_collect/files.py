@@ -4,6 +4,8 @@
   content or the new, never a mix: a temp file with a random name, opened exclusively and without
   following links, every byte written and checked, fsynced, then renamed over the old file. On any
   error the temp file is removed, the old file is untouched and the OSError propagates.
+  Its content may be given in parts, some of them spans of another open file, which the kernel
+  copies (`FileSpan`): a large file rewritten around a small change never passes through memory.
 - `open_nofollow` opens (or creates) a file without following a symbolic link at its name.
 - `make_dirs` creates the tool's folders, refusing a symbolic link anywhere below the area's root.
 
@@ -18,6 +20,8 @@ import errno
 import os
 import secrets
 import stat
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from ktrdr_collect.errors import CollectError
@@ -64,6 +68,56 @@ def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
         if written <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         view = view[written:]
+
+
+@dataclass(frozen=True)
+class FileSpan:
+    """``length`` bytes of the open file ``fd`` from ``offset``: a part of a new file's content that
+    is copied file to file (``copy_file_range``), never read into memory."""
+
+    fd: int
+    offset: int
+    length: int
+
+
+Content = bytes | bytearray | memoryview | Sequence["bytes | FileSpan"]
+_COPY_CHUNK = 1 << 20
+
+
+def write_content(fd: int, data: Content) -> None:
+    """Write `data` (bytes, or parts: bytes and FileSpans in order) at the descriptor's position."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        write_all(fd, data)
+        return
+    for part in data:
+        if isinstance(part, FileSpan):
+            copy_span(part, fd)
+        else:
+            write_all(fd, part)
+
+
+def copy_span(span: FileSpan, out: int) -> None:
+    """Copy `span` to `out` at its position: by the kernel where it can, else 1 MiB at a time. A
+    source that ends early raises OSError rather than leaving a short copy."""
+    offset, left = span.offset, span.length
+    kernel = hasattr(os, "copy_file_range")
+    while left > 0:
+        if kernel:
+            try:
+                n = os.copy_file_range(span.fd, out, left, offset)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                kernel = False
+                continue
+        else:
+            chunk = os.pread(span.fd, min(left, _COPY_CHUNK), offset)
+            write_all(out, chunk)
+            n = len(chunk)
+        if n <= 0:
+            raise OSError(errno.EIO, "the file being copied ended early")
+        offset += n
+        left -= n
 
 
 def fsync_dir(folder: Path) -> None:
@@ -151,13 +205,13 @@ def _create_temp(path: Path, mode: int) -> tuple[Path, int]:
     raise FileExistsError(errno.EEXIST, "no free temp file name", os.fspath(path.parent))
 
 
-def write_temp(path: Path, data: bytes, *, mode: int, durable: bool) -> Path:
+def write_temp(path: Path, data: Content, *, mode: int, durable: bool) -> Path:
     """`data` in a new hidden temp file beside `path` (fsynced if `durable`); the caller renames it.
     On any error nothing is left behind."""
     tmp, fd = _create_temp(path, mode)
     try:
         try:
-            write_all(fd, data)
+            write_content(fd, data)
             if durable:
                 os.fsync(fd)
         finally:
@@ -171,7 +225,7 @@ def write_temp(path: Path, data: bytes, *, mode: int, durable: bool) -> Path:
     return tmp
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int, durable: bool) -> None:
+def atomic_write(path: Path, data: Content, *, mode: int, durable: bool) -> None:
     """Replace `path` with `data`: readers and crashes see the old content or the new. A symbolic
     link at `path` is refused (UnsafePathError). `durable` also fsyncs the file and its folder, so
     the new content survives a power loss; without it a crash may leave the old content."""

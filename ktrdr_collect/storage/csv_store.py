@@ -28,6 +28,8 @@ from ktrdr_collect.storage.series import Bar, FileStats, changed_rows
 from ktrdr_collect.storage.timeframes import format_ts, parse_ts
 
 if TYPE_CHECKING:
+    import mmap
+
     from ktrdr_collect.storage.columns import Columns
 
 HEADER = "timestamp,open,high,low,close,volume\n"
@@ -36,6 +38,8 @@ META_DIR = series.META_DIR
 COVERAGE_VERSION = series.COVERAGE_VERSION
 _COUNT_CHUNK = 1 << 20
 _TAIL_CHUNK = 4096
+_TEXT_CHUNK = 16_384
+"""Bars made into text at a time (7 small bytes objects a bar while it lasts)."""
 
 
 # --- formatting ---------------------------------------------------------------------------------
@@ -86,6 +90,8 @@ def csv_text(bars: Sequence[Bar]) -> bytes:
     cols = as_columns(bars)
     if not cols.all_finite():  # msgspec writes NaN as null: the row-wise path spells what it is
         return "".join(map(format_row, cols)).encode()
+    if len(cols) > _TEXT_CHUNK:  # a batch of a backfill: its tokens a chunk at a time
+        return b"".join(csv_text(cols[k: k + _TEXT_CHUNK]) for k in range(0, len(cols), _TEXT_CHUNK))
     n = len(cols)
     tokens: list[bytes] = [b""] * (7 * n)  # per bar: stamp, o, h, l, c, v, "" (the line end)
     tokens[0::7] = iso_stamps(cols.ts)
@@ -409,59 +415,76 @@ def store_bars(path: Path, bars: Sequence[Bar], root: Path,
             if size == 0:
                 files.fsync_dir(path.parent)
             return len(bars), None if rows is None else FileStats.of(rows + len(bars), os.fstat(fd), first, bars[-1][0])
-    return merge_into(path, bars)
+    return merge_into(path, bars, known)
 
 
-def merge_into(path: Path, bars: Sequence[Bar]) -> tuple[int, FileStats]:
-    """merge_rewrite, also returning the new file's stats.
+def merge_into(path: Path, bars: Sequence[Bar], known: FileStats | None = None) -> tuple[int, FileStats]:
+    """merge_rewrite, also returning the new file's stats (``known``: what the coverage record says
+    of the file, used for its row count while it still describes it).
 
-    Works on the file's lines as bytes: the stored lines before and after the new bars' span are
-    found by binary search (the file is in time order) and copied as they are; only the stored lines
-    inside the span are parsed and merged with the new ones. A backfill (all new bars before the
-    first stored one) is then one copy of the file behind the new lines: no stored line is parsed.
-    A file that is not in our canonical order (a foreign or hand-edited one) is merged row by row."""
+    Works on the file's lines as bytes, through a read-only map: the stored lines before and after
+    the new bars' span are found by binary search (the file is in time order) and copied into the
+    new file by the kernel (files.FileSpan), neither read into memory nor parsed; only the stored
+    lines inside the span are parsed and merged with the new ones. A backfill (all new bars before
+    the first stored one) is then the new lines plus one kernel copy of the old ones, whatever the
+    file's size. A file that is not in our canonical order is merged row by row."""
+    import mmap
+
     from ktrdr_collect.storage.columns import as_columns  # numpy: only where bars are written
 
-    with open(path, "rb") as f:
-        data = f.read()
     cols = as_columns(bars)
-    head = data.find(b"\n") + 1 if data[:1].isalpha() else 0
-    body = data[head: data.rfind(b"\n") + 1] if head else data[: data.rfind(b"\n") + 1]
-    try:
-        i = _first_line_from(body, cols.first)
-        j = _first_line_from(body, cols.last + 1)
-        inside, written = _merge_lines(body[i:j], cols)
-        before, after = body[:i], body[j:]
-        first = _ts_at(before, 0) if before else cols.first
-        last = _ts_at(after, after.rfind(b"\n", 0, len(after) - 1) + 1) if after else cols.last
-    except ValueError:
-        return _merge_rows(path, bars)
-    text = b"".join([HEADER.encode(), before, inside, after])
-    files.atomic_write(path, text, mode=files.DATA_FILE_MODE, durable=True)
-    rows = before.count(b"\n") + inside.count(b"\n") + after.count(b"\n")
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if st.st_size == 0:
+            return _merge_rows(path, bars)
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            head = data.find(b"\n") + 1 if data[:1].isalpha() else 0
+            good = data.rfind(b"\n") + 1
+            if head == 0 and data[:1].isalpha():  # a header without its line end
+                return _merge_rows(path, bars)
+            try:
+                i = _first_line_from(data, head, good, cols.first)
+                j = _first_line_from(data, i, good, cols.last + 1)
+                stored = data[i:j]
+                inside, written = _merge_lines(stored, cols)
+                first = _ts_at(data, head) if i > head else cols.first
+                last = _ts_at(data, max(j, data.rfind(b"\n", j, good - 1) + 1)) if j < good else cols.last
+            except ValueError:
+                return _merge_rows(path, bars)
+            if known is not None and known.matches(st) and good == st.st_size:
+                rows = known.rows - stored.count(b"\n") + inside.count(b"\n")
+            else:
+                rows = _count_lines(data, head, i) + inside.count(b"\n") + _count_lines(data, j, good)
+            parts = [HEADER.encode(), files.FileSpan(f.fileno(), head, i - head), inside,
+                     files.FileSpan(f.fileno(), j, good - j)]
+            files.atomic_write(path, parts, mode=files.DATA_FILE_MODE, durable=True)
     return written, FileStats.of(rows, os.stat(path), first, last)
 
 
-def _ts_at(body: bytes, start: int) -> int:
+def _count_lines(data: bytes | mmap.mmap, start: int, end: int) -> int:
+    """Line ends in ``data[start:end]``, 1 MiB at a time (a map is never copied whole)."""
+    return sum(data[k: min(k + _COUNT_CHUNK, end)].count(b"\n") for k in range(start, end, _COUNT_CHUNK))
+
+
+def _ts_at(data: bytes | mmap.mmap, start: int) -> int:
     """The bar time of the line starting at ``start`` (ValueError if it holds no bar)."""
-    end = body.find(b",", start, body.find(b"\n", start))
+    end = data.find(b",", start, data.find(b"\n", start))
     if end < 0:
         raise ValueError("not a bar line")
-    return parse_ts(body[start:end].decode("ascii"))
+    return parse_ts(data[start:end].decode("ascii"))
 
 
-def _first_line_from(body: bytes, ts: int) -> int:
-    """Offset of the first line of ``body`` (complete lines, in time order) whose bar is at or after
-    ``ts``; ``len(body)`` if none is. O(log lines) lines parsed."""
-    lo, hi = 0, len(body)  # lines before lo are before ts; lines from hi are not
-    while lo < hi:
-        mid = body.rfind(b"\n", lo, (lo + hi) // 2) + 1
+def _first_line_from(data: bytes | mmap.mmap, lo: int, hi: int, ts: int) -> int:
+    """Offset of the first line in ``data[lo:hi]`` (complete lines, in time order, ``lo`` a line's
+    start) whose bar is at or after ``ts``; ``hi`` if none is. O(log lines) lines parsed."""
+    while lo < hi:  # lines before lo are before ts; lines from hi are not
+        mid = data.rfind(b"\n", lo, (lo + hi) // 2) + 1
         if mid <= lo:  # the middle falls in the line at lo: decide that line
-            if _ts_at(body, lo) >= ts:
+            if _ts_at(data, lo) >= ts:
                 return lo
-            lo = body.find(b"\n", lo) + 1
-        elif _ts_at(body, mid) < ts:
-            lo = body.find(b"\n", mid) + 1
+            lo = data.find(b"\n", lo) + 1
+        elif _ts_at(data, mid) < ts:
+            lo = data.find(b"\n", mid) + 1
         else:
             hi = mid
     return lo

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ktrdr_collect import files
 from ktrdr_collect.storage import csv_store
 from ktrdr_collect.storage.columns import Columns
 from ktrdr_collect.storage.csv_store import HEADER, csv_text, format_row
@@ -62,9 +63,11 @@ def _bar(ts: int, x: float) -> tuple[int, float, float, float, float, float]:
 
 
 @pytest.mark.parametrize("seed", range(30))
-def test_merge_by_lines_equals_merge_by_rows(tmp_path: Path, seed: int) -> None:
+def test_merge_by_lines_equals_merge_by_rows(tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Prepend, overlap, interleave, rewrite-unchanged: the line-wise merge writes the same file and
-    counts the same rows as parsing every row did."""
+    counts the same rows as parsing every row did (and never falls back to parsing every row)."""
+    rows_path = csv_store._merge_rows
+    monkeypatch.setattr(csv_store, "_merge_rows", lambda *a: pytest.fail("fell back to the row-wise merge"))
     rng = random.Random(seed)
     stored = sorted({rng.randrange(0, 400) * 60 for _ in range(rng.randint(1, 120))})
     new_ts = sorted({rng.randrange(0, 400) * 60 for _ in range(rng.randint(1, 120))})
@@ -74,21 +77,32 @@ def test_merge_by_lines_equals_merge_by_rows(tmp_path: Path, seed: int) -> None:
     _write(fast, old)
     _write(slow, old)
     written, stats = csv_store.merge_into(fast, Columns.from_bars(new))
-    slow_written, slow_stats = csv_store._merge_rows(slow, new)
+    slow_written, slow_stats = rows_path(slow, new)
     assert fast.read_bytes() == slow.read_bytes()
     assert written == slow_written
     assert (stats.rows, stats.first, stats.last) == (slow_stats.rows, slow_stats.first, slow_stats.last)
+    known = csv_store.FileStats.of(stats.rows, fast.stat(), stats.first, stats.last)
+    more = [_bar(ts, 300.5) for ts in sorted({rng.randrange(0, 400) * 60 for _ in range(20)})]
+    _, again = csv_store.merge_into(fast, Columns.from_bars(more), known)  # rows from the record
+    _, counted = csv_store.merge_into(slow, Columns.from_bars(more))  # rows counted in the file
+    assert fast.read_bytes() == slow.read_bytes()
+    assert again.rows == counted.rows == len(fast.read_bytes().splitlines()) - 1
 
 
 def test_backfill_parses_no_stored_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "S.csv"
     _write(path, [_bar(ts, 50.0) for ts in range(600_000, 660_000, 60)])
+    stored = path.read_bytes()[len(HEADER):]
     parsed: list[str] = []
     real = csv_store.parse_ts
     monkeypatch.setattr(csv_store, "parse_ts", lambda text: parsed.append(text) or real(text))
+    copied: list[int] = []
+    copy_span = files.copy_span
+    monkeypatch.setattr(files, "copy_span", lambda span, out: copied.append(span.length) or copy_span(span, out))
     written, stats = csv_store.merge_into(path, Columns.from_bars([_bar(ts, 9.0) for ts in range(0, 6000, 60)]))
     assert written == 100 and stats.rows == 1100 and (stats.first, stats.last) == (0, 659_940)
     assert len(parsed) < 40  # a binary search's few lines, not the 1,000 stored ones
+    assert sum(copied) == len(stored)  # the stored lines went file to file
     lines = path.read_text().splitlines()
     assert lines[0] == HEADER.strip() and len(lines) == 1101 and lines[1].startswith("1970-01-01T00:00:00Z,9,")
 
@@ -122,3 +136,9 @@ def test_iso_stamps_are_format_ts() -> None:
     stamps = [rng.randint(-62_135_596_800, 253_402_300_799) for _ in range(5000)]  # years 1 .. 9999
     stamps += [0, -1, 86_399, 86_400, 951_782_400, 951_868_800, 4_107_542_400, 253_402_300_799, -62_135_596_800]
     assert iso_stamps(np.array(stamps)) == [format_ts(ts).encode() for ts in stamps]
+
+
+def test_csv_text_of_a_batch_larger_than_a_chunk() -> None:
+    rng = random.Random(11)
+    bars = [(60 * i, *(_value(rng) for _ in range(5))) for i in range(csv_store._TEXT_CHUNK * 2 + 7)]
+    assert csv_text(Columns.from_bars(bars)) == "".join(map(format_row, bars)).encode()

@@ -317,3 +317,25 @@ def test_store_files_under_umask_000(tmp_path: Path, umask_000: None) -> None:
         "data/demo/1m/.ktrdr/AAPL.lock": 0o644, "data/demo/1m/.ktrdr/AAPL.coverage.json": 0o644,
         "data/demo/1m/AAPL.csv": 0o644,
     }
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_atomic_write_in_parts_copies_spans_of_another_file(tmp_path: Path, kernel: bool,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file rewritten around a change: bytes and spans of the old file (copied by the kernel, or
+    read 1 MiB at a time where copy_file_range is missing), in order; a span past the old file's
+    end fails and leaves the target as it was."""
+    if not kernel:
+        monkeypatch.delattr(os, "copy_file_range", raising=False)
+    old = tmp_path / "old"
+    old.write_bytes(b"0123456789" * 300_000)  # 3 MB: more than one copy chunk
+    target = tmp_path / "new"
+    target.write_bytes(b"before")
+    with old.open("rb") as f:
+        files.atomic_write(target, [b"head,", files.FileSpan(f.fileno(), 5, 2_000_000), b",tail",
+                                    files.FileSpan(f.fileno(), 0, 3)], mode=0o644, durable=True)
+        assert target.read_bytes() == b"head," + old.read_bytes()[5:2_000_005] + b",tail012"
+        with pytest.raises(OSError):
+            files.atomic_write(target, [files.FileSpan(f.fileno(), 2_999_000, 5000)], mode=0o644, durable=False)
+    assert target.read_bytes().startswith(b"head,5678")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "old"]  # no temp left
