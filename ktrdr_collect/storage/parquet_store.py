@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 
 from ktrdr_collect import files
 from ktrdr_collect.storage import series
-from ktrdr_collect.storage.gaps import Interval
+from ktrdr_collect.storage.gaps import Interval, merge_intervals
 from ktrdr_collect.storage.series import Bar
 
 SUFFIX = ".parquet"
@@ -489,8 +489,17 @@ class ParquetStore:
         return series.coverage_of(self, (provider, timeframe, symbol))
 
     def count(self, provider: str, timeframe: str, symbol: str, ranges: Sequence[Interval]) -> int:
-        """Stored rows with a timestamp inside any of ``ranges``."""
-        return series.count_series(self, (provider, timeframe, symbol), ranges)
+        """Stored rows with a timestamp inside any of ``ranges``: a part wholly inside one counts
+        from its footer, the others from their timestamp column (no bar is made)."""
+        merged = merge_intervals(list(ranges))
+        folder = self.path(provider, timeframe, symbol)
+        for attempt in range(10):
+            try:
+                return count_rows(folder, merged) if merged else 0
+            except FileNotFoundError:  # a concurrent merge replaced a part we listed: list again
+                if attempt == 9:
+                    raise
+        raise AssertionError("unreachable")
 
     def row_count(self, provider: str, timeframe: str, symbol: str) -> int:
         """Stored rows, from the parts' metadata (no data read)."""
@@ -634,6 +643,43 @@ def summarize(folder: Path) -> tuple[int | None, int | None, int, int]:
 def raw_bars(folder: Path) -> list[Bar]:
     """Every stored bar as the parts hold them, in part order (unsorted, duplicates kept)."""
     return [bar for part in live_parts(folder) for bar in read_part(part.path)]
+
+
+def read_stamps(path: Path) -> np.ndarray:
+    """A part's timestamps (int64 ns), read alone."""
+    with pq.ParquetFile(path, pre_buffer=False) as f:
+        return stamps_ns(normalized_stamps(f.read(columns=["timestamp"], use_threads=False)))
+
+
+def normalized_stamps(table: pa.Table) -> pa.Table:
+    column = table.column("timestamp")
+    if column.type != TS_TYPE:
+        column = column.cast(pa.timestamp(TIME_UNIT)).cast(pa.int64()).cast(TS_TYPE)
+    return pa.table({"timestamp": column})
+
+
+def count_rows(folder: Path, ranges: list[Interval]) -> int:
+    """Rows of the dataset with a timestamp in one of ``ranges`` (merged, ascending)."""
+    parts = live_parts(folder)
+    lows = np.array([lo for lo, _ in ranges], np.int64) * _PER_S
+    highs = np.array([hi for _, hi in ranges], np.int64) * _PER_S
+    disjoint = all(a.last < b.first for a, b in zip(parts, parts[1:], strict=False))
+    total = 0
+    stamps = []
+    for part in parts:
+        hit = [(lo, hi) for lo, hi in ranges if lo <= part.last and part.first < hi]
+        if not hit:
+            continue
+        if disjoint and len(hit) == 1 and hit[0][0] <= part.first and part.last < hit[0][1]:
+            total += part_rows(part.path)  # wholly inside: the footer says how many
+            continue
+        stamps.append(read_stamps(part.path))
+    if not stamps:
+        return total
+    ts = np.concatenate(stamps)
+    if not disjoint or not ascending(ts):  # parts someone put there overlapping: each time once
+        ts = np.unique(ts)
+    return total + int((np.searchsorted(ts, highs) - np.searchsorted(ts, lows)).sum())
 
 
 def in_window(ts_ns: np.ndarray, start: int | None, end: int | None) -> np.ndarray:

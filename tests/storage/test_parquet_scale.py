@@ -257,3 +257,40 @@ def test_part_times_refuse_what_is_not_one(text: str) -> None:
 def test_a_missing_part_listing_is_no_part(tmp_path: Path) -> None:
     assert parquet_store.list_parts(tmp_path / "nothing") == []
     assert os.listdir(tmp_path) == []
+
+
+def test_count_reads_only_the_parts_a_range_cuts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: count read every bar of the ranges as a tuple (a job's resume counts its whole window).
+    store = ParquetStore(tmp_path)
+    bars = make_bars(T0, 100)
+    for k in range(5):
+        write(store, bars[k * 20 : (k + 1) * 20])
+    stamps = [b[0] for b in bars]
+    cases = [[(T0, T0 + 100 * 60)], [(T0 + 5 * 60, T0 + 45 * 60)], [(T0 - 600, T0 + 60), (T0 + 50 * 60, T0 + 61 * 60)],
+             [(T0 + 99 * 60, T0 + 10**6)], [(T0 - 10**6, T0 - 1)], []]
+    for ranges in cases:
+        want = sum(1 for ts in stamps if any(lo <= ts < hi for lo, hi in ranges))
+        assert store.count(*KEY, ranges) == want, ranges
+    opened: list[object] = []
+
+    def counting(real):  # noqa: ANN001, ANN202
+        def call(*args: object, **kwargs: object) -> object:
+            opened.append(args[0])
+            return real(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(pq, "ParquetFile", counting(pq.ParquetFile))
+    monkeypatch.setattr(pq, "read_table", counting(pq.read_table))
+    assert store.count(*KEY, [(T0, T0 + 100 * 60)]) == 100 and opened == []  # every part wholly inside
+    assert store.count(*KEY, [(T0 + 30 * 60, T0 + 70 * 60)]) == 40 and len(opened) == 2  # two parts cut
+
+
+def test_count_with_hand_placed_overlapping_parts_counts_each_time_once(tmp_path: Path) -> None:
+    store = ParquetStore(tmp_path)
+    folder = store.path(*KEY)
+    folder.mkdir(parents=True)
+    first, second = make_bars(T0, 10), make_bars(T0 + 5 * 60, 10, add=500.0)
+    label = ("demo", "1m", "BTC/USDT")
+    (folder / part_name(first[0][0], first[-1][0])).write_bytes(parquet_store.part_bytes(first, label))
+    (folder / part_name(second[0][0], second[-1][0])).write_bytes(parquet_store.part_bytes(second, label))
+    assert store.count(*KEY, [(T0, T0 + 3600)]) == 15 == len(store.read(*KEY))
