@@ -278,8 +278,9 @@ class JobState:
     def to_json(self) -> dict[str, Any]:
         return {**self.head(), "symbols": [e.to_json() for e in self.symbols]}
 
-    def public(self) -> dict[str, Any]:
-        """What users' scripts see: the contract's keys and the documented additions."""
+    def summary(self) -> dict[str, Any]:
+        """A job as `list` shows it: the public status without the per-symbol entries (not built
+        at all: the history index stores this for every finished job)."""
         out: dict[str, Any] = {k: getattr(self, k) for k in CONTRACT_KEYS if k != "symbols"}
         out["name"] = clean(self.name) if self.name else self.name
         out["error"] = clean(self.error) if self.error else None
@@ -291,14 +292,12 @@ class JobState:
         if self.health is not None:
             out["health"] = self.health["word"]
             out["health_reasons"] = list(self.health["reasons"])
-        out = {k: clean_tree(v) for k, v in out.items()}
-        out["symbols"] = [e.public() for e in self.symbols]
-        return out
+        return {k: clean_tree(v) for k, v in out.items()}
 
-    def summary(self) -> dict[str, Any]:
-        """A job as `list` shows it: the public status without the per-symbol entries."""
-        out = self.public()
-        del out["symbols"]
+    def public(self) -> dict[str, Any]:
+        """What users' scripts see: the contract's keys and the documented additions."""
+        out = self.summary()
+        out["symbols"] = [e.public() for e in self.symbols]
         return out
 
     # -- what a reader sees --

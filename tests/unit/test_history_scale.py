@@ -100,3 +100,12 @@ def test_folder_names_are_directories_and_id_shaped_names(home: Path) -> None:
     (jobs / ".hidden").mkdir()
     (jobs / f".{job_id_for(1)}.new").mkdir()  # a start's staging folder
     assert folder_names() == {job, "by-hand"}
+
+
+def test_summary_is_the_public_status_without_its_symbols(home: Path) -> None:
+    job = finished_job(home, 0)
+    state = folders.load_status(job)
+    state.name, state.error = "night\x1b[31m", "bad\x07 thing"  # cleaned in both
+    public = state.public()
+    assert public.pop("symbols") == [e.public() for e in state.symbols]
+    assert list(state.summary().items()) == list(public.items())
