@@ -144,7 +144,7 @@ def bench_pause(trials: int) -> tuple[list[float], list[float], str]:
     leaks = []
     for i in range(trials):
         t0 = time.perf_counter()
-        st = actions.pause(job)
+        st = actions.pause(job).public()
         pauses.append(time.perf_counter() - t0)
         assert st["status"] == "paused", st["status"]
         if i < 3:  # contract: no new request starts once paused (in-flight ones may finish)
@@ -154,7 +154,7 @@ def bench_pause(trials: int) -> tuple[list[float], list[float], str]:
             if later > at_ack:
                 leaks.append(later - at_ack)
         t0 = time.perf_counter()
-        st = actions.resume(job)
+        st = actions.resume(job).public()
         resumes.append(time.perf_counter() - t0)
         assert st["status"] == "running", st["status"]
         time.sleep(0.05)
