@@ -238,8 +238,8 @@ def run(quick: bool = False, profile: bool = False) -> list[Row]:
     ]
     rows.append(Row("backfill peak RSS (job's process)", f"{back['maxrss_mb']:.0f} MB",
                     f"forward {fwd['maxrss_mb']:.0f} MB", back["maxrss_mb"] / fwd["maxrss_mb"], "(info)", None,
-                    note=f"VmHWM of each job's child process (imports included); each rewrite holds the "
-                         f"whole file in memory (largest final file {max(back['sizes'].values()) / 1e6:.0f} MB)"))
+                    note=f"VmHWM of each job's child process (imports included); largest final file "
+                         f"{max(back['sizes'].values()) / 1e6:.0f} MB"))
     if longer is not None:
         lback, lfwd = longer
         rows.append(Row(f"backfill 1m 1->{LONG_YEARS}y (1 sym, {lback['candles']} bars) wall", fmt_s(lback["wall"]),
