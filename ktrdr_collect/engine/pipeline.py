@@ -177,8 +177,10 @@ class Cancelled(Exception):
 def clean_bars(bars: Sequence[Bar], start: int, end: int) -> Sequence[Bar]:
     """Bars inside [start, end), sorted, one per timestamp; garbage raises PermanentError. Columns
     (storage.columns) are checked column-wise and stay columns."""
-    columns = sys.modules.get("ktrdr_collect.storage.columns")  # loaded by whoever made columns
-    if columns is not None and isinstance(bars, columns.Columns):
+    # loaded by whoever made columns; while another thread is still importing it the module has
+    # no Columns yet, and then these bars cannot be Columns either
+    column_type = getattr(sys.modules.get("ktrdr_collect.storage.columns"), "Columns", None)
+    if column_type is not None and isinstance(bars, column_type):
         if not bars.all_finite():
             bad = next(bar for bar in bars if not math.isfinite(sum(bar[1:])))
             raise PermanentError(f"provider returned non-numeric values in {bad!r}"[:200])

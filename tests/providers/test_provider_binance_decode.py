@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 
 import pytest
 
@@ -82,3 +83,18 @@ def _archive_text(rng: random.Random) -> str:
                      f"{stamp + 59},1.0,3,0.5,0.25,0")
     text = "\r\n".join(lines) if rng.random() < 0.3 else "\n".join(lines)
     return ("open_time,open,high,low,close,volume,close_time,q,n,tb,tq,ignore\n" + text) if rng.random() < 0.3 else text
+
+
+def test_clean_bars_while_another_thread_is_importing_columns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A module another thread is still importing is in sys.modules without its classes yet: rows
+    are checked as rows, not refused with an AttributeError."""
+    import types
+
+    from ktrdr_collect.engine.pipeline import clean_bars
+
+    partial = types.ModuleType("ktrdr_collect.storage.columns")
+    monkeypatch.setitem(sys.modules, "ktrdr_collect.storage.columns", partial)
+    rows = [(120, 1.0, 2.0, 0.5, 1.5, 3.0), (60, 1.0, 2.0, 0.5, 1.5, 3.0)]
+    assert list(clean_bars(rows, 0, 1000)) == sorted(rows)
