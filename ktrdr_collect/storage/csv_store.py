@@ -76,22 +76,27 @@ def format_row(bar: Bar) -> str:
 
 def csv_text(bars: Sequence[Bar]) -> bytes:
     """The CSV lines of ``bars``, byte for byte what ``format_row`` writes for each, made column-wise
-    with no Python call per bar: timestamps by storage.columns.iso_stamps, each value column by
-    msgspec's shortest round-trip encoder (the digits of ``repr``) in one call with ``.0`` dropped
-    from the whole column at once (only a value msgspec spells with an exponent, below 1e-6 or from
-    1e16, where ``repr`` and msgspec differ, is respelled one by one); the columns are then
+    with no Python call per bar. Usually by storage.csv_lines, with array operations only (prices
+    and volumes of up to 12 decimals below 2**50); otherwise timestamps by csv_lines.iso_stamps and
+    each value column by msgspec's shortest round-trip encoder (the digits of ``repr``) in one call
+    with ``.0`` dropped from the whole column at once (only a value msgspec spells with an exponent,
+    below 1e-6 or from 1e16, where ``repr`` and msgspec differ, is respelled one by one), the columns
     interleaved by slice assignment into one list and joined once."""
     if not bars:
         return b""
     import msgspec
 
-    from ktrdr_collect.storage.columns import as_columns, iso_stamps
+    from ktrdr_collect.storage.columns import as_columns
+    from ktrdr_collect.storage.csv_lines import csv_lines, iso_stamps
 
     cols = as_columns(bars)
     if not cols.all_finite():  # msgspec writes NaN as null: the row-wise path spells what it is
         return "".join(map(format_row, cols)).encode()
     if len(cols) > _TEXT_CHUNK:  # a batch of a backfill: its tokens a chunk at a time
         return b"".join(csv_text(cols[k: k + _TEXT_CHUNK]) for k in range(0, len(cols), _TEXT_CHUNK))
+    text = csv_lines(cols.ts, cols.values)  # the usual values, with array operations only
+    if text is not None:
+        return text
     n = len(cols)
     tokens: list[bytes] = [b""] * (7 * n)  # per bar: stamp, o, h, l, c, v, "" (the line end)
     tokens[0::7] = iso_stamps(cols.ts)

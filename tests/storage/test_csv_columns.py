@@ -6,6 +6,7 @@ import random
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ktrdr_collect import files
@@ -34,6 +35,53 @@ def test_csv_text_is_format_row_byte_for_byte(seed: int) -> None:
     expected = "".join(map(format_row, bars)).encode()
     assert csv_text(bars) == expected
     assert csv_text(Columns.from_bars(bars)) == expected
+
+
+_FAMILIES = {
+    "cents": lambda rng: round(rng.uniform(0, 10 ** rng.randint(1, 7)), 2),
+    "signed cents": lambda rng: round(rng.uniform(-1e6, 1e6), 2),
+    "up to 8 decimals": lambda rng: round(rng.random() * 10 ** rng.randint(0, 7), rng.randint(0, 8)),
+    "tiny prices": lambda rng: round(rng.random() * 10 ** -rng.randint(1, 6), rng.randint(6, 12)) * rng.choice([1, -1]),
+    "integers to 2**50": lambda rng: float(rng.randint(0, 2 ** rng.randint(1, 50))),
+    "decimal fractions": lambda rng: rng.randint(0, 10 ** rng.randint(1, 15)) / 10 ** rng.randint(0, 12),
+    "corners": lambda rng: rng.choice([0.0, -0.0, 1.0, -1.0, 0.5, 1e-12, 1.5e-11, 0.0001, 1e-5, 0.00012345, 99.99]),
+    "mixed magnitudes": lambda rng: rng.choice([9999.9999, 10000.0, 99999999.99, 1234.567891, 0.01]),
+    "full doubles": lambda rng: rng.random() * 10 ** rng.randint(-9, 3),
+}
+
+
+@pytest.mark.parametrize("family", _FAMILIES)
+def test_csv_lines_are_format_row_byte_for_byte(family: str) -> None:
+    """The array-only writer (storage/csv_lines.py): where it writes, it writes format_row's bytes;
+    where it declines (None: a value beyond its exact range), csv_text's other path writes them."""
+    from ktrdr_collect.storage.csv_lines import csv_lines
+
+    rng = random.Random(family)
+    value = _FAMILIES[family]
+    written = 0
+    for _ in range(60):
+        n = rng.randint(1, 80)
+        ts = sorted(rng.sample(range(-10**9, 4 * 10**9), n))
+        bars = [(t, *(value(rng) for _ in range(5))) for t in ts]
+        cols = Columns.from_bars(bars)
+        text = csv_lines(cols.ts, cols.values)
+        expected = "".join(map(format_row, bars)).encode()
+        if text is not None:
+            written += 1
+            assert text == expected
+        assert csv_text(cols) == expected
+    if family not in ("decimal fractions", "full doubles"):  # mostly beyond its exact range
+        assert written > 30
+
+
+def test_csv_lines_decline_what_they_cannot_write_exactly() -> None:
+    from ktrdr_collect.storage.csv_lines import csv_lines
+
+    ts = np.array([0])
+    for value in (2.0**50, 1e16, 1 / 3, 0.1 + 0.2, 1e-13):
+        assert csv_lines(ts, np.full((1, 5), value)) is None
+    assert csv_lines(np.array([-10**12]), np.ones((1, 5))) is None  # the year -29719 is not four digits
+    assert csv_lines(ts, np.ones((1, 5))) == b"1970-01-01T00:00:00Z,1,1,1,1,1\n"
 
 
 def test_csv_text_of_non_finite_values_spells_them_like_format_row() -> None:
@@ -129,7 +177,7 @@ def test_a_file_with_a_line_that_is_no_bar_is_merged_row_by_row(tmp_path: Path) 
 def test_iso_stamps_are_format_ts() -> None:
     import numpy as np
 
-    from ktrdr_collect.storage.columns import iso_stamps
+    from ktrdr_collect.storage.csv_lines import iso_stamps
     from ktrdr_collect.storage.timeframes import format_ts
 
     rng = random.Random(7)
@@ -142,3 +190,29 @@ def test_csv_text_of_a_batch_larger_than_a_chunk() -> None:
     rng = random.Random(11)
     bars = [(60 * i, *(_value(rng) for _ in range(5))) for i in range(csv_store._TEXT_CHUNK * 2 + 7)]
     assert csv_text(Columns.from_bars(bars)) == "".join(map(format_row, bars)).encode()
+
+
+def test_csv_lines_from_many_threads_while_its_tables_are_made() -> None:
+    """The digit tables are made on first use: threads arriving together each see whole tables."""
+    import threading
+
+    from ktrdr_collect.storage import csv_lines
+
+    csv_lines._tables.cache_clear()
+    csv_lines._clock_tables.cache_clear()
+    bars = [(86_400 * i + 61, 1.5, 2.25, 0.5, 1.0, 1000.0 + i) for i in range(50)]
+    cols = Columns.from_bars(bars)
+    expected = "".join(map(format_row, bars)).encode()
+    start = threading.Barrier(8)
+    texts: list[bytes | None] = []
+
+    def write() -> None:
+        start.wait()
+        texts.append(csv_lines.csv_lines(cols.ts, cols.values))
+
+    threads = [threading.Thread(target=write) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert texts == [expected] * 8
