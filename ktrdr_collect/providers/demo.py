@@ -33,6 +33,8 @@ from ktrdr_collect.storage.calendar import DEMO_CALENDAR
 from ktrdr_collect.storage.timeframes import TIMEFRAMES, timeframe_seconds
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ktrdr_collect.storage.columns import Columns
 
 FIRST_BAR = 946857600  # 2000-01-03T00:00:00Z
@@ -42,6 +44,11 @@ _YEAR = 365.25 * 86400
 
 
 _W1, _W2, _W3 = _TAU / (3.1 * _YEAR), _TAU / (97 * 86400), _TAU / (5.3 * 86400)
+_HAIR = 1e-4
+"""How near (in cents) a price may come to a cent's rounding edge before `columns` makes its bar
+again one by one: far wider than any difference numpy's sin and exp can make (below 1e-12 of a
+price; `_LEVEL_TOLERANCE`), far narrower than a cent."""
+_LEVEL_TOLERANCE = 1e-12
 
 
 def _cents(x: float) -> float:
@@ -86,10 +93,15 @@ class DemoSeries:
         return out
 
     def columns(self, times: Iterable[int]) -> Columns:
-        """`bars(times)` as columns, made with array operations: the same values to the last bit
-        (the hash and the arithmetic are the same IEEE operations in the same order; the price
-        level keeps math.sin and math.exp, once per distinct time, as numpy's may differ in the
-        last bit on some CPUs). tests/unit/test_demo_provider.py compares the two."""
+        """`bars(times)` as columns, made with array operations: the same values to the last bit.
+
+        The hash and the arithmetic are the same IEEE operations in the same order as `bar`'s.
+        The price level uses numpy's sin and exp, which may differ from the math module's in the
+        last bit or two; the prices are then rounded to cents, which a difference that small can
+        change only for a price within a hair of half a cent. Such bars (about 1 in 2,500) are
+        made again one by one with `bar`, so every value is `bar`'s; and if numpy's level strays
+        from `level` by more than a hair on a sample (a libm we never met), every level is taken
+        from `level`. tests/unit/test_demo_provider.py compares the two."""
         import numpy as np
 
         from ktrdr_collect.storage.columns import Columns
@@ -97,12 +109,14 @@ class DemoSeries:
         ts = times if isinstance(times, np.ndarray) else np.fromiter(times, np.int64)
         if not len(ts):
             return Columns.empty()
-        grid = np.union1d(ts, ts + self.step)
-        base, exp, sin, w1, w2, w3 = self.base, math.exp, math.sin, _W1, _W2, _W3
-        p1, p2, p3 = self.phase, 2 * self.phase, 3 * self.phase  # `level`'s operations, hoisted
-        levels = np.array([base * exp(0.35 * sin(t * w1 + p1) + 0.12 * sin(t * w2 + p2) + 0.04 * sin(t * w3 + p3))
-                           for t in grid.astype(np.float64).tolist()])  # times < 2**53: exact as floats
-        now, nxt = levels[np.searchsorted(grid, ts)], levels[np.searchsorted(grid, ts + self.step)]
+        step = self.step
+        ahead = ts + step
+        if len(ts) > 1 and bool((ts[1:] > ts[:-1]).all()) and bool((ahead[:-1] < ts[1:]).all()):
+            grid = np.column_stack([ts, ahead]).ravel()  # ascending and apart: already in order
+        else:
+            grid = np.union1d(ts, ahead)
+        levels = self._levels(grid.astype(np.float64))  # times < 2**53: exact as floats
+        now, nxt = levels[np.searchsorted(grid, ts)], levels[np.searchsorted(grid, ahead)]
         x = np.uint64(self.seed) ^ ts.astype(np.uint64)
         with np.errstate(over="ignore"):
             x = x + np.uint64(0x9E3779B97F4A7C15)
@@ -118,9 +132,31 @@ class DemoSeries:
         close = nxt * (1 + 0.004 * u2)
         high = np.maximum(open_, close) * (1 + 0.006 * u3)
         low = np.minimum(open_, close) * (1 - 0.006 * u4)
-        volume = np.trunc(self.volume_scale * (0.5 + u3 + u4))
-        values = np.column_stack([np.trunc(v * 100 + 0.5) / 100 for v in (open_, high, low, close)] + [volume])
+        cents = np.column_stack([open_, high, low, close]) * 100 + 0.5
+        whole = np.trunc(cents)
+        values = np.empty((len(ts), 5))
+        values[:, :4] = whole / 100
+        values[:, 4] = np.trunc(self.volume_scale * (0.5 + u3 + u4))
+        near = ((cents - whole) < _HAIR) | ((cents - whole) > 1 - _HAIR)  # within a hair of a cent's edge
+        for i in np.flatnonzero(near.any(axis=1)).tolist():
+            values[i] = self.bar(int(ts[i]))[1:]
         return Columns(ts, values)
+
+    def _levels(self, grid: np.ndarray) -> np.ndarray:
+        """`level` at each time of `grid` (float64), by numpy (see `columns`)."""
+        import numpy as np
+
+        p = self.phase
+        wave = 0.35 * np.sin(grid * _W1 + p) + 0.12 * np.sin(grid * _W2 + 2 * p) + 0.04 * np.sin(grid * _W3 + 3 * p)
+        levels = self.base * np.exp(wave)
+        for k in {0, len(grid) // 2, len(grid) - 1}:  # a sample against the math module
+            exact = self.level(float(grid[k]))
+            if abs(levels[k] - exact) > exact * _LEVEL_TOLERANCE:
+                exp, sin, w1, w2, w3 = math.exp, math.sin, _W1, _W2, _W3
+                base, p2, p3 = self.base, 2 * p, 3 * p
+                return np.array([base * exp(0.35 * sin(t * w1 + p) + 0.12 * sin(t * w2 + p2) + 0.04 * sin(t * w3 + p3))
+                                 for t in grid.tolist()])
+        return levels
 
     def bar(self, ts: int) -> Bar:
         return self._bar(ts, self.level(ts), self.level(ts + self.step))

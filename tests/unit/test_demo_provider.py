@@ -225,3 +225,26 @@ def test_columns_are_the_bars_to_the_last_bit(timeframe: str) -> None:
         if rng.random() < 0.5:
             rng.shuffle(times)
         assert series.columns(times) == [series.bar(ts) for ts in times] == series.bars(times)
+        sparse = sorted(times)[::3]  # bars apart: no bar's next level is another bar's own
+        assert series.columns(sparse) == [series.bar(ts) for ts in sparse]
+
+
+def test_columns_remake_bars_near_a_cents_edge_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where numpy's price level could round to another cent than the math module's, the bar is
+    made by `bar`; and a numpy level that strays on the sample makes every level by `level`."""
+    import numpy as np
+
+    from ktrdr_collect.providers import demo
+
+    series = demo.DemoSeries("AAPL", "1m")
+    times = np.arange(1_700_000_040, 1_700_000_040 + 60 * 5000, 60)
+    expected = [series.bar(ts) for ts in times.tolist()]
+    remade: list[int] = []
+    real_bar = series.bar
+    monkeypatch.setattr(series, "bar", lambda ts: (remade.append(ts), real_bar(ts))[1])
+    assert series.columns(times) == expected
+    assert remade  # 5,000 bars x 4 prices: some come within 1e-4 of an edge
+    assert len(remade) < 50
+    off = np.exp  # a numpy exp off by a millionth: the sample catches it, the values stay exact
+    monkeypatch.setattr(np, "exp", lambda x: off(x) * (1 + 1e-6))
+    assert series.columns(times) == expected
