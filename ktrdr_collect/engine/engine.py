@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import queue
@@ -210,7 +211,10 @@ class ProcessingEngine:
         try:
             cluster = executor_for(self.executor)
             if cluster is None:
-                self._run_pool(todo, run_one, token, results)
+                # each worker's appends are written by a thread of this pool while it fetches on
+                with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ktrdr-store") as writer:
+                    ctx = dataclasses.replace(ctx, writer=writer)
+                    self._run_pool(todo, run_one, token, results)
             else:  # each symbol a task on a Dask cluster; results come back here (engine/dask_executor.py)
                 cluster.run(ctx, todo, lambda r: results.__setitem__(r.symbol, report(r)),
                             owner=self.claims.owner, sharing=self.sharing or configured_sharing())

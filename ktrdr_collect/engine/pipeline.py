@@ -9,6 +9,7 @@ import sys
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import TypeVar
@@ -99,6 +100,10 @@ class BatchContext:
     """Where ranges are claimed before they are fetched (None: no claims, the job fetches alone)."""
     refresh: bool = False
     """Fetch the whole window again, stored or not, and replace what is stored there (`start --refresh`)."""
+    writer: Executor | None = None
+    """Where a symbol's appended segment is written while its next request is in flight (the
+    engine's thread pool gives one thread per worker, so W workers keep W requests in flight);
+    None: each write happens in the worker before its next request."""
 
 
 @dataclass
@@ -159,11 +164,11 @@ def run_of(claims: Sequence[Claim], first: Claim) -> tuple[int, int]:
 
 def worth_deferring(run: tuple[int, int], segment: tuple[int, int]) -> bool:
     """Whether a segment blocked by a run of claims is better put off than waited for: when the
-    run is longer than two of our segments (a batch of another job's, a long range), waiting
-    would idle us for long; a run of about one segment is another job one request ahead of us
-    on the same path, and trailing it (rather than skipping ahead of it) keeps both jobs'
-    writes in order."""
-    return run[1] - run[0] > 2 * (segment[1] - segment[0])
+    run is longer than three of our segments (a batch of another job's, a long range), waiting
+    would idle us for long; a run of one or two segments is another job one request ahead of us
+    on the same path (the segment it is writing and the one it is fetching: `_write_behind`), and
+    trailing it (rather than skipping ahead of it) keeps both jobs' writes in order."""
+    return run[1] - run[0] > 3 * (segment[1] - segment[0])
 
 
 class SymbolFailed(Exception):
@@ -223,6 +228,8 @@ class SymbolPipeline:
         """Corporate actions seen while fetching: stored, and the series restated, before each write."""
         self._stage_before_redis: str | None = None
         """The stage to go back to after waiting for an unreachable pacing Redis."""
+        self._writing: tuple[Future[int], tuple[int, int]] | None = None
+        """The appended segment being written by ctx.writer (and its claimed range), if any."""
 
     def _stage(self, stage: str) -> None:
         self.track.stage(self.symbol, stage)
@@ -374,6 +381,7 @@ class SymbolPipeline:
         recorded as fetched without asking, like such gaps when planning."""
         ctx = self.ctx
         calendar = ctx.provider.calendar_for(self.symbol)
+        self._settle()
         kept = []
         for piece in pieces:
             first = calendar.first_bar(ctx.timeframe, piece[0])
@@ -404,10 +412,12 @@ class SymbolPipeline:
         if covered != piece:
             self._flush(batch)
             return self._store_released(bars, covered, piece)
-        last = ctx.store.last_ts(ctx.provider.name, ctx.timeframe, self.symbol)  # another job may append
+        # Another job may append. A write of ours still going (`_write_behind`) is of an earlier
+        # range: the value may be older, never later, and this piece still goes after it.
+        last = ctx.store.last_ts(ctx.provider.name, ctx.timeframe, self.symbol)
         # Lands before stored data: batch it. Stored bars inside the piece only (a crash between a
         # write's bars and its record left them) are no reason to: it is stored now, so that a
-        # crash loses no more than the request in flight.
+        # crash loses no more than the request in flight and the write behind it.
         if last is not None and piece[1] <= last:
             if not batch.continues(piece):
                 self._flush(batch)
@@ -417,9 +427,42 @@ class SymbolPipeline:
             return 0
         self._flush(batch)
         self._stage("saving")
-        return self._store_released(bars, piece, piece)
+        return self._write_behind(bars, piece)
+
+    def _write_behind(self, bars: Sequence[Bar], piece: tuple[int, int]) -> int:
+        """Append a fetched piece: with ctx.writer, written there while the worker goes on to its
+        next request (the rows are counted when it is settled); else now. Either way the actions
+        and the journal come first, in this thread, as for every write (see `_store`)."""
+        ctx = self.ctx
+        self._settle()
+        if ctx.writer is None:
+            return self._store_released(bars, piece, piece)
+        try:
+            self.restater.before_write()
+            if ctx.on_stored is not None:
+                ctx.on_stored(self.symbol, piece, len(bars))
+            future = ctx.writer.submit(ctx.store.write, ctx.provider.name, ctx.timeframe, self.symbol, bars, piece)
+        except BaseException:
+            self._release(piece)
+            raise
+        self._writing = future, piece
+        return 0
+
+    def _settle(self) -> None:
+        """Wait for the write `_write_behind` left going, count its rows and release its claim;
+        its error (a full disk) is raised here. Every other write, and every wait for another
+        job's claim, settles first: a series' writes stay in order and one at a time."""
+        if self._writing is None:
+            return
+        future, piece = self._writing
+        self._writing = None
+        try:
+            self.track.candles_stored(self.symbol, future.result())
+        finally:
+            self._release(piece)
 
     def _flush(self, batch: Batch) -> None:
+        self._settle()
         if not batch.ranges:
             return
         self._stage("merging")
@@ -429,6 +472,7 @@ class SymbolPipeline:
 
     def _store_released(self, bars: Sequence[Bar], covered: tuple[int, int], claimed: tuple[int, int]) -> int:
         """Store, then release the claims inside `claimed` (coverage first: see storage/claims.py)."""
+        self._settle()
         try:
             return self._store(bars, covered)
         finally:
@@ -514,6 +558,8 @@ class SymbolPipeline:
         """Block while paused, then wait for a pacing slot (returned); raise Cancelled when cancelled."""
         ctx = self.ctx
         while True:
+            if ctx.gate.is_paused:  # what is being written is stored and counted before the pause
+                self._settle()
             if not ctx.gate.wait_open(ctx.token):
                 raise Cancelled
             if ctx.pacer is None:
@@ -533,12 +579,14 @@ class SymbolPipeline:
     def _pacing_sleep(self, seconds: float) -> bool:
         """The pacer's wait; while its Redis is unreachable the series shows `waiting for Redis
         (pacing)` (providers/redis_pacing.py: no request goes out unpaced)."""
+        self._settle()  # a wait: the write behind us is stored, counted and its claim released first
         if getattr(self.ctx.pacer, "waiting_for_redis", False) and self._stage_before_redis is None:
             self._stage_before_redis = self.track.snapshot_symbol(self.symbol).stage
             self.track.waiting(self.symbol, "Redis (pacing)")
         return self.ctx.gate.sleep(seconds, self.ctx.token)
 
     def _sleep(self, seconds: float) -> None:
+        self._settle()
         if not self.ctx.gate.sleep(seconds, self.ctx.token):
             self._check_cancel()
 

@@ -126,12 +126,13 @@ def test_kill9_at_random_moments_then_resume_gives_identical_files(home: Path, t
         assert got[name] == files[name], f"{name} differs from the uninterrupted run"
     for name in got:
         check_csv(data_dir(home) / name)
-    # What a SIGKILL may cost: the request each worker had in flight, fetched again after the
-    # resume (a kill between a request and the record of its bars) — no more, and nothing else.
+    # What a SIGKILL may cost: per worker, the request it had in flight and the segment it was
+    # writing meanwhile (engine/pipeline.py, `_write_behind`), fetched again after the resume (a
+    # kill between a request and the record of its bars) — no more, and nothing else.
     served = [line.rsplit(" ", 1)[0] for line in trace.read_text().splitlines()]  # without the pid
     again = len(served) - len(set(served))
     assert set(served) == ref_ranges, "a request the uninterrupted run does not make"
-    assert len(served) == ref_requests + again and again <= WORKERS * kills, (
+    assert len(served) == ref_requests + again and again <= 2 * WORKERS * kills, (
         len(served), ref_requests, kills, trace.read_text())
 
 

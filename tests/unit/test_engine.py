@@ -269,3 +269,52 @@ def test_the_api_is_importable_from_the_package(tmp_path: Path) -> None:
                                             ktrdr_collect.open_store("csv", tmp_path), workers=2)
     [result] = engine.process_batch(["AAPL"], "1d", START, END)
     assert isinstance(result, ktrdr_collect.SymbolResult) and result.candles == 42
+
+
+def test_a_worker_fetches_its_next_segment_while_the_last_one_is_written(tmp_path: Path) -> None:
+    """Issue 12: W workers keep W requests in flight. The first segment's write waits until the
+    symbol's second request has gone out: without a writer beside the worker it never would (the
+    wait runs out and the symbol fails). The file is the same as written one segment at a time."""
+    second_request = threading.Event()
+    waited: list[bool] = []
+
+    class SlowStore(CsvStore):
+        def write(self, provider, timeframe, symbol, bars, covered):  # type: ignore[no-untyped-def,override]
+            if bars and not waited:
+                waited.append(second_request.wait(10))
+                if not waited[0]:
+                    raise OSError(errno.EIO, "the next request never went out")
+            return super().write(provider, timeframe, symbol, bars, covered)
+
+    def on_fetch(symbol: str, n: int) -> None:
+        if n == 2:
+            second_request.set()
+
+    provider = ScriptedProvider(on_fetch=on_fetch, max_bars=10)
+    store = SlowStore(tmp_path / "behind")
+    [result] = ProcessingEngine(provider, store, workers=1, retry=FAST).process_batch(["A"], "1d", START, END)
+    assert result.ok and result.candles == 42 and result.segments_done == result.segments_total == 5
+    assert waited == [True]
+    plain = CsvStore(tmp_path / "plain")
+    for segment in [(c[1], c[2]) for c in provider.calls]:  # the same segments, written in turn
+        plain.write("scripted", "1d", "A", ScriptedProvider().fetch("A", "1d", *segment, None), segment)  # type: ignore[arg-type]
+    assert store.path("scripted", "1d", "A").read_bytes() == plain.path("scripted", "1d", "A").read_bytes()
+    assert not [t for t in threading.enumerate() if t.name.startswith("ktrdr-store")]  # the writers are gone
+
+
+def test_a_write_that_fails_behind_the_worker_fails_the_symbol(tmp_path: Path) -> None:
+    class FullStore(CsvStore):
+        writes = 0
+
+        def write(self, provider, timeframe, symbol, bars, covered):  # type: ignore[no-untyped-def,override]
+            FullStore.writes += 1
+            if FullStore.writes == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(provider, timeframe, symbol, bars, covered)
+
+    provider = ScriptedProvider(max_bars=10)
+    [result] = ProcessingEngine(provider, FullStore(tmp_path / "data"), workers=1, retry=FAST).process_batch(
+        ["A"], "1d", START, END)
+    assert result.status == "failed" and result.error == "cannot store data: No space left on device"
+    assert result.candles == 10  # the first segment, stored before the disk filled
+    assert len(provider.calls) <= 3  # it stopped at the next write it settled
