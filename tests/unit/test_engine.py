@@ -271,30 +271,39 @@ def test_the_api_is_importable_from_the_package(tmp_path: Path) -> None:
     assert isinstance(result, ktrdr_collect.SymbolResult) and result.candles == 42
 
 
-def test_a_worker_fetches_its_next_segment_while_the_last_one_is_written(tmp_path: Path) -> None:
-    """Issue 12: W workers keep W requests in flight. The first segment's write waits until the
-    symbol's second request has gone out: without a writer beside the worker it never would (the
-    wait runs out and the symbol fails). The file is the same as written one segment at a time."""
-    second_request = threading.Event()
+def test_a_worker_fetches_its_next_segment_while_the_last_one_is_written(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12: W workers keep W requests in flight. With every write counted as slow next to
+    its request, from the second on (the first has no time to go by) they go behind the worker:
+    the second segment's write waits until the third request has gone out, which without a
+    writer beside the worker never happens (the wait runs out and the symbol fails). The file is
+    the same as written one segment at a time."""
+    from ktrdr_collect.engine import pipeline
+
+    monkeypatch.setattr(pipeline, "WRITE_BEHIND_SHARE", -1.0)  # every write counts as slow
+    third_request = threading.Event()
     waited: list[bool] = []
+    writers: list[str] = []
 
     class SlowStore(CsvStore):
         def write(self, provider, timeframe, symbol, bars, covered):  # type: ignore[no-untyped-def,override]
-            if bars and not waited:
-                waited.append(second_request.wait(10))
+            writers.append(threading.current_thread().name)
+            if len(writers) == 2:
+                waited.append(third_request.wait(10))
                 if not waited[0]:
                     raise OSError(errno.EIO, "the next request never went out")
             return super().write(provider, timeframe, symbol, bars, covered)
 
     def on_fetch(symbol: str, n: int) -> None:
-        if n == 2:
-            second_request.set()
+        if n == 3:
+            third_request.set()
 
     provider = ScriptedProvider(on_fetch=on_fetch, max_bars=10)
     store = SlowStore(tmp_path / "behind")
     [result] = ProcessingEngine(provider, store, workers=1, retry=FAST).process_batch(["A"], "1d", START, END)
     assert result.ok and result.candles == 42 and result.segments_done == result.segments_total == 5
     assert waited == [True]
+    assert writers[0].startswith("ktrdr-worker") and all(w.startswith("ktrdr-store") for w in writers[1:])
     plain = CsvStore(tmp_path / "plain")
     for segment in [(c[1], c[2]) for c in provider.calls]:  # the same segments, written in turn
         plain.write("scripted", "1d", "A", ScriptedProvider().fetch("A", "1d", *segment, None), segment)  # type: ignore[arg-type]
@@ -302,7 +311,28 @@ def test_a_worker_fetches_its_next_segment_while_the_last_one_is_written(tmp_pat
     assert not [t for t in threading.enumerate() if t.name.startswith("ktrdr-store")]  # the writers are gone
 
 
+def test_writes_quick_next_to_requests_stay_in_the_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below WRITE_BEHIND_SHARE of a request, the hand-off would cost more than it saves."""
+    from ktrdr_collect.engine import pipeline
+
+    monkeypatch.setattr(pipeline, "WRITE_BEHIND_SHARE", 1e9)  # every write counts as quick
+    writers: list[str] = []
+
+    class Store(CsvStore):
+        def write(self, provider, timeframe, symbol, bars, covered):  # type: ignore[no-untyped-def,override]
+            writers.append(threading.current_thread().name)
+            return super().write(provider, timeframe, symbol, bars, covered)
+
+    [result] = ProcessingEngine(ScriptedProvider(max_bars=10), Store(tmp_path / "data"), workers=1,
+                                retry=FAST).process_batch(["A"], "1d", START, END)
+    assert result.ok and result.candles == 42
+    assert len(writers) == 5 and all(w.startswith("ktrdr-worker") for w in writers)
+
+
 def test_a_write_that_fails_behind_the_worker_fails_the_symbol(tmp_path: Path) -> None:
+    """The second write goes behind the worker (the first took longer than its request) and finds
+    the disk full: the symbol fails with the store's error, what was stored stays counted."""
+
     class FullStore(CsvStore):
         writes = 0
 
