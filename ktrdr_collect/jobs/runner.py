@@ -49,6 +49,7 @@ from ktrdr_collect.jobs.lock import JobLock
 from ktrdr_collect.jobs.record import JobState, SymbolEntry, read_spec
 from ktrdr_collect.jobs.statefile import STATE_FILE, Encoded, encode_entry, encode_state, read_state, write_state
 from ktrdr_collect.providers.registry import create_provider
+from ktrdr_collect.storage import csv_lines
 from ktrdr_collect.storage.open import open_store
 from ktrdr_collect.text import CleanFormatter
 
@@ -341,6 +342,9 @@ class Runner:
         provider = create_provider(spec.provider, {**settings.provider_options(spec.provider), **spec.options})
         try:
             store = open_store(spec.format, spec.data_dir)
+            # numpy, msgspec and the CSV digit tables now, not inside the first request, where a
+            # cancel would wait for them (~90 ms: bench/control_latency's cancel outliers)
+            csv_lines.warm_up()
             retry = RetryPolicy(max_throttle_wait_s=float(settings.values["max_rate_limit_wait"]))
             engine = ProcessingEngine(provider, store, workers=spec.workers, retry=retry, owner=self.job_id,
                                       executor=spec.executor)

@@ -7,7 +7,7 @@ so code that walks bars one by one (merges, Parquet, tests) keeps working unchan
 not a Python loop, and formatting a CSV line costs no per-value Python call (``csv_text``).
 
 numpy is imported here, and this module is imported only where bars are made or written, never by
-``collect --help`` or ``status`` (``tests/test_startup.py`` keeps that so).
+``collect --help`` or ``status`` (``tests/cli/test_startup.py`` keeps that so).
 """
 
 from __future__ import annotations
