@@ -152,10 +152,7 @@ class DemoSeries:
         for k in {0, len(grid) // 2, len(grid) - 1}:  # a sample against the math module
             exact = self.level(float(grid[k]))
             if abs(levels[k] - exact) > exact * _LEVEL_TOLERANCE:
-                exp, sin, w1, w2, w3 = math.exp, math.sin, _W1, _W2, _W3
-                base, p2, p3 = self.base, 2 * p, 3 * p
-                return np.array([base * exp(0.35 * sin(t * w1 + p) + 0.12 * sin(t * w2 + p2) + 0.04 * sin(t * w3 + p3))
-                                 for t in grid.tolist()])
+                return np.array([self.level(t) for t in grid.tolist()])
         return levels
 
     def bar(self, ts: int) -> Bar:

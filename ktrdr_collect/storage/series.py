@@ -244,9 +244,9 @@ def read_record(path: Path | str) -> tuple[list[Interval] | None, FileStats | No
 
 
 def _read_small(path: Path | str) -> bytes:
-    """A small file's bytes in three system calls (open, read until the end, close): every write
-    reads its series' record, and under other threads' load each call that gives the GIL up may
-    wait to get it back; ``open()`` makes nine."""
+    """A small file's bytes in four system calls (open, a read, the read that finds the end, close):
+    every write reads its series' record, and under other threads' load each call that gives the
+    GIL up may wait to get it back; ``open()`` and ``read()`` make nine."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
